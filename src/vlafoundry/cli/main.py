@@ -1,0 +1,69 @@
+"""The ``vlafoundry`` command line: a thin dispatcher over the library.
+
+Each sub-command lives in its own module under ``vlafoundry.cli`` exposing ``register(subparsers)``;
+modules are imported only when needed so ``vlafoundry --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> module that registers it
+_COMMANDS = {
+    "data": "vlafoundry.cli.data",
+    "pretrain": "vlafoundry.cli.train",
+    "train": "vlafoundry.cli.train",
+    "eval": "vlafoundry.cli.evaluate",
+    "quickstart": "vlafoundry.cli.quickstart",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlafoundry",
+        description="Build, train and evaluate vision-language-action models on BabyAI and Meta-World.",
+    )
+    from vlafoundry import __version__
+
+    parser.add_argument("--version", action="version", version=f"vlafoundry {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen: set[str] = set()
+    for module_name in _COMMANDS.values():
+        if module_name in seen:
+            continue
+        seen.add(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a sub-command whose module is not part of this build
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.error(f"unknown command {args.command!r}")
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    if getattr(args, "accepts_overrides", False):
+        args.overrides = extra
+    try:
+        rc = handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
