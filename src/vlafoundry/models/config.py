@@ -1,0 +1,88 @@
+"""Configuration of :class:`~vlafoundry.models.policy.VLAPolicy` (one dataclass per model, LeRobot style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlafoundry.config import require
+
+VISION_KINDS = ("grid", "patch", "none")
+LANGUAGE_KINDS = ("scratch", "pretrained", "none")
+FUSION_KINDS = ("cross_attention", "early", "late", "film")
+HEAD_KINDS = ("auto", "discrete", "continuous", "binned")
+
+
+@dataclass
+class ModalityDropoutConfig:
+    """Probability of dropping each modality per training sample (the policy then sees a learned placeholder)."""
+
+    image: float = 0.0
+    instruction: float = 0.0
+    state: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("image", "instruction", "state"):
+            v = getattr(self, k)
+            require(0.0 <= v < 1.0, f"model.modality_dropout.{k}", "a probability in [0, 1)", v)
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture of a VLA policy, every piece drawn from ``vlafoundry.nn``.
+
+    vision: ``grid`` embeds BabyAI's symbolic 7x7x3 view per cell (49 tokens); ``patch`` is the ViT-style
+    :class:`~vlafoundry.nn.VisionEncoder` over RGB images; ``none`` for state-only benchmarks (Meta-World).
+    language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
+    dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`.
+    fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
+    head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
+    tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
+    """
+
+    vision: str = "grid"
+    language: str = "scratch"
+    fusion: str = "film"
+    head: str = "auto"
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    d_ff: int = 256
+    dropout: float = 0.0
+    vision_layers: int = 1
+    text_layers: int = 1
+    tokenizer: str = "word"
+    tokenizer_vocab: int = 1000
+    patch_size: int = 8
+    use_state: bool = True
+    history: int = 1
+    chunk: int = 1
+    num_bins: int = 256
+    embed_dim: int = 64
+    moe: bool = False
+    num_experts: int = 4
+    moe_top_k: int = 2
+    moe_capacity_factor: float = 1.25
+    pretrained_model: str | None = None
+    modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+
+    def __post_init__(self) -> None:
+        require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
+        require(self.language in LANGUAGE_KINDS, "model.language", f"one of {list(LANGUAGE_KINDS)}", self.language)
+        require(self.fusion in FUSION_KINDS, "model.fusion", f"one of {list(FUSION_KINDS)}", self.fusion)
+        require(self.head in HEAD_KINDS, "model.head", f"one of {list(HEAD_KINDS)}", self.head)
+        require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
+        for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
+            require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
+        for k in ("num_layers", "vision_layers", "text_layers"):
+            require(getattr(self, k) >= 0, f"model.{k}", "an integer >= 0", getattr(self, k))
+        require(self.d_model % self.num_heads == 0, "model.d_model",
+                f"a multiple of model.num_heads={self.num_heads}", self.d_model)
+        require(self.d_model % 4 == 0, "model.d_model", "a multiple of 4 (2-D sin-cos positions)", self.d_model)
+        require(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
+        require(self.num_bins >= 2, "model.num_bins", "an integer >= 2", self.num_bins)
+        require(self.num_experts >= 1, "model.num_experts", "an integer >= 1", self.num_experts)
+        require(1 <= self.moe_top_k <= self.num_experts, "model.moe_top_k",
+                f"an integer in [1, num_experts={self.num_experts}]", self.moe_top_k)
+        require(self.moe_capacity_factor > 0, "model.moe_capacity_factor", "a number > 0", self.moe_capacity_factor)
+        require(not (self.vision == "none" and self.language == "none" and not self.use_state), "model",
+                "at least one input modality", "vision=none, language=none, use_state=false")

@@ -1,0 +1,281 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; atomic writes; nothing is ever unpickled.
+
+Layout of one checkpoint directory (``RUN/checkpoints/step_0000500``)::
+
+    model.safetensors     policy weights
+    optim.safetensors     optimiser tensors (AdamW moments), keyed ``<param_index>.<name>``
+    rng.safetensors       torch CPU (and CUDA) generator states as uint8 tensors
+    state.json            step, schedule, optimiser hyper-parameters, data-order state, numpy/python RNG, metrics
+    config.json           the resolved experiment configuration
+    extra.json            model-side non-tensor state (tokenizer JSON, action statistics, ...)
+
+A checkpoint is written into ``<name>.tmp-<pid>``, every file flushed and fsync'd, then renamed into place, and
+only then is ``RUN/checkpoints/latest`` (a one-line text file) atomically replaced. A directory without the
+``COMPLETE`` marker, or a ``.tmp-`` directory left by a killed process, is never picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+MARKER = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupt or does not match the model; the message names the file/tensor."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------- optimiser state <-> flat tensors
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{idx}.{name}"] = val
+            else:
+                scalars.setdefault(str(idx), {})[name] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    for idx, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    groups = meta["param_groups"]
+    if len(groups) != len(opt.param_groups):
+        raise CheckpointError(f"optimiser: expected {len(opt.param_groups)} parameter groups, found {len(groups)}")
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ----------------------------------------------------------------------------- RNG
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _py_state_to_json(random.getstate()),
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    random.setstate(_py_state_from_json(meta["python"]))
+
+
+def _py_state_to_json(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_state_from_json(obj: list) -> tuple:
+    return (obj[0], tuple(obj[1]), obj[2])
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+    include_rng: bool = True,
+) -> Path:
+    """Write a complete checkpoint atomically into ``directory`` (which must not exist yet, or is replaced)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        _save_tensors(tmp / "model.safetensors", model_state, metadata={"format": "vlafoundry-policy"})
+        state = dict(state or {})
+        if optimizer is not None:
+            opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+            _save_tensors(tmp / "optim.safetensors", opt_tensors)
+            state["optimizer"] = opt_meta
+        if include_rng:
+            rng_tensors, rng_meta = capture_rng()
+            _save_tensors(tmp / "rng.safetensors", rng_tensors)
+            state["rng"] = rng_meta
+        _write_json(tmp / "state.json", state)
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "extra.json", extra or {})
+        _write_json(tmp / MARKER, {"files": sorted(p.name for p in tmp.iterdir())})
+        _fsync_dir(tmp)
+        if directory.exists():
+            old = directory.with_name(directory.name + f".old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write checkpoint {directory}: {exc.strerror or exc}; "
+                                  "the previous checkpoint is untouched") from exc
+        raise
+    return directory
+
+
+def is_complete(directory: str | Path) -> bool:
+    d = Path(directory)
+    return d.is_dir() and ".tmp-" not in d.name and (d / MARKER).is_file() and (d / "model.safetensors").is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, a run dir (its latest complete checkpoint) or a ``checkpoints`` dir -> checkpoint dir."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path {p} does not exist")
+    if p.is_file():
+        if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt"):
+            raise CheckpointError(f"{p}: refusing a pickle-based file; vlafoundry checkpoints are directories "
+                                  "of safetensors + JSON (pickle files can execute code when loaded)")
+        raise CheckpointError(f"{p}: expected a checkpoint directory, got a file")
+    if is_complete(p):
+        return p
+    for ckdir in (p / "checkpoints", p):
+        latest = ckdir / "latest"
+        if latest.is_file():
+            cand = ckdir / latest.read_text().strip()
+            if is_complete(cand):
+                return cand
+        cands = sorted(d for d in ckdir.glob("step_*") if is_complete(d))
+        if cands:
+            return cands[-1]
+    if (p / "model.safetensors").exists():
+        raise CheckpointError(f"{p}: checkpoint is incomplete (no {MARKER} marker); it was interrupted while written")
+    raise CheckpointError(f"{p}: no complete checkpoint found (expected model.safetensors + {MARKER})")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint into plain objects: {dir, model, config, state, extra}; never unpickles."""
+    d = resolve_checkpoint(path)
+    return {
+        "dir": d,
+        "model": _load_tensors(d / "model.safetensors"),
+        "config": _load_json(d / "config.json"),
+        "state": _load_json(d / "state.json"),
+        "extra": _load_json(d / "extra.json"),
+    }
+
+
+def load_optimizer_state(ckpt_dir: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    optimizer_from_flat(optimizer, _load_tensors(ckpt_dir / "optim.safetensors"), state["optimizer"])
+
+
+def load_rng_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
+    restore_rng(_load_tensors(ckpt_dir / "rng.safetensors"), state["rng"])
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
+                     allow_missing: tuple[str, ...] = (), strict: bool = True) -> dict[str, torch.Tensor]:
+    """Compare a loaded state dict with ``model``: missing, unexpected or mis-shaped tensors raise CheckpointError."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors and not k.startswith(allow_missing)]
+    if missing and strict:
+        raise CheckpointError(f"{source}: missing tensor {missing[0]!r} (shape {tuple(expected[missing[0]].shape)})"
+                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    unexpected = [k for k in tensors if k not in expected]
+    if unexpected and strict:
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}"
+                              + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    for k, v in tensors.items():
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{source}: tensor {k!r} expected shape {tuple(expected[k].shape)}, "
+                                  f"found {tuple(v.shape)}")
+        if k in expected and v.dtype != expected[k].dtype and not (v.is_floating_point()
+                                                                   and expected[k].is_floating_point()):
+            raise CheckpointError(f"{source}: tensor {k!r} expected dtype {expected[k].dtype}, found {v.dtype}")
+    return {k: v for k, v in tensors.items() if k in expected}
+
+
+def prune_checkpoints(ckdir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, and stale temporary directories."""
+    for d in ckdir.glob("*.tmp-*"):
+        shutil.rmtree(d, ignore_errors=True)
+    complete = sorted(d for d in ckdir.glob("step_*") if is_complete(d))
+    for d in complete[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,200 @@
+"""Experiment configuration: data, model, objectives, optimisation; YAML presets shipped in the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlafoundry.config import ConfigError, apply_overrides, from_dict, load_yaml, require, to_dict
+from vlafoundry.models.config import PolicyConfig
+
+
+@dataclass
+class DataConfig:
+    """Where demonstrations come from. ``path`` None: generated (and cached) under ``cache_dir``."""
+
+    env: str = "babyai/GoToLocal"
+    path: str | None = None
+    episodes: int = 1000
+    seed: int = 0
+    workers: int = 2
+    image: str = "symbolic"
+    val_fraction: float = 0.05
+    loader_workers: int = 0
+    cache_dir: str = "~/.cache/vlafoundry/datasets"
+
+    def __post_init__(self) -> None:
+        require("/" in self.env, "data.env", "a name like 'babyai/GoToLocal' or 'metaworld/mt10'", self.env)
+        require(self.episodes >= 1, "data.episodes", "an integer >= 1", self.episodes)
+        require(self.seed >= 0, "data.seed", "an integer >= 0", self.seed)
+        require(self.workers >= 1, "data.workers", "an integer >= 1", self.workers)
+        require(self.image in ("symbolic", "rgb"), "data.image", "one of ['symbolic', 'rgb']", self.image)
+        require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "a fraction in [0, 1)", self.val_fraction)
+        require(self.loader_workers >= 0, "data.loader_workers", "an integer >= 0", self.loader_workers)
+
+    def dataset_dir(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser()
+        slug = self.env.replace("/", "-").lower()
+        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}"
+
+
+@dataclass
+class LossConfig:
+    """Weights of each objective (0 disables it) and their settings."""
+
+    bc: float = 1.0
+    contrastive: float = 0.0
+    itm: float = 0.0
+    mlm: float = 0.0
+    mrm: float = 0.0
+    moe_aux: float = 0.01
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    continuous: str = "l1"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "moe_aux"):
+            require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
+        require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
+        require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
+        require(0 <= self.label_smoothing < 1, "loss.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+
+
+@dataclass
+class OptimConfig:
+    """One training phase: AdamW (decoupled weight decay), linear warm-up then cosine decay."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", "an integer >= 1", self.steps)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.lr > 0, "lr", "a learning rate > 0", self.lr)
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        require(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        require(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
+        require(self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 disables clipping)", self.grad_clip)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)",
+                self.betas)
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """The behaviour-cloning phase plus everything about running it."""
+
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    threads: int = 0
+    eval_every: int = 250
+    val_batches: int = 8
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    early_stopping_patience: int = 0
+    check_finite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
+                "'auto', 'cpu', 'cuda[:N]' or 'mps'", self.device)
+        require(self.precision in ("auto", "fp32", "bf16"), "train.precision", "one of ['auto', 'fp32', 'bf16']",
+                self.precision)
+        for k in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "val_batches"):
+            require(getattr(self, k) >= 1, f"train.{k}", "an integer >= 1", getattr(self, k))
+        require(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0",
+                self.early_stopping_patience)
+        require(self.threads >= 0, "train.threads", "an integer >= 0 (0 = torch default)", self.threads)
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    """The alignment-pretraining phase: its own schedule and objective weights (bc is always 0 here)."""
+
+    steps: int = 300
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    loss: LossConfig = field(default_factory=lambda: LossConfig(bc=0.0, contrastive=1.0, itm=0.5, mlm=0.5, mrm=0.5))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.loss.bc == 0.0, "pretrain.loss.bc", "0 (pretraining does not clone actions)", self.loss.bc)
+
+
+@dataclass
+class EvalConfig:
+    """Closed-loop evaluation settings used after training (quickstart) and as ``vlafoundry eval`` defaults."""
+
+    episodes: int = 500
+    seed_start: int = 1_000_000_000
+    workers: int = 2
+    max_steps: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.episodes >= 1, "eval.episodes", "an integer >= 1", self.episodes)
+        require(self.seed_start >= 0, "eval.seed_start", "an integer >= 0", self.seed_start)
+        require(self.workers >= 0, "eval.workers", "an integer >= 0", self.workers)
+        require(self.max_steps >= 0, "eval.max_steps", "an integer >= 0 (0 = the env's own limit)", self.max_steps)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs; saved (resolved) next to every checkpoint."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def list_presets() -> list[str]:
+    files = resources.files("vlafoundry") / "presets"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw dict of a shipped preset (``babyai-gotolocal``) or of a YAML file path."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return load_yaml(name)
+    available = list_presets()
+    if name not in available:
+        raise ConfigError(f"unknown preset {name!r}; available presets: {available}")
+    with resources.as_file(resources.files("vlafoundry") / "presets" / f"{name}.yaml") as p:
+        return load_yaml(p)
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Preset (or ``base`` dict) + dotted overrides -> validated :class:`ExperimentConfig`."""
+    data: dict[str, Any] = dict(base or {})
+    if preset:
+        data = preset_dict(preset)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return from_dict(ExperimentConfig, data)
+
+
+def config_from_json_dict(data: dict[str, Any]) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, data)
+
+
+__all__ = [
+    "DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "EvalConfig",
+    "ExperimentConfig", "list_presets", "preset_dict", "load_config", "config_from_json_dict", "to_dict",
+]

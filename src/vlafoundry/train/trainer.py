@@ -1,0 +1,371 @@
+"""The training loop: one readable step, checkpoints that resume exactly, DDP through torchrun.
+
+``run_phase(cfg, run_dir, phase)`` trains either the behaviour-cloning phase (``phase="train"``, settings in
+``cfg.train`` and objective weights in ``cfg.loss``) or alignment pretraining (``phase="pretrain"``, settings
+and weights in ``cfg.pretrain``). A run directory holds::
+
+    config.yaml            the resolved configuration
+    metrics.jsonl          one JSON object per log/validation step
+    tb/                    TensorBoard event files
+    checkpoints/step_XXXXXXX/ + checkpoints/latest     (see vlafoundry.train.checkpoint)
+    summary.json           final step, losses, wall time, samples/s
+
+Resume is exact: a run stopped after a checkpoint and started again with the same command ends with the same
+weights as one never stopped (weights, AdamW moments, schedule position, RNG states and data order are saved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlafoundry.config import dump_yaml, from_dict, to_dict
+from vlafoundry.models.policy import VLAPolicy, build_policy_from_checkpoint, count_parameters
+from vlafoundry.nn._checks import set_check_finite
+from vlafoundry.train import checkpoint as ckpt
+from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
+from vlafoundry.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed
+from vlafoundry.train.sampler import ResumableBatchSampler
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by ``train.check_finite`` when a loss or gradient stops being finite."""
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, opt: OptimConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``opt.steps``."""
+    if opt.warmup_steps > 0 and step < opt.warmup_steps:
+        return (step + 1) / opt.warmup_steps
+    span = max(1, opt.steps - opt.warmup_steps)
+    progress = min(1.0, (step - opt.warmup_steps) / span)
+    return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, opt: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only (no decay on biases, norms, embeddings' 1-D params)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas))
+
+
+# ---------------------------------------------------------------------------------------------- data
+def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = True) -> Path:
+    """The dataset directory for ``cfg.data``, generating (rank 0 only) and caching it when missing."""
+    from vlafoundry.data import generate_dataset
+
+    root = cfg.data.dataset_dir()
+    if cfg.data.path is None and dist_info.is_main:
+        generate_dataset(cfg.data.env, root, episodes=cfg.data.episodes, seed=cfg.data.seed,
+                         workers=cfg.data.workers, image=cfg.data.image, resume=True, progress=progress)
+    barrier(dist_info)
+    if not root.exists():
+        raise FileNotFoundError(f"data.path: dataset directory {root} does not exist")
+    return root
+
+
+def load_datasets(cfg: ExperimentConfig, root: Path) -> tuple[Any, Any | None]:
+    from vlafoundry.data import DemoDataset
+
+    kw = dict(val_fraction=cfg.data.val_fraction, split_seed=cfg.data.seed, history=cfg.model.history,
+              chunk=cfg.model.chunk)
+    train = DemoDataset(root, split="train", **kw)
+    val = DemoDataset(root, split="val", **kw) if cfg.data.val_fraction > 0 else None
+    if val is not None and len(val) == 0:
+        val = None
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- policy I/O
+def policy_from_checkpoint(path: str | Path, device: torch.device | str = "cpu"
+                           ) -> tuple[VLAPolicy, ExperimentConfig, dict[str, Any]]:
+    """Rebuild a policy (architecture from the saved config, tokenizer/spec from extra.json) and load weights."""
+    data = ckpt.load_checkpoint(path)
+    cfg = from_dict(ExperimentConfig, data["config"])
+    policy = build_policy_from_checkpoint(cfg.model, data["extra"])
+    tensors = ckpt.check_state_dict(policy, data["model"], str(data["dir"] / "model.safetensors"))
+    policy.load_state_dict(tensors, strict=True)
+    return policy.to(device), cfg, data
+
+
+def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+class Trainer:
+    """Owns the model, optimiser, data order and run directory of one training phase."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
+                 init_from: str | Path | None = None, resume: bool = True, dist_info: DistInfo | None = None,
+                 dataset_root: str | Path | None = None) -> None:
+        if phase not in ("train", "pretrain"):
+            raise ValueError(f"phase: expected 'train' or 'pretrain', got {phase!r}")
+        self.cfg, self.phase = cfg, phase
+        self.run_dir = Path(run_dir)
+        self.ck_dir = self.run_dir / "checkpoints"
+        self.dist = dist_info or init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.opt_cfg: OptimConfig = cfg.pretrain if phase == "pretrain" else cfg.train
+        self.loss_cfg: LossConfig = cfg.pretrain.loss if phase == "pretrain" else cfg.loss
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        set_check_finite(cfg.train.check_finite)
+        torch.manual_seed(cfg.train.seed + self.dist.rank * 0)  # same init on every rank (DDP also broadcasts)
+        np.random.seed(cfg.train.seed)
+
+        root = Path(dataset_root) if dataset_root else ensure_dataset(cfg, self.dist, cfg.train.progress)
+        self.train_ds, self.val_ds = load_datasets(cfg, root)
+
+        self.step = 0
+        self.best_val = float("inf")
+        self.evals_without_improvement = 0
+        resume_dir = self._resumable_checkpoint() if resume else None
+        if resume_dir is not None:
+            self.policy, _, data = policy_from_checkpoint(resume_dir, self.device)
+        elif init_from is not None:
+            self.policy, init_cfg, _ = policy_from_checkpoint(init_from, self.device)
+            if to_dict(init_cfg.model) != to_dict(cfg.model):
+                # the architecture comes from the checkpoint; keep the run's config truthful
+                self.cfg.model = init_cfg.model
+        else:
+            self.policy = VLAPolicy.from_dataset(cfg.model, self.train_ds).to(self.device)
+        self._check_loss_config()
+        self.optimizer = build_optimizer(self.policy, self.opt_cfg)
+        self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
+                                             rank=self.dist.rank, world_size=self.dist.world_size)
+        if resume_dir is not None:
+            self._restore(resume_dir, data)
+        self.model: nn.Module = self.policy
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.policy, device_ids=ids,
+                                                             find_unused_parameters=True)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
+        self.autocast_dtype = self._autocast_dtype()
+        self._writer = None
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_loss_config(self) -> None:
+        lc, p = self.loss_cfg, self.policy
+        if lc.mlm > 0 and p.cfg.language != "scratch":
+            raise ValueError("loss.mlm > 0 needs model.language=scratch (the pretrained encoder is frozen)")
+        if lc.mrm > 0 and not p.has_image:
+            raise ValueError("loss.mrm > 0 needs an image modality (model.vision != none and image data)")
+        if (lc.contrastive > 0 or lc.itm > 0) and not p.has_language:
+            raise ValueError("loss.contrastive/itm > 0 need a language modality (model.language != none)")
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        prec = self.cfg.train.precision
+        if prec == "fp32":
+            return None
+        if prec == "bf16":
+            return torch.bfloat16
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None  # CPU: fp32 (bf16 autocast is slower than fp32 on most CPUs)
+
+    def _resumable_checkpoint(self) -> Path | None:
+        if not self.ck_dir.exists():
+            return None
+        try:
+            return ckpt.resolve_checkpoint(self.ck_dir)
+        except ckpt.CheckpointError:
+            return None
+
+    def _restore(self, directory: Path, data: dict[str, Any]) -> None:
+        state = data["state"]
+        if state.get("phase") != self.phase:
+            raise ckpt.CheckpointError(f"{directory}: checkpoint of phase {state.get('phase')!r}, "
+                                       f"cannot resume phase {self.phase!r} from it")
+        ckpt.load_optimizer_state(directory, self.optimizer, state)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.best_val = float(state.get("best_val", float("inf")))
+        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        if self.dist.world_size == int(state.get("world_size", 1)):
+            ckpt.load_rng_state(directory, state)
+
+    @property
+    def writer(self):
+        if self._writer is None and self.dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:  # tensorboard is a declared dependency; degrade gracefully if removed
+                self._writer = False
+        return self._writer or None
+
+    # ------------------------------------------------------------------ logging and checkpoints
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        w = self.writer
+        if w is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    w.add_scalar(f"{record.get('split', 'train')}/{k}", v, record["step"])
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return None
+        state = {
+            "phase": self.phase,
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "best_val": self.best_val,
+            "evals_without_improvement": self.evals_without_improvement,
+            "world_size": self.dist.world_size,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        name = f"step_{self.step:07d}"
+        d = ckpt.save_checkpoint(self.ck_dir / name, model_state=self.policy.state_dict(),
+                                 config=to_dict(self.cfg), state=state, optimizer=self.optimizer,
+                                 extra=self.policy.extra_state())
+        ckpt.write_atomic_text(self.ck_dir / "latest", name)
+        ckpt.prune_checkpoints(self.ck_dir, self.cfg.train.keep_checkpoints)
+        barrier(self.dist)
+        return d
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.val_ds is None:
+            return {}
+        self.policy.eval()
+        n = len(self.val_ds)
+        bs = self.opt_cfg.batch_size
+        g = torch.Generator().manual_seed(12345)
+        order = torch.randperm(n, generator=g)
+        totals: dict[str, float] = {}
+        count = 0
+        with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG (exact resume)
+            for i in range(min(self.cfg.train.val_batches, math.ceil(n / bs))):
+                idx = order[i * bs:(i + 1) * bs].tolist()
+                batch = _batch_to_device(self.val_ds.__getitems__(idx), self.device)
+                with self._autocast():
+                    _, m = self.policy(batch, self.loss_cfg)
+                for k, v in m.items():
+                    totals[k] = totals.get(k, 0.0) + v * len(idx)
+                count += len(idx)
+        self.policy.train()
+        return {k: all_reduce_mean(v / max(count, 1), self.dist) for k, v in totals.items()}
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ non-finite guard
+    def _check_finite_step(self, loss: torch.Tensor, metrics: dict[str, float]) -> None:
+        if not torch.isfinite(loss):
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            raise NonFiniteError(f"step {self.step}: loss is {float(loss)} (non-finite terms: {bad or ['loss']})")
+        for name, p in self.policy.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteError(f"step {self.step}: gradient of {name!r} has non-finite values")
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to ``opt.steps`` (or ``stop_after`` more steps, used by tests to simulate an interruption)."""
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(self.cfg, self.run_dir / "config.yaml")
+        opt, total_steps = self.opt_cfg, self.opt_cfg.steps
+        end = total_steps if stop_after is None else min(total_steps, self.step + stop_after)
+        self.policy.train()
+        bar = None
+        if self.cfg.train.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=self.step, desc=self.phase, unit="step", dynamic_ncols=True)
+        t0, samples, stopped_early = time.perf_counter(), 0, False
+        window_t, window_samples = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        while self.step < end:
+            idx = self.sampler.next_batch()
+            batch = _batch_to_device(self.train_ds.__getitems__(idx), self.device)  # (B_local, ...)
+            lr = opt.lr * lr_factor(self.step, opt)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with self._autocast():
+                loss, metrics = self.model(batch, self.loss_cfg)  # scalar, dict
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.train.check_finite:
+                self._check_finite_step(loss, metrics)
+            if opt.grad_clip > 0:
+                metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), opt.grad_clip))
+            self.optimizer.step()
+            self.step += 1
+            samples += len(idx) * self.dist.world_size
+            window_samples += len(idx) * self.dist.world_size
+            last = metrics
+            if bar is not None:
+                bar.update(1)
+            if self.step % self.cfg.train.log_every == 0 or self.step == end:
+                now = time.perf_counter()
+                sps = window_samples / max(now - window_t, 1e-9)
+                window_t, window_samples = now, 0
+                self._log({"step": self.step, "split": "train", "lr": lr, "samples_per_s": sps, **metrics})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{sps:,.0f}")
+            if self.step % self.cfg.train.eval_every == 0 or self.step == total_steps:
+                val = self.validate()
+                if val:
+                    self._log({"step": self.step, "split": "val", **val})
+                    stopped_early = self._early_stopping(val["loss"])
+            if self.step % self.cfg.train.checkpoint_every == 0 or self.step == end or stopped_early:
+                self.save()
+            if stopped_early:
+                break
+        if bar is not None:
+            bar.close()
+        wall = time.perf_counter() - t0
+        summary = {"phase": self.phase, "step": self.step, "steps": total_steps, "wall_s": wall,
+                   "samples_per_s": samples / max(wall, 1e-9), "stopped_early": stopped_early,
+                   "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+                   "last": last, "parameters": count_parameters(self.policy),
+                   "train_samples": len(self.train_ds), "world_size": self.dist.world_size}
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if self._writer:
+            self._writer.close()
+        return summary
+
+    def _early_stopping(self, val_loss: float) -> bool:
+        improved = val_loss < self.best_val - 1e-6
+        if improved:
+            self.best_val = val_loss
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        patience = self.cfg.train.early_stopping_patience
+        stop = patience > 0 and self.evals_without_improvement >= patience
+        return broadcast_flag(stop, self.dist)
+
+
+def run_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train", init_from: str | Path | None = None,
+              resume: bool = True) -> dict[str, Any]:
+    return Trainer(cfg, run_dir, phase=phase, init_from=init_from, resume=resume).fit()
+
+
+__all__ = ["Trainer", "run_phase", "policy_from_checkpoint", "lr_factor", "build_optimizer", "NonFiniteError",
+           "ensure_dataset", "load_datasets"]
