@@ -94,6 +94,11 @@ def _moe_factory(cfg: PolicyConfig):
     return make
 
 
+def _f(t: torch.Tensor) -> float:
+    """A metric value: detached Python float."""
+    return float(t.detach())
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L, D), (B, L) bool -> (B, D); rows with no valid token give zeros."""
     w = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
@@ -377,11 +382,11 @@ class VLAPolicy(nn.Module):
                                  label_smoothing=loss_cfg.label_smoothing).view_as(w)
             loss = (ce * w).sum() / w.sum().clamp_min(1)
             acc = ((out.argmax(-1) == act).float() * w).sum() / w.sum().clamp_min(1)
-            metrics["action_acc"] = float(acc)
+            metrics["action_acc"] = _f(acc)
         elif self.head_kind == "continuous":
             err = (out - act.float()).abs() if loss_cfg.continuous == "l1" else (out - act.float()) ** 2
             loss = (err.mean(-1) * w).sum() / w.sum().clamp_min(1)
-            metrics["action_l1"] = float(((out - act).abs().mean(-1) * w).sum() / w.sum().clamp_min(1))
+            metrics["action_l1"] = _f(((out - act).abs().mean(-1) * w).sum() / w.sum().clamp_min(1))
         else:
             bins = self.action_tokenizer.encode(act.float()).to(out.device)  # (B, K, A)
             ce = F.cross_entropy(out.flatten(0, 2), bins.flatten(), reduction="none").view(bins.shape).mean(-1)
@@ -419,7 +424,7 @@ class VLAPolicy(nn.Module):
             fused = self._fuse(enc)
             bc, m = self.bc_loss(fused, b, lc)
             total = total + lc.bc * bc
-            metrics.update(m, bc=float(bc))
+            metrics.update(m, bc=_f(bc))
         need_align = (lc.contrastive > 0 or lc.itm > 0) and self.has_language
         if need_align:
             pair_ids = self._pair_ids(b)
@@ -429,27 +434,27 @@ class VLAPolicy(nn.Module):
             if lc.contrastive > 0:
                 con = self.contrastive(ov, lv, pair_ids)
                 total = total + lc.contrastive * con
-                metrics["contrastive"] = float(con)
+                metrics["contrastive"] = _f(con)
             if lc.itm > 0:
                 with torch.no_grad():
                     sim = self.contrastive.similarity(ov, lv)
                 itm, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids)
                 total = total + lc.itm * itm
-                metrics.update(itm=float(itm), itm_acc=float(itm_acc))
+                metrics.update(itm=_f(itm), itm_acc=_f(itm_acc))
         if want_mlm:
             mlm = self.pretrain_heads.mlm_loss(enc["lang"], mlm_labels)
             total = total + lc.mlm * mlm
-            metrics["mlm"] = float(mlm)
+            metrics["mlm"] = _f(mlm)
         if want_mrm:
             ex = enc["extras"]
             mrm = self.pretrain_heads.mrm_loss(ex["mrm_pred"], ex["mrm_target"], ex["mrm_mask"])
             total = total + lc.mrm * mrm
-            metrics["mrm"] = float(mrm)
+            metrics["mrm"] = _f(mrm)
         aux = self.moe_aux_loss()
         if aux is not None and lc.moe_aux > 0:
             total = total + lc.moe_aux * aux
-            metrics["moe_aux"] = float(aux)
-        metrics["loss"] = float(total)
+            metrics["moe_aux"] = _f(aux)
+        metrics["loss"] = _f(total)
         return total, metrics
 
     def _pair_ids(self, b: dict[str, Any]) -> torch.Tensor:
