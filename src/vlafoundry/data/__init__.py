@@ -1,0 +1,24 @@
+"""Demonstration data: expert generation into Minari datasets, a training cache, PyTorch datasets."""
+
+from vlafoundry.data.collate import collate
+from vlafoundry.data.dataset import DemoDataset, PairDataset, split_episodes
+from vlafoundry.data.format import META_FILE, SCHEMA_VERSION, dataset_id_for
+from vlafoundry.data.generate import GenerationResult, generate_dataset
+from vlafoundry.data.transforms import ModalityDropout
+from vlafoundry.data.verify import inspect_dataset, load_minari, verify_dataset
+
+__all__ = [
+    "DemoDataset",
+    "GenerationResult",
+    "META_FILE",
+    "ModalityDropout",
+    "PairDataset",
+    "SCHEMA_VERSION",
+    "collate",
+    "dataset_id_for",
+    "generate_dataset",
+    "inspect_dataset",
+    "load_minari",
+    "split_episodes",
+    "verify_dataset",
+]

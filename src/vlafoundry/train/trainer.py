@@ -63,16 +63,20 @@ def build_optimizer(model: nn.Module, opt: OptimConfig) -> torch.optim.AdamW:
 
 # ---------------------------------------------------------------------------------------------- data
 def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = True) -> Path:
-    """The dataset directory for ``cfg.data``, generating (rank 0 only) and caching it when missing."""
-    from vlafoundry.data import generate_dataset
+    """The dataset directory for ``cfg.data``, generating (rank 0 only) and caching it when missing.
+
+    A complete dataset already in the cache is reused as it is; an interrupted generation is resumed.
+    """
+    from vlafoundry.data import META_FILE, generate_dataset
 
     root = cfg.data.dataset_dir()
-    if cfg.data.path is None and dist_info.is_main:
-        generate_dataset(cfg.data.env, root, episodes=cfg.data.episodes, seed=cfg.data.seed,
-                         workers=cfg.data.workers, image=cfg.data.image, resume=True, progress=progress)
+    if cfg.data.path is None and dist_info.is_main and not (root / META_FILE).exists():
+        generate_dataset(cfg.data.env, cfg.data.episodes, root, workers=cfg.data.workers, seed=cfg.data.seed,
+                         image=cfg.data.image, progress=progress)
     barrier(dist_info)
-    if not root.exists():
-        raise FileNotFoundError(f"data.path: dataset directory {root} does not exist")
+    if not (root / META_FILE).exists():
+        raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}); "
+                                "create one with `vlafoundry data generate`")
     return root
 
 

@@ -1,0 +1,394 @@
+"""``vlafoundry data generate``: the expert plays, every step is recorded, the result is a Minari dataset.
+
+Pipeline: plan -> shards (parallel, resumable) -> assemble (Minari hdf5 + training cache + vlafoundry.json).
+``--episodes N`` asks for N *successful* demonstrations: episode ``i`` uses seed ``S+i``; failed seeds are
+skipped (and recorded) and the run continues with the next seeds, so the dataset is the first N successes
+in seed order: the same bytes whatever the number of workers, and after any number of interruptions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlafoundry.data.cache import build_cache
+from vlafoundry.data.episodes import Episode, to_episode_buffer
+from vlafoundry.data.format import (
+    CACHE_DIR,
+    FORMAT_NAME,
+    META_FILE,
+    MINARI_DIR,
+    SCHEMA_VERSION,
+    SHARD_DIR,
+    dataset_id_for,
+    file_record,
+    minari_datasets_path,
+    minari_spaces,
+    read_json,
+    write_json_atomic,
+)
+from vlafoundry.data.rollout import run_expert_episode
+from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
+
+log = logging.getLogger(__name__)
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that determines a dataset's bytes."""
+
+    env: str
+    episodes: int
+    seed: int = 0
+    image: str = "symbolic"
+    max_steps: int | None = None
+    episode_timeout_s: float = 10.0
+
+    def tasks(self) -> list[str]:
+        from vlafoundry.envs import expand_env_names
+
+        return expand_env_names(self.env)
+
+    def family(self) -> str:
+        return self.env.split("/", 1)[0]
+
+
+@dataclass
+class GenerationResult:
+    root: Path
+    metadata: dict[str, Any]
+    wall_s: float
+    rollout_s: float
+    assemble_s: float
+    steps_generated: int
+    episodes_generated: int
+    shards_reused: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- workers
+_ENVS: dict[tuple[str, str, int | None], Any] = {}
+
+
+def _get_env(task: str, image: str, max_steps: int | None) -> Any:
+    from vlafoundry.envs import make_env
+
+    key = (task, image, max_steps)
+    if key not in _ENVS:
+        _ENVS[key] = make_env(task, image=image, max_steps=max_steps)
+    return _ENVS[key]
+
+
+def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
+    """Generate shard ``k`` (episode indices ``[k*size, (k+1)*size)``) and write it atomically."""
+    cfg_dict, k, size, shard_dir = job
+    cfg = GenerationConfig(**cfg_dict)
+    tasks = cfg.tasks()
+    episodes: list[Episode] = []
+    failures: list[tuple[int, str]] = []
+    steps = 0
+    env = None
+    for i in range(k * size, (k + 1) * size):
+        env = _get_env(tasks[i % len(tasks)], cfg.image, cfg.max_steps)
+        seed = cfg.seed + i
+        ep, reason = run_expert_episode(env, seed, cfg.episode_timeout_s)
+        if ep is None:
+            failures.append((seed, reason))
+        else:
+            episodes.append(ep)
+            steps += len(ep["action"])
+    assert env is not None
+    action_shape = () if env.spec.action_type == "discrete" else (env.spec.action_dim,)
+    write_shard(
+        shard_path(Path(shard_dir), k), episodes, failures, env.spec.image_shape is not None, action_shape,
+        (cfg.seed + k * size, cfg.seed + (k + 1) * size),
+    )
+    return {"shard": k, "ok": len(episodes), "failed": failures, "steps": steps}
+
+
+# ------------------------------------------------------------------------------------------------ layout
+def _dataset_entries(root: Path) -> list[Path]:
+    return [root / META_FILE, root / MINARI_DIR, root / CACHE_DIR, root / SHARD_DIR, root / f".{MINARI_DIR}.tmp"]
+
+
+def _wipe(root: Path) -> None:
+    for p in _dataset_entries(root):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _prepare_root(root: Path, cfg: GenerationConfig, shard_size: int, overwrite: bool) -> int:
+    """Create/validate the output dir; returns the shard size to use (a resumed run keeps its own)."""
+    shard_dir = root / SHARD_DIR
+    plan_path = shard_dir / PLAN_FILE
+    if (root / META_FILE).exists():
+        if not overwrite:
+            raise FileExistsError(f"{root} already holds a dataset ({META_FILE}); pass overwrite=True / --overwrite to replace it")
+        _wipe(root)
+    elif plan_path.exists():
+        plan = read_json(plan_path)
+        if plan.get("config") == asdict(cfg):
+            log.info("resuming the interrupted generation in %s", root)
+            return int(plan["shard_size"])
+        if not overwrite:
+            raise FileExistsError(
+                f"{root} holds an interrupted generation with different settings ({plan.get('config')}); "
+                "rerun with the same settings to resume, or pass --overwrite"
+            )
+        _wipe(root)
+    elif root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to write a dataset there")
+        _wipe(root)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_path, {"config": asdict(cfg), "shard_size": shard_size})
+    return shard_size
+
+
+def _start_method(requested: str | None) -> str:
+    if requested:
+        return requested
+    return "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
+
+
+# -------------------------------------------------------------------------------------------- generation
+def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, workers: int, progress: bool,
+                     start_method: str | None) -> tuple[int, int, int, int]:
+    """Run shards until the contiguous prefix holds >= N successes. Returns (num_shards, steps, episodes, reused)."""
+    from tqdm.auto import tqdm
+
+    for tmp in shard_dir.glob("*.tmp"):  # a shard being written when the previous run died
+        tmp.unlink()
+    n_needed = cfg.episodes
+    max_attempts = max(2 * n_needed, n_needed + 1000)
+    num_shards = math.ceil(n_needed / shard_size)
+    ok: dict[int, int] = {}
+    reused = 0
+    for path in sorted(shard_dir.glob("shard_*.npz")):
+        summary = read_shard_summary(path)
+        if summary is None:
+            log.warning("discarding unreadable shard %s", path.name)
+            path.unlink()
+            continue
+        ok[int(path.stem.split("_")[1])] = len(summary[0])
+        reused += 1
+    steps = episodes = 0
+    bar = tqdm(total=n_needed, unit="ep", desc=f"generate {cfg.env}", disable=not progress, dynamic_ncols=True)
+    bar.update(min(n_needed, sum(ok.get(k, 0) for k in range(num_shards))))
+    pool = None
+    try:
+        while True:
+            pending = [k for k in range(num_shards) if k not in ok]
+            if pending:
+                jobs = [(asdict(cfg), k, shard_size, str(shard_dir)) for k in pending]
+                if workers <= 1:
+                    results = map(_run_shard, jobs)
+                else:
+                    if pool is None:
+                        pool = mp.get_context(_start_method(start_method)).Pool(workers)
+                    results = pool.imap_unordered(_run_shard, jobs)
+                for res in results:
+                    ok[res["shard"]] = res["ok"]
+                    steps += res["steps"]
+                    episodes += res["ok"]
+                    for seed, reason in res["failed"]:
+                        bar.write(f"expert failed on seed {seed} ({reason}); skipped", file=sys.stderr)
+                    bar.update(min(res["ok"], max(0, n_needed - bar.n)))
+            have = sum(ok[k] for k in range(num_shards))
+            if have >= n_needed:
+                return num_shards, steps, episodes, reused
+            if num_shards * shard_size >= max_attempts:
+                raise RuntimeError(
+                    f"the expert succeeded on only {have} of {num_shards * shard_size} seeds; giving up before {n_needed}"
+                )
+            num_shards += math.ceil((n_needed - have) * 1.25 / shard_size)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _collect(cfg: GenerationConfig, shard_dir: Path, num_shards: int) -> tuple[list[Episode], list[tuple[int, str]]]:
+    """The first N successes in seed order and the failures among the seeds before the last one used."""
+    episodes: list[Episode] = []
+    failures: list[tuple[int, str]] = []
+    for k in range(num_shards):
+        eps, fails = read_shard(shard_path(shard_dir, k))
+        items = sorted([(ep["seed"], ep) for ep in eps] + [(s, r) for s, r in fails], key=lambda t: t[0])
+        for seed, item in items:
+            if len(episodes) == cfg.episodes:
+                return episodes, failures
+            if isinstance(item, dict):
+                episodes.append(item)
+            else:
+                failures.append((seed, item))
+    if len(episodes) < cfg.episodes:
+        raise RuntimeError(f"shards hold {len(episodes)} episodes, expected {cfg.episodes}")
+    return episodes, failures
+
+
+def _env_spec_dict(cfg: GenerationConfig, tasks: list[str]) -> dict[str, Any]:
+    spec = _get_env(tasks[0], cfg.image, cfg.max_steps).spec.to_dict()
+    spec["name"] = cfg.env
+    return spec
+
+
+def _write_minari(root: Path, cfg: GenerationConfig, episodes: list[Episode], spec: dict[str, Any]) -> str:
+    import minari
+
+    family = cfg.family()
+    dataset_id = dataset_id_for(cfg.env)
+    obs_space, act_space = minari_spaces(family, spec)
+    buffers = [to_episode_buffer(ep, i, family) for i, ep in enumerate(episodes)]
+    tmp_root = root / f".{MINARI_DIR}.tmp"
+    if tmp_root.exists():
+        shutil.rmtree(tmp_root)
+    env_arg = None
+    if family == "babyai":
+        import gymnasium as gym
+        import minigrid  # noqa: F401
+
+        env_arg = gym.spec(f"BabyAI-{cfg.env.split('/', 1)[1]}-v0")
+    expert = "minigrid.utils.baby_ai_bot.BabyAIBot" if family == "babyai" else "metaworld.policies (scripted)"
+    with minari_datasets_path(tmp_root), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=env_arg,
+            observation_space=obs_space,
+            action_space=act_space,
+            algorithm_name=expert,
+            author="vlafoundry",
+            author_email="n/a",
+            code_permalink="https://github.com/vlafoundry/vlafoundry",
+            description=f"Expert demonstrations for {cfg.env} generated by `vlafoundry data generate` (seed {cfg.seed}).",
+            data_format="hdf5",
+            jpeg_encoding=False,
+        )
+    if (root / MINARI_DIR).exists():
+        shutil.rmtree(root / MINARI_DIR)
+    os.replace(tmp_root, root / MINARI_DIR)
+    return dataset_id
+
+
+def _assemble(root: Path, cfg: GenerationConfig, num_shards: int) -> dict[str, Any]:
+    import minari
+
+    import vlafoundry
+
+    shard_dir = root / SHARD_DIR
+    tasks = cfg.tasks()
+    episodes, failures = _collect(cfg, shard_dir, num_shards)
+    spec = _env_spec_dict(cfg, tasks)
+    dataset_id = _write_minari(root, cfg, episodes, spec)
+    minari_root = root / MINARI_DIR
+    files = {
+        str(p.relative_to(root)): file_record(p) for p in sorted(minari_root.rglob("*")) if p.is_file()
+    }
+    main_file = minari_root / dataset_id / "data" / "main_data.hdf5"
+    cache_meta = build_cache(
+        episodes, root / CACHE_DIR, tasks, source=main_file,
+        source_sha256=files[str(main_file.relative_to(root))]["sha256"],
+    )
+    per_task = {t: 0 for t in tasks}
+    for ep in episodes:
+        per_task[ep["task"]] += 1
+    versions = {"vlafoundry": vlafoundry.__version__, "minari": minari.__version__}
+    for dist in ("minigrid", "metaworld", "gymnasium", "mujoco"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "format": FORMAT_NAME,
+        "env": {"name": cfg.env, "family": cfg.family(), "tasks": tasks, "image": cfg.image if spec["image_shape"] else None, "spec": spec},
+        "minari": {"datasets_path": MINARI_DIR, "dataset_id": dataset_id, "data_format": "hdf5", "main_file": str(main_file.relative_to(root))},
+        "generation": {**asdict(cfg), "expert": "BabyAIBot" if cfg.family() == "babyai" else "metaworld scripted policy", "versions": versions},
+        "counts": {
+            "episodes": len(episodes),
+            "steps": int(sum(len(ep["action"]) for ep in episodes)),
+            "failed": len(failures),
+            "seeds_used": len(episodes) + len(failures),
+            "per_task": per_task,
+        },
+        "failed_seeds": [{"seed": s, "reason": r} for s, r in failures],
+        "instructions": cache_meta["instructions"],
+        "stats": cache_meta["stats"],
+        "files": files,
+        "cache": {"path": CACHE_DIR, "files": cache_meta["files"]},
+    }
+    write_json_atomic(root / META_FILE, metadata)
+    shutil.rmtree(shard_dir)
+    return metadata
+
+
+def generate_dataset(
+    env: str,
+    episodes: int,
+    out: str | os.PathLike[str],
+    workers: int = 1,
+    seed: int = 0,
+    image: str = "symbolic",
+    max_steps: int | None = None,
+    overwrite: bool = False,
+    episode_timeout_s: float = 10.0,
+    shard_size: int | None = None,
+    progress: bool = True,
+    start_method: str | None = None,
+) -> GenerationResult:
+    """Generate ``episodes`` expert demonstrations of ``env`` (an env or suite name) into ``out``.
+
+    Resumes an interrupted run with the same settings; refuses to touch an existing dataset unless
+    ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it.
+    """
+    from vlafoundry.envs import canonical_name, expand_env_names
+
+    if episodes <= 0:
+        raise ValueError(f"episodes: expected > 0, got {episodes}")
+    if workers <= 0:
+        raise ValueError(f"workers: expected > 0, got {workers}")
+    if image not in ("symbolic", "rgb"):
+        raise ValueError(f"image: expected 'symbolic' or 'rgb', got {image!r}")
+    name = canonical_name(env)
+    expand_env_names(name)  # validates the name early
+    cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
+                           max_steps=max_steps, episode_timeout_s=float(episode_timeout_s))
+    root = Path(out)
+    t0 = time.perf_counter()
+    size = shard_size or max(1, min(50, math.ceil(episodes / 40)))
+    size = _prepare_root(root, cfg, size, overwrite)
+    # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
+    _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps)
+    cpu0 = _cpu_seconds()
+    num_shards, steps, n_eps, reused = _roll_out_shards(cfg, root / SHARD_DIR, size, workers, progress, start_method)
+    t1 = time.perf_counter()
+    rollout_cpu = _cpu_seconds() - cpu0
+    metadata = _assemble(root, cfg, num_shards)
+    t2 = time.perf_counter()
+    return GenerationResult(root, metadata, t2 - t0, t1 - t0, t2 - t1, steps, n_eps, reused,
+                            extra={"rollout_cpu_s": rollout_cpu, "workers": workers})
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its reaped children (the pool workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

@@ -1,0 +1,101 @@
+"""Run the expert for one episode, with a step cap and a wall-clock cap.
+
+The BabyAI bot can loop forever inside ``replan()`` on a few seeds of Unlock / GoToImpUnlock, so a step
+cap alone is not enough: a POSIX interval timer raises inside the loop after ``timeout_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from vlafoundry.data.episodes import Episode
+
+
+class EpisodeTimeout(Exception):
+    """Raised inside an episode that exceeded its wall-clock budget."""
+
+
+def _raise_timeout(signum: int, frame: Any) -> None:
+    raise EpisodeTimeout()
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`EpisodeTimeout` after ``seconds`` (main thread on POSIX only; otherwise no limit)."""
+    usable = (
+        seconds is not None
+        and seconds > 0
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_expert_episode(env: Any, seed: int, timeout_s: float | None = 10.0) -> tuple[Episode | None, str]:
+    """Roll out ``env.expert_action()`` from ``env.reset(seed)``.
+
+    Returns ``(episode, "ok")`` on success, else ``(None, reason)`` with reason ``"timeout"``,
+    ``"not solved in N steps"`` or ``"error: ..."``.
+    """
+    cap = int(env.spec.max_episode_steps) + 1
+    images: list[np.ndarray] = []
+    states: list[np.ndarray] = []
+    actions: list[Any] = []
+    rewards: list[float] = []
+    terms: list[bool] = []
+    truncs: list[bool] = []
+    success = False
+    try:
+        with wall_clock_limit(timeout_s):
+            obs = env.reset(seed=seed)
+            instruction = obs["instruction"]
+            has_image = "image" in obs
+            for _ in range(cap):
+                if has_image:
+                    images.append(obs["image"])
+                states.append(obs["state"])
+                action = env.expert_action()
+                obs, reward, terminated, truncated, info = env.step(action)
+                actions.append(action)
+                rewards.append(reward)
+                terms.append(terminated)
+                truncs.append(truncated)
+                if terminated or truncated:
+                    success = bool(info.get("success", False))
+                    break
+    except EpisodeTimeout:
+        return None, "timeout"
+    except Exception as exc:  # an expert crash is a failed demonstration, not a failed run
+        return None, f"error: {type(exc).__name__}: {exc}"
+    if not success:
+        return None, f"not solved in {len(actions)} steps"
+    if has_image:
+        images.append(obs["image"])
+    states.append(obs["state"])
+    discrete = env.spec.action_type == "discrete"
+    return {
+        "seed": int(seed),
+        "task": env.spec.name,
+        "instruction": instruction,
+        "image": np.stack(images).astype(np.uint8) if has_image else None,  # (n+1, H, W, C)
+        "state": np.stack(states).astype(np.float32),  # (n+1, S)
+        "action": np.asarray(actions, dtype=np.int64 if discrete else np.float32),  # (n,) | (n, A)
+        "reward": np.asarray(rewards, dtype=np.float32),
+        "terminated": np.asarray(terms, dtype=bool),
+        "truncated": np.asarray(truncs, dtype=bool),
+    }, "ok"

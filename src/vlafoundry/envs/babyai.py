@@ -1,0 +1,139 @@
+"""BabyAI (Minigrid) levels behind the vlafoundry env interface, with the ``BabyAIBot`` expert."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+
+from vlafoundry.envs.spec import EnvSpec
+
+NUM_DIRECTIONS = 4
+
+
+def babyai_gym_id(level: str) -> str:
+    return f"BabyAI-{level}-v0"
+
+
+def babyai_levels() -> list[str]:
+    """All BabyAI level names registered by the installed minigrid (e.g. ``"GoToLocal"``)."""
+    import gymnasium as gym
+    import minigrid  # noqa: F401  (registers the envs)
+
+    return sorted(k[len("BabyAI-") : -len("-v0")] for k in gym.registry if k.startswith("BabyAI-") and k.endswith("-v0"))
+
+
+def direction_one_hot(direction: int) -> np.ndarray:
+    state = np.zeros(NUM_DIRECTIONS, dtype=np.float32)  # (4,)
+    state[int(direction)] = 1.0
+    return state
+
+
+class BabyAIEnv:
+    """One BabyAI level.
+
+    Observations: ``image`` is the egocentric 7x7x3 symbolic view (``image="symbolic"``) or its RGB
+    rendering through Minigrid's ``RGBImgPartialObsWrapper`` (``image="rgb"``, ``7*tile_size`` pixels a side);
+    ``state`` the one-hot agent direction (4,); ``instruction`` the level's mission.
+    Success = the episode terminated with positive reward (BabyAI's only way to terminate).
+
+    Args:
+        level: level name without prefix/suffix, e.g. ``"GoToLocal"``.
+        image: ``"symbolic"`` or ``"rgb"``.
+        max_steps: override the level's step cap.
+        tile_size: pixels per cell for ``image="rgb"``.
+        render_tile_size: pixels per cell of :meth:`render_rgb` (full-grid frames for GIFs).
+    """
+
+    def __init__(
+        self,
+        level: str,
+        image: str = "symbolic",
+        max_steps: int | None = None,
+        tile_size: int = 8,
+        render_tile_size: int = 16,
+    ) -> None:
+        import gymnasium as gym
+        import minigrid  # noqa: F401
+
+        if image not in ("symbolic", "rgb"):
+            raise ValueError(f"image: expected 'symbolic' or 'rgb', got {image!r}")
+        kwargs: dict[str, Any] = {}
+        if max_steps is not None:
+            kwargs["max_steps"] = int(max_steps)
+        try:
+            env = gym.make(babyai_gym_id(level), **kwargs)
+        except gym.error.Error as exc:
+            raise ValueError(f"unknown BabyAI level {level!r} ({exc})") from exc
+        if image == "rgb":
+            from minigrid.wrappers import RGBImgPartialObsWrapper
+
+            env = RGBImgPartialObsWrapper(env, tile_size=tile_size)
+        self._env = env
+        self.level = level
+        self.image_mode = image
+        self.render_tile_size = render_tile_size
+        self._bot: Any = None
+        self._mission = ""
+        image_shape = tuple(int(v) for v in env.observation_space["image"].shape)
+        if not env.unwrapped.max_steps:  # BabyAI levels size their step cap at the first reset
+            with contextlib.redirect_stdout(io.StringIO()):
+                env.reset(seed=0)
+        self.spec = EnvSpec(
+            name=f"babyai/{level}",
+            action_type="discrete",
+            num_actions=int(env.action_space.n),
+            action_dim=1,
+            action_low=None,
+            action_high=None,
+            state_dim=NUM_DIRECTIONS,
+            image_shape=image_shape,
+            max_episode_steps=int(env.unwrapped.max_steps),
+        )
+
+    @property
+    def unwrapped(self) -> Any:
+        return self._env.unwrapped
+
+    def _convert(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "image": np.asarray(raw["image"], dtype=np.uint8),
+            "state": direction_one_hot(raw["direction"]),
+            "instruction": str(raw["mission"]),
+            "task": self.spec.name,
+        }
+
+    def reset(self, seed: int | None = None) -> dict[str, Any]:
+        # level generation prints "Sampling rejected: ..." on stdout; keep it out of progress bars
+        with contextlib.redirect_stdout(io.StringIO()):
+            raw, _ = self._env.reset(seed=seed)
+        self._bot = None
+        self._mission = str(raw["mission"])
+        return self._convert(raw)
+
+    def step(self, action: int | np.integer | np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        a = int(np.asarray(action).reshape(-1)[0]) if np.ndim(action) else int(action)
+        if not 0 <= a < self.spec.num_actions:  # type: ignore[operator]
+            raise ValueError(f"action: expected an int in [0, {self.spec.num_actions}), got {a}")
+        raw, reward, terminated, truncated, info = self._env.step(a)
+        info = dict(info)
+        info["success"] = bool(terminated and reward > 0)
+        return self._convert(raw), float(reward), bool(terminated), bool(truncated), info
+
+    def expert_action(self) -> int:
+        """The ``BabyAIBot`` action for the current state (the bot is created lazily after each reset)."""
+        if self._bot is None:
+            from minigrid.utils.baby_ai_bot import BabyAIBot
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._bot = BabyAIBot(self._env.unwrapped)
+        return int(self._bot.replan())
+
+    def render_rgb(self) -> np.ndarray:
+        """Full-grid RGB frame (H, W, 3) uint8 with the agent's view highlighted."""
+        return np.asarray(self._env.unwrapped.get_frame(highlight=True, tile_size=self.render_tile_size), dtype=np.uint8)
+
+    def close(self) -> None:
+        self._env.close()

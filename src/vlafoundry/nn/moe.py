@@ -1,0 +1,260 @@
+"""Sparse mixture-of-experts feed-forward layer and a conditional computation gate.
+
+:class:`MultimodalMixtureOfExperts` is a drop-in replacement for a transformer FFN (``ffn_layer`` of
+:class:`~vlafoundry.nn.blocks.TransformerEncoderBlock`). Routing is top-k on the router softmax, with GShard/Switch
+capacity: every expert processes at most ``C`` token-slots per forward, first choices of all tokens take priority
+over second choices, and slots over capacity are dropped (they contribute zero; the caller's residual connection
+carries the token through). Dispatch is fully vectorised: slot positions come from a cumulative sum over one-hot
+assignments, tokens are scattered into an (E, C, D) buffer, all experts run at once with batched matmuls, and
+results are gathered back with ``index_add``. No Python loop over tokens or experts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor
+
+__all__ = ["MultimodalMixtureOfExperts", "ConditionalComputationGate"]
+
+
+def _uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.init.uniform_(t, -bound, bound)
+
+
+class MultimodalMixtureOfExperts(nn.Module):
+    """Top-k routed mixture of two-layer FFN experts with capacity limits and a Switch load-balancing loss.
+
+    Args:
+        num_experts: E.
+        d_model: token width D.
+        expert_capacity: fixed per-expert capacity C in token-slots; None -> ``ceil(capacity_factor * T * top_k / E)``
+            with T the number of routed (valid) tokens of the forward call.
+        top_k: experts per token.
+        capacity_factor: slack over a perfectly balanced load when ``expert_capacity`` is None.
+        d_ff: expert hidden width H (default ``2 * d_model``).
+        dropout: dropout on the expert hidden activations.
+        act_layer: activation module class.
+        aux_loss_weight: multiplier applied to the load-balancing loss stored in ``self.aux_loss``.
+        normalize_gates: divide the top-k probabilities by their sum. Default: True for top_k > 1; False for
+            top_k == 1 (Switch), where renormalising would make the gate constant 1 and cut the router off from the
+            task gradient.
+        trim_buffer: size the (E, W, D) buffer to ``W = min(C, max expert load)`` instead of C (same results, less
+            padding compute; costs one host sync, set False for static shapes, e.g. CUDA graphs).
+
+    forward(x (B, L, D) or (N, D), mask (B, L) / (N,) bool | None, True = real token) -> same shape as x.
+    Masked-out tokens are not routed, occupy no capacity, are excluded from the aux loss and get a zero output.
+
+    After each forward:
+        ``self.aux_loss``: ``aux_loss_weight * E * sum_e f_e * P_e`` (scalar with grad), where f_e is the fraction
+            of valid tokens whose first choice is e and P_e the mean router probability of e over valid tokens
+            (1.0 * weight for a perfectly uniform router).
+        ``self.last_stats``: floats ``overflow_fraction`` (dropped token-slots / routed token-slots),
+            ``tokens_dropped`` (number of dropped token-slots), ``tokens_unrouted`` (tokens that lost every slot),
+            ``capacity`` (C) and ``expert_load`` (list, fraction of routed token-slots assigned to each expert
+            before capacity is applied).
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        d_model: int,
+        expert_capacity: int | None = None,
+        top_k: int = 2,
+        capacity_factor: float = 1.25,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        aux_loss_weight: float = 1.0,
+        normalize_gates: bool | None = None,
+        trim_buffer: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts: expected >= 1, got {num_experts}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k: expected in [1, num_experts={num_experts}], got {top_k}")
+        if expert_capacity is not None and expert_capacity < 1:
+            raise ValueError(f"expert_capacity: expected >= 1 or None, got {expert_capacity}")
+        if capacity_factor <= 0:
+            raise ValueError(f"capacity_factor: expected > 0, got {capacity_factor}")
+        self.num_experts = num_experts
+        self.d_model = d_model
+        self.expert_capacity = expert_capacity
+        self.top_k = top_k
+        self.capacity_factor = float(capacity_factor)
+        self.d_ff = d_ff if d_ff is not None else 2 * d_model
+        self.aux_loss_weight = float(aux_loss_weight)
+        self.normalize_gates = (top_k > 1) if normalize_gates is None else bool(normalize_gates)
+        self.trim_buffer = bool(trim_buffer)
+
+        self.router = nn.Linear(d_model, num_experts)
+        h = self.d_ff
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, h))  # (E, D, H)
+        self.b1 = nn.Parameter(torch.empty(num_experts, 1, h))  # (E, 1, H)
+        self.w2 = nn.Parameter(torch.empty(num_experts, h, d_model))  # (E, H, D)
+        self.b2 = nn.Parameter(torch.empty(num_experts, 1, d_model))  # (E, 1, D)
+        self.act = act_layer()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_stats: dict[str, float | list[float]] = {}
+
+    def reset_parameters(self) -> None:
+        for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)):
+            _uniform_(w, fan_in)
+            _uniform_(b, fan_in)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, top_k={self.top_k}, "
+            f"expert_capacity={self.expert_capacity}, capacity_factor={self.capacity_factor}"
+        )
+
+    def capacity(self, num_tokens: int) -> int:
+        """Per-expert capacity (token-slots) for ``num_tokens`` routed tokens."""
+        if self.expert_capacity is not None:
+            return self.expert_capacity
+        return max(1, math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts))
+
+    def route(self, x_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router probabilities and top-k choice: (N, D) -> probs (N, E) fp32, gates (N, k), experts (N, k)."""
+        probs = torch.softmax(self.router(x_flat).float(), dim=-1)  # (N, E)
+        top_p, top_e = probs.topk(self.top_k, dim=-1)  # (N, k)
+        gates = top_p / top_p.sum(dim=-1, keepdim=True) if self.normalize_gates else top_p
+        return probs, gates, top_e
+
+    def _aux_loss(self, probs: torch.Tensor, first: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Switch load-balancing loss E * sum_e f_e P_e over valid tokens."""
+        e = self.num_experts
+        onehot = F.one_hot(first, e).to(probs.dtype)  # (N, E)
+        if valid is None:
+            f, p = onehot.mean(dim=0), probs.mean(dim=0)
+        else:
+            w = valid.to(probs.dtype)[:, None]
+            denom = w.sum().clamp_min(1.0)
+            f, p = (onehot * w).sum(0) / denom, (probs * w).sum(0) / denom
+        return self.aux_loss_weight * e * (f * p).sum()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor("x", x, ndim=(2, 3), last_dim=self.d_model)
+        if mask is not None:
+            check_mask("mask", mask, x.shape[:-1])
+            check_same_device(x=x, mask=mask)
+        e, k, d = self.num_experts, self.top_k, self.d_model
+        x_flat = x.reshape(-1, d)  # (N, D)
+        n = x_flat.shape[0]
+        valid = mask.reshape(-1) if mask is not None else None  # (N,)
+        num_valid = n if valid is None else int(valid.sum())
+        cap = self.capacity(num_valid)
+
+        probs, gates, top_e = self.route(x_flat)
+        self.aux_loss = self._aux_loss(probs, top_e[:, 0], valid)
+
+        # Slot-major order (all first choices, then all second choices...) gives first choices priority.
+        slot_expert = top_e.transpose(0, 1).reshape(-1)  # (k*N,) slot s = choice s // N of token s % N
+        slot_gate = gates.transpose(0, 1).reshape(-1)  # (k*N,)
+        onehot = F.one_hot(slot_expert, e)  # (k*N, E)
+        if valid is not None:
+            routed = valid.repeat(k)  # (k*N,)
+            onehot = onehot * routed[:, None]
+        else:
+            routed = torch.ones_like(slot_expert, dtype=torch.bool)
+        # Position of each slot in its expert's queue: running count of earlier slots sent to the same expert.
+        position = onehot.cumsum(dim=0).gather(1, slot_expert[:, None]).squeeze(1) - 1  # (k*N,)
+        keep = routed & (position < cap)
+        load = onehot.sum(dim=0)  # (E,) slots assigned to each expert before the capacity cut
+        # Buffer rows per expert: the capacity, trimmed to the fullest expert's kept load (rows past it would be
+        # empty in every expert; trimming changes no result, only skips padding compute).
+        width = min(cap, int(load.max())) if self.trim_buffer else cap
+        width = max(width, 1)
+        rows = e * width
+        dest = torch.where(keep, slot_expert * width + position, torch.full_like(position, rows))  # (k*N,)
+
+        # Dispatch as a gather: which token fills each buffer row. Empty rows read token 0; nothing reads their
+        # output, so they get zero gradient.
+        slot_token = torch.arange(n, device=x.device).repeat(k)  # (k*N,)
+        source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (E*W,)
+        buf = x_flat.index_select(0, source).view(e, width, d)  # (E, W, D)
+        hidden = self.drop(self.act(torch.baddbmm(self.b1, buf, self.w1)))  # (E, W, H)
+        out = torch.baddbmm(self.b2, hidden, self.w2).reshape(rows, d)  # (E*W, D)
+
+        # Combine: scale each buffer row by its slot's gate (0 for empty rows) and add it into its token's output.
+        row_gate = (slot_gate * keep).to(x.dtype)  # (k*N,), dropped slots carry 0
+        row_gate = x.new_zeros(rows + 1).scatter(0, dest, row_gate)[:rows]  # (E*W,)
+        y = x_flat.new_zeros(n, d).index_add_(0, source, out * row_gate[:, None])  # (N, D)
+
+        self._record_stats(routed, keep, load, cap, n)
+        return y.view_as(x)
+
+    @torch.no_grad()
+    def _record_stats(
+        self, routed: torch.Tensor, keep: torch.Tensor, load: torch.Tensor, cap: int, n: int
+    ) -> None:
+        k = self.top_k
+        load = load.float()  # (E,)
+        n_routed = routed.sum()
+        token_kept = keep.view(k, n).any(dim=0)
+        token_routed = routed.view(k, n).any(dim=0)
+        summary = torch.stack([n_routed.float(), keep.sum().float(), (token_routed & ~token_kept).sum().float()])
+        s = torch.cat([summary, load / n_routed.clamp_min(1)]).tolist()
+        dropped = s[0] - s[1]
+        self.last_stats = {
+            "overflow_fraction": dropped / max(s[0], 1.0),
+            "tokens_dropped": dropped,
+            "tokens_unrouted": s[2],
+            "capacity": float(cap),
+            "expert_load": s[3:],
+        }
+
+
+class ConditionalComputationGate(nn.Module):
+    """Scale features by a learned scalar gate computed from condition features.
+
+    ``g = sigmoid(MLP(condition))`` in (0, 1) with MLP ``Linear(d_model, hidden) -> ReLU -> Linear(hidden, 1)``
+    (hidden defaults to ``max(1, d_model // 4)``); output ``x * g``. A condition of shape (B, Dc) gates every
+    token of an x of shape (B, L, D); a condition (B, L, Dc) gates per token.
+
+    ``hard=True`` (inference): gates below ``threshold`` (default 0.5) are set to exactly 0, so the gated branch
+    can be skipped by the caller (see :meth:`gate_values`); gates at or above it keep their soft value. The hard
+    path has no useful gradient through the threshold, so train with ``hard=False``.
+    """
+
+    def __init__(self, d_model: int, hidden: int | None = None, threshold: float | None = None) -> None:
+        super().__init__()
+        hidden = hidden if hidden is not None else max(1, d_model // 4)
+        self.d_model = d_model
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.gate = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+
+    def gate_values(self, condition_features: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """(..., d_model) -> (..., 1) gate in [0, 1] (hard: zero below threshold)."""
+        check_tensor("condition_features", condition_features, ndim=(2, 3), last_dim=self.d_model)
+        g = self.gate(condition_features)
+        if hard:
+            g = torch.where(g >= self.threshold, g, torch.zeros_like(g))
+        return g
+
+    def forward(self, x: torch.Tensor, condition_features: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        check_tensor("x", x, ndim=(2, 3))
+        g = self.gate_values(condition_features, hard=hard)  # (B, 1) or (B, L, 1)
+        if condition_features.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"condition_features: expected batch size {x.shape[0]} (as x), got {condition_features.shape[0]}"
+            )
+        if g.dim() < x.dim():
+            g = g.view(g.shape[0], *([1] * (x.dim() - 2)), 1)  # (B, 1, 1) broadcast over tokens
+        elif g.dim() > x.dim():
+            raise ValueError(
+                f"condition_features: per-token condition {tuple(condition_features.shape)} needs x of rank 3, "
+                f"got {tuple(x.shape)}"
+            )
+        return x * g

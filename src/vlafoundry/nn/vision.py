@@ -1,0 +1,244 @@
+"""Vision encoders: ViT-style patch embedding for RGB images and an embedding encoder for BabyAI's symbolic grid.
+
+Both produce a token sequence ``(B, [1+]N, D)`` with fixed 2-D sine-cosine positions (MAE / ViT-MAE style):
+the first ``D/2`` channels encode the row index, the last ``D/2`` the column index, each half being
+``[sin(p * w_k), cos(p * w_k)]`` with ``w_k = 1 / 10000^(k / (D/4))``, ``k = 0 .. D/4 - 1``.
+The positions are a pure function of the grid size, so they are cached per ``(grid_h, grid_w, device, dtype)``
+and never stored in the ``state_dict``: any image size divisible by the patch size works.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vlafoundry.nn._checks import check_tensor
+
+__all__ = [
+    "get_1d_sincos_pos_embed",
+    "get_2d_sincos_pos_embed",
+    "SinCosPositionCache",
+    "VisionEncoder",
+    "SymbolicGridEncoder",
+    "images_to_tensor",
+]
+
+
+def get_1d_sincos_pos_embed(embed_dim: int, positions: np.ndarray | int) -> np.ndarray:
+    """1-D sine-cosine embedding ``(M, embed_dim)`` of ``positions`` (an int ``M`` means ``0 .. M-1``).
+
+    Layout: ``[sin(p * w_0) .. sin(p * w_{D/2-1}), cos(p * w_0) .. cos(p * w_{D/2-1})]`` with
+    ``w_k = 10000^(-k / (D/2))``. Computed in float64.
+    """
+    if embed_dim <= 0 or embed_dim % 2 != 0:
+        raise ValueError(f"embed_dim: expected a positive even integer, got {embed_dim}")
+    pos = np.arange(positions, dtype=np.float64) if isinstance(positions, (int, np.integer)) else positions
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1)  # (M,)
+    omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000.0**omega  # (D/2,)
+    out = np.outer(pos, omega)  # (M, D/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, D)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> np.ndarray:
+    """2-D sine-cosine positions for a ``grid_h x grid_w`` grid, row-major (the order of ``flatten(2)``).
+
+    Returns a float64 array of shape ``(grid_h * grid_w, embed_dim)``, or ``(1 + grid_h * grid_w, embed_dim)``
+    with an all-zero first row for a CLS token when ``cls_token`` is True. Channels ``[:D/2]`` encode the row
+    (y) index, channels ``[D/2:]`` the column (x) index. ``embed_dim`` must be divisible by 4.
+    """
+    if embed_dim <= 0 or embed_dim % 4 != 0:
+        raise ValueError(f"embed_dim: expected a positive multiple of 4 for 2-D sin-cos positions, got {embed_dim}")
+    if grid_h <= 0 or grid_w <= 0:
+        raise ValueError(f"grid size: expected positive grid_h and grid_w, got ({grid_h}, {grid_w})")
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")  # (H, W) each
+    emb_row = get_1d_sincos_pos_embed(embed_dim // 2, rows.reshape(-1))  # (H*W, D/2)
+    emb_col = get_1d_sincos_pos_embed(embed_dim // 2, cols.reshape(-1))  # (H*W, D/2)
+    emb = np.concatenate([emb_row, emb_col], axis=1)  # (H*W, D)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, embed_dim)), emb], axis=0)  # (1+H*W, D)
+    return emb
+
+
+class SinCosPositionCache:
+    """Bounded LRU cache of 2-D sin-cos position tensors keyed by ``(grid_h, grid_w, device, dtype)``.
+
+    Kept as a plain attribute (not a buffer), so it never enters a ``state_dict``; entries for a new
+    device or dtype are built on first use, so the positions follow the module across ``.to()`` calls.
+    """
+
+    def __init__(self, embed_dim: int, cls_token: bool, max_entries: int = 16) -> None:
+        self.embed_dim = embed_dim
+        self.cls_token = cls_token
+        self.max_entries = max_entries
+        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.misses = 0
+
+    def get(self, grid_h: int, grid_w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Return the ``(1, [1+]H*W, D)`` positions for this grid (built once per key)."""
+        key = (int(grid_h), int(grid_w), torch.device(device), dtype)
+        pos = self._store.get(key)
+        if pos is None:
+            self.misses += 1
+            table = get_2d_sincos_pos_embed(self.embed_dim, grid_h, grid_w, cls_token=self.cls_token)
+            pos = torch.from_numpy(table).to(device=device, dtype=dtype).unsqueeze(0)  # (1, [1+]H*W, D)
+            self._store[key] = pos
+            while len(self._store) > self.max_entries:
+                self._store.popitem(last=False)
+        else:
+            self._store.move_to_end(key)
+        return pos
+
+    def keys(self) -> list[tuple]:
+        return list(self._store.keys())
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def images_to_tensor(images: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convert uint8 channels-last images ``(B, H, W, C)`` (as environments and datasets give them) to
+    float ``(B, C, H, W)`` in ``[0, 1]``."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    check_tensor("images", images, ndim=4, floating=None)
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images: expected dtype torch.uint8 (B, H, W, C), got {images.dtype}")
+    return images.permute(0, 3, 1, 2).to(dtype).div_(255.0)  # (B, C, H, W)
+
+
+class VisionEncoder(nn.Module):
+    """ViT patch embedding: ``Conv2d`` patches + learned CLS token + fixed 2-D sin-cos positions.
+
+    ``forward(x)`` takes float images ``(B, C, H, W)``; ``H`` and ``W`` must be multiples of ``patch_size``
+    (any such size works, positions are built per grid). With ``channels_last_uint8=True`` (or any uint8
+    input, which is always read as channels-last) it takes raw ``(B, H, W, C)`` uint8 images and scales them
+    to ``[0, 1]`` first (see :func:`images_to_tensor`). Returns ``(B, 1 + H/p * W/p, D)``; token 0 is CLS.
+    """
+
+    def __init__(self, input_channels: int = 3, patch_size: int = 16, d_model: int = 768, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % 4 != 0:
+            raise ValueError(f"d_model: expected a multiple of 4 (2-D sin-cos positions), got {d_model}")
+        if patch_size <= 0:
+            raise ValueError(f"patch_size: expected a positive integer, got {patch_size}")
+        self.input_channels = input_channels
+        self.patch_size = patch_size
+        self.d_model = d_model
+        self.conv_proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        self.pos_drop = nn.Dropout(dropout)
+        self.pos_cache = SinCosPositionCache(d_model, cls_token=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # MAE: the patch projection is initialised like a Linear layer (xavier on the flattened kernel).
+        w = self.conv_proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.conv_proj.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid ``(H/p, W/p)`` for an image size; ``ValueError`` if not divisible."""
+        p = self.patch_size
+        if height % p != 0 or width % p != 0 or height < p or width < p:
+            raise ValueError(
+                f"x: image size ({height}, {width}) must be a positive multiple of patch_size={p} in both dimensions"
+            )
+        return height // p, width // p
+
+    def num_tokens(self, height: int, width: int) -> int:
+        gh, gw = self.grid_size(height, width)
+        return 1 + gh * gw
+
+    def forward(self, x: torch.Tensor, channels_last_uint8: bool | None = None) -> torch.Tensor:
+        check_tensor("x", x, ndim=4, floating=None)
+        if channels_last_uint8 is None:
+            channels_last_uint8 = x.dtype == torch.uint8
+        if channels_last_uint8:
+            x = images_to_tensor(x, dtype=self.conv_proj.weight.dtype)  # (B, C, H, W)
+        else:
+            check_tensor("x", x, floating=True)
+        if x.shape[1] != self.input_channels:
+            raise ValueError(f"x: expected {self.input_channels} channels (B, C, H, W), got shape {tuple(x.shape)}")
+        check_tensor("x", x, device=self.conv_proj.weight.device)
+        gh, gw = self.grid_size(x.shape[2], x.shape[3])
+        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        tokens = torch.cat([cls, patches], dim=1)  # (B, 1+N, D)
+        tokens = tokens + self.pos_cache.get(gh, gw, tokens.device, tokens.dtype)
+        return self.pos_drop(tokens)
+
+
+class SymbolicGridEncoder(nn.Module):
+    """Tokens for BabyAI / MiniGrid's symbolic view ``(B, H, W, 3)`` of (object, colour, state) indices.
+
+    Each cell becomes ``E_obj[o] + E_col[c] + E_state[s] + pos(row, col)`` (2-D sin-cos positions), giving
+    ``(B, H*W, D)`` tokens, with a learned CLS token in front (position zero) when ``cls_token``: 50 tokens
+    for the 7x7 egocentric view. Defaults match MiniGrid's tables (11 objects, 6 colours, 3 door states);
+    use ``num_states=4`` for fully observed grids, where the agent cell stores its direction (0-3).
+    Out-of-range indices raise ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_objects: int = 11,
+        num_colors: int = 6,
+        num_states: int = 3,
+        cls_token: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if d_model % 4 != 0:
+            raise ValueError(f"d_model: expected a multiple of 4 (2-D sin-cos positions), got {d_model}")
+        self.d_model = d_model
+        self.num_objects, self.num_colors, self.num_states = num_objects, num_colors, num_states
+        self.object_embed = nn.Embedding(num_objects, d_model)
+        self.color_embed = nn.Embedding(num_colors, d_model)
+        self.state_embed = nn.Embedding(num_states, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if cls_token else None
+        self.pos_drop = nn.Dropout(dropout)
+        self.pos_cache = SinCosPositionCache(d_model, cls_token=cls_token)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Each table ~ N(0, 1/3) so the summed cell embedding has unit variance per channel, the same
+        # scale as the sin-cos positions (mean square 1/2).
+        for emb in (self.object_embed, self.color_embed, self.state_embed):
+            nn.init.normal_(emb.weight, std=3.0**-0.5)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def num_tokens(self, height: int = 7, width: int = 7) -> int:
+        return height * width + (1 if self.cls_token is not None else 0)
+
+    def _check_range(self, name: str, idx: torch.Tensor, n: int) -> None:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"grid: {name} index out of range, expected values in [0, {n - 1}], got [{lo}, {hi}]")
+
+    def forward(self, grid: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(grid, np.ndarray):
+            grid = torch.from_numpy(grid)
+        check_tensor("grid", grid, ndim=4, last_dim=3, floating=False)
+        if grid.dtype == torch.bool:
+            raise ValueError("grid: expected integer (object, colour, state) indices, got dtype torch.bool")
+        grid = grid.to(self.object_embed.weight.device, torch.long)  # (B, H, W, 3)
+        b, h, w, _ = grid.shape
+        if grid.numel() > 0:
+            self._check_range("object", grid[..., 0], self.num_objects)
+            self._check_range("colour", grid[..., 1], self.num_colors)
+            self._check_range("state", grid[..., 2], self.num_states)
+        cells = self.object_embed(grid[..., 0]) + self.color_embed(grid[..., 1]) + self.state_embed(grid[..., 2])
+        tokens = cells.reshape(b, h * w, self.d_model)  # (B, H*W, D)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)  # (B, 1+H*W, D)
+        tokens = tokens + self.pos_cache.get(h, w, tokens.device, tokens.dtype)
+        return self.pos_drop(tokens)
