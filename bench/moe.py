@@ -130,8 +130,12 @@ def main() -> None:
         repeats = max(repeats, 20)
 
     rows = []
-    print(f"device={device} threads={torch.get_num_threads()} fp32 fwd+bwd top-{TOP_K} D={D_MODEL} expert_hidden={D_EXPERT} cf={CAPACITY_FACTOR}")
-    header = f"{'experts':>7} {'tokens':>7} {'dense ms':>9} {'moe ms':>9} {'moe/dense':>9} {'loop ms':>9} {'loop/moe':>9} {'overflow':>8}"
+    print(
+        f"device={device} threads={torch.get_num_threads()} fp32 fwd+bwd top-{TOP_K} D={D_MODEL} "
+        f"expert_hidden={D_EXPERT} cf={CAPACITY_FACTOR}"
+    )
+    cols = ("experts", "tokens", "dense ms", "moe ms", "moe/dense", "loop ms", "loop/moe", "overflow")
+    header = " ".join(f"{c:>9}" if i > 1 else f"{c:>7}" for i, c in enumerate(cols))
     print(header)
     for num_experts, tokens in configs:
         x = torch.randn(1, tokens, D_MODEL, device=device)
@@ -159,7 +163,7 @@ def main() -> None:
         speed = f"{row['loop_over_moe']:9.2f}" if "loop_over_moe" in row else f"{'-':>9}"
         print(
             f"{num_experts:7d} {tokens:7d} {row['dense_ms']:9.1f} {row['moe_ms']:9.1f} {row['moe_over_dense']:9.2f} "
-            f"{loop_ms} {speed} {row['overflow_fraction']:8.3f}"
+            f"{loop_ms} {speed} {row['overflow_fraction']:9.3f}"
         )
     worst = max(r["moe_over_dense"] for r in rows)
     speedup = next((r["loop_over_moe"] for r in rows if "loop_over_moe" in r), None)

@@ -273,12 +273,13 @@ def test_hard_negative_never_positive_and_follows_softmax():
         assert (idx != torch.arange(8)).all()
         assert (ids[idx] != ids).all()
     # Rows without any negative get -1.
-    assert (MultimodalPretrainingTask.mine_hard_negatives(torch.randn(3, 3), torch.zeros(3, dtype=torch.long)) == -1).all()
+    same = torch.zeros(3, dtype=torch.long)
+    assert (MultimodalPretrainingTask.mine_hard_negatives(torch.randn(3, 3), same) == -1).all()
     # Sampling frequency follows softmax over non-positives: row 0 chooses among columns 1, 2 with logits 0, log 3.
     sim = torch.tensor([[9.0, 0.0, math.log(3.0)], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    big = torch.stack([MultimodalPretrainingTask.mine_hard_negatives(sim, None, generator=g)[0] for _ in range(2000)])
+    big = torch.stack([MultimodalPretrainingTask.mine_hard_negatives(sim, None, generator=g)[0] for _ in range(1000)])
     assert (big != 0).all()
-    assert abs((big == 2).float().mean().item() - 0.75) < 0.04
+    assert abs((big == 2).float().mean().item() - 0.75) < 0.05  # std ~0.014
 
 
 def test_itm_loss_matches_manual_and_trains_head():

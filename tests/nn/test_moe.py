@@ -222,3 +222,10 @@ def test_conditional_gate():
         gate(x, torch.randn(4, 7))
     with pytest.raises(ValueError, match="condition_features"):
         gate(x, torch.randn(5, 8))
+
+
+def test_all_padding_and_empty_input():
+    m = MultimodalMixtureOfExperts(num_experts=4, d_model=8)
+    y = m(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.bool))
+    assert (y == 0).all() and m.aux_loss.item() == 0.0 and m.last_stats["tokens_dropped"] == 0.0
+    assert m(torch.randn(0, 8)).shape == (0, 8)

@@ -154,6 +154,16 @@ class MultimodalMixtureOfExperts(nn.Module):
         n = x_flat.shape[0]
         valid = mask.reshape(-1) if mask is not None else None  # (N,)
         num_valid = n if valid is None else int(valid.sum())
+        if num_valid == 0:  # nothing to route: zero output, zero aux loss that still reaches the router
+            self.aux_loss = self.router.weight.sum() * 0.0
+            self.last_stats = {
+                "overflow_fraction": 0.0,
+                "tokens_dropped": 0.0,
+                "tokens_unrouted": 0.0,
+                "capacity": float(self.capacity(0)),
+                "expert_load": [0.0] * e,
+            }
+            return torch.zeros_like(x)
         cap = self.capacity(num_valid)
 
         probs, gates, top_e = self.route(x_flat)
@@ -179,8 +189,8 @@ class MultimodalMixtureOfExperts(nn.Module):
         rows = e * width
         dest = torch.where(keep, slot_expert * width + position, torch.full_like(position, rows))  # (k*N,)
 
-        # Dispatch as a gather: which token fills each buffer row. Empty rows read token 0; nothing reads their
-        # output, so they get zero gradient.
+        # Dispatch as a gather: which token fills each buffer row. Empty rows read token 0 and are combined with
+        # gate 0, so they add nothing to any output or gradient.
         slot_token = torch.arange(n, device=x.device).repeat(k)  # (k*N,)
         source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (E*W,)
         buf = x_flat.index_select(0, source).view(e, width, d)  # (E, W, D)
