@@ -68,12 +68,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=500)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--num-envs", type=int, default=64)
-    ap.add_argument("--naive-episodes", type=int, default=40, help="episodes for the naive baseline (slow)")
+    ap.add_argument("--naive-episodes", type=int, default=10, help="episodes for the naive baseline (slow)")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0 = default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the policy, every mode (default 1)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.checkpoint:
         from vlafoundry.models import load_policy
 
@@ -86,7 +85,8 @@ def main() -> None:
     results = {}
     for _ in range(args.repeats):  # interleaved repeats, medians reported
         for name, w in (("vectorised", args.workers), ("in-process", 0)):
-            r = evaluate_policy(policy, ENV, episodes=args.episodes, num_envs=args.num_envs, workers=w)
+            r = evaluate_policy(policy, ENV, episodes=args.episodes, num_envs=args.num_envs, workers=w,
+                                torch_threads=args.threads)
             times[name].append(r.elapsed_s)
             results[name] = r.summary
         times["naive"].append(naive_loop(policy, args.naive_episodes))

@@ -13,7 +13,7 @@ from typing import Any
 
 from vlafoundry.data.cache import CACHE_META, build_cache, cache_is_fresh
 from vlafoundry.data.episodes import infer_env_name, iterate_minari_episodes, open_minari
-from vlafoundry.data.format import CACHE_DIR, META_FILE, SCHEMA_VERSION, read_json
+from vlafoundry.data.format import CACHE_DIR, META_FILE, SCHEMA_VERSION, read_json, sha256_file
 
 
 @dataclass
@@ -82,11 +82,42 @@ def _external_source(minari_dir: Path, env_name: str | None, cache_dir: Path) ->
     return ResolvedSource(meta, minari_dir, _minari_source_file(minari_dir), cache_dir, external=True)
 
 
+def _check_source_integrity(src: ResolvedSource) -> None:
+    """Before a cache rebuild: our dataset's Minari file must still have the size and sha256 in vlafoundry.json.
+
+    Otherwise a truncated or bit-flipped file would be read (h5py does not checksum data) and silently become
+    the training data; raise ``ValueError`` naming the file instead.
+    """
+    if src.external:
+        return
+    rel = src.metadata.get("minari", {}).get("main_file")
+    rec = src.metadata.get("files", {}).get(rel) if rel else None
+    if rec is None:
+        return
+    path = src.source_file
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; the dataset is damaged (run `vlafoundry data verify DIR`)")
+    size = path.stat().st_size
+    if size != rec["bytes"]:
+        kind = "truncated" if size < rec["bytes"] else "has extra bytes"
+        problem = f"{size} bytes, expected {rec['bytes']} (file {kind})"
+    elif sha256_file(path) != rec["sha256"]:
+        problem = f"sha256 differs from the one recorded in {META_FILE} (file corrupted)"
+    else:
+        return
+    raise ValueError(f"{path}: {problem}; the dataset is damaged (`vlafoundry data verify DIR` lists every "
+                     "problem); regenerate it or restore the file")
+
+
 def ensure_cache(src: ResolvedSource) -> dict[str, Any]:
     """Return cache.json, rebuilding the cache from the Minari data first if it is missing or stale."""
     if not cache_is_fresh(src.cache_dir, src.source_file):
+        _check_source_integrity(src)
         env = src.metadata["env"]
-        dataset = open_minari(src.minari_dir)
-        episodes = iterate_minari_episodes(dataset, env["family"], default_task=env["tasks"][0])
+        try:
+            dataset = open_minari(src.minari_dir)
+            episodes = list(iterate_minari_episodes(dataset, env["family"], default_task=env["tasks"][0]))
+        except OSError as exc:  # h5py reports a damaged file as OSError without its name
+            raise ValueError(f"{src.source_file}: cannot be read ({exc})") from exc
         build_cache(episodes, src.cache_dir, list(env["tasks"]), source=src.source_file)
     return read_json(src.cache_dir / CACHE_META)

@@ -65,20 +65,20 @@ class PolicySpec:
 
     @classmethod
     def from_dataset(cls, ds: Any) -> PolicySpec:
-        spec = ds.metadata["env_spec"] if "env_spec" in ds.metadata else ds.metadata["spec"]
+        """From a :class:`~vlafoundry.data.DemoDataset`: its EnvSpec, state statistics and task list."""
+        spec = ds.spec
         stats = ds.stats.get("state") if ds.stats else None
-        image_shape = spec.get("image_shape")
         return cls(
             env=str(ds.env_name),
-            action_type=spec["action_type"],
-            action_dim=int(spec.get("action_dim") or 1),
-            num_actions=spec.get("num_actions"),
-            action_low=list(map(float, spec["action_low"])) if spec.get("action_low") is not None else None,
-            action_high=list(map(float, spec["action_high"])) if spec.get("action_high") is not None else None,
-            state_dim=int(spec.get("state_dim") or 0),
-            image_shape=list(image_shape) if image_shape else None,
-            state_mean=np.asarray(stats["mean"], dtype=np.float64).tolist() if stats is not None else None,
-            state_std=np.asarray(stats["std"], dtype=np.float64).tolist() if stats is not None else None,
+            action_type=spec.action_type,
+            action_dim=int(spec.action_dim),
+            num_actions=spec.num_actions,
+            action_low=[float(v) for v in spec.action_low] if spec.action_low is not None else None,
+            action_high=[float(v) for v in spec.action_high] if spec.action_high is not None else None,
+            state_dim=int(spec.state_dim),
+            image_shape=list(spec.image_shape) if spec.image_shape else None,
+            state_mean=np.asarray(stats["mean"], dtype=np.float64).reshape(-1).tolist() if stats else None,
+            state_std=np.asarray(stats["std"], dtype=np.float64).reshape(-1).tolist() if stats else None,
             tasks=list(ds.tasks),
         )
 

@@ -47,11 +47,14 @@ def check_tensor(
     floating: bool | None = True,
     device: torch.device | None = None,
     finite: bool | None = None,
+    like: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Validate ``x`` and return it; raise ``ValueError`` naming ``name``, expected against found.
 
     ``floating=True`` requires a floating dtype, ``False`` an integer/bool dtype, ``None`` anything.
     ``finite=None`` follows the global switch (:func:`set_check_finite`).
+    ``like`` (a parameter of the layer): ``x`` must be on its device and, if both are floating point and no
+    autocast region is active, have its dtype (a float64 input to a float32 layer is an error, not a silent cast).
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -68,6 +71,14 @@ def check_tensor(
         raise ValueError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
     if device is not None and x.device.type != torch.device(device).type:
         raise ValueError(f"{name}: expected a tensor on device {device}, got one on {x.device}")
+    if like is not None:
+        if x.device != like.device:
+            raise ValueError(f"{name}: expected a tensor on {like.device} (the layer's device), got one on {x.device}")
+        if x.is_floating_point() and like.is_floating_point() and x.dtype != like.dtype and not _autocast_on(x):
+            raise ValueError(
+                f"{name}: expected dtype {like.dtype} (the layer's parameters; cast the input or use torch.autocast), "
+                f"got {x.dtype}"
+            )
     if finite is None:
         finite = _CHECK_FINITE
     if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
@@ -75,6 +86,18 @@ def check_tensor(
         n_inf = int(torch.isinf(x).sum())
         raise ValueError(f"{name}: expected finite values, found {n_nan} NaN and {n_inf} infinite of {x.numel()}")
     return x
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except RuntimeError:  # a device type autocast does not know
+        return False
+
+
+def first_parameter(module: torch.nn.Module) -> torch.Tensor | None:
+    """The module's first parameter (its device/dtype are what inputs must match), or None."""
+    return next(module.parameters(), None)
 
 
 def check_mask(name: str, mask: object, shape: Sequence[int]) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor
+from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor, first_parameter
 
 __all__ = ["MultiHeadAttention", "FeedForward", "CrossModalAttention"]
 
@@ -118,8 +118,9 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None,
     ) -> None:
-        dev = self.out_proj.weight.device
-        check_tensor("query", query, ndim=3, last_dim=self.d_model, device=dev)
+        ref = self.out_proj.weight
+        dev = ref.device
+        check_tensor("query", query, ndim=3, last_dim=self.d_model, device=dev, like=ref)
         if key is not query:
             check_tensor("key", key, ndim=3, last_dim=self.d_model, device=dev)
         if value is not key:
@@ -270,8 +271,9 @@ class CrossModalAttention(nn.Module):
         vision_mask: torch.Tensor | None = None,
         lang_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_tensor("vision_features", vision_features, ndim=3, last_dim=self.d_model)
-        check_tensor("lang_features", lang_features, ndim=3, last_dim=self.d_model)
+        ref = first_parameter(self)
+        check_tensor("vision_features", vision_features, ndim=3, last_dim=self.d_model, like=ref)
+        check_tensor("lang_features", lang_features, ndim=3, last_dim=self.d_model, like=ref)
         if vision_features.shape[0] != lang_features.shape[0]:
             raise ValueError(
                 f"vision_features and lang_features: expected one batch size, got "

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vlafoundry.nn._checks import check_mask, check_tensor
+from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor, first_parameter
 from vlafoundry.nn.attention import CrossModalAttention, FeedForward, MultiHeadAttention
 
 __all__ = ["TransformerEncoderBlock", "MultimodalTransformerBlock", "MultimodalEncoder", "FFNFactory"]
@@ -73,9 +73,10 @@ class TransformerEncoderBlock(nn.Module):
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor("x", x, ndim=3, last_dim=self.d_model)
+        check_tensor("x", x, ndim=3, last_dim=self.d_model, like=first_parameter(self))
         if mask is not None:
             check_mask("mask", mask, x.shape[:2])
+            check_same_device(x=x, mask=mask)
         if self.norm_first:
             h = self.norm1(x)
             x = x + self.drop1(self.attn(h, h, h, key_padding_mask=mask))
@@ -134,8 +135,9 @@ class MultimodalTransformerBlock(nn.Module):
     def _check(
         self, v: torch.Tensor, l: torch.Tensor, vm: torch.Tensor | None, lm: torch.Tensor | None
     ) -> None:
-        check_tensor("visual_input", v, ndim=3, last_dim=self.d_model)
-        check_tensor("lang_input", l, ndim=3, last_dim=self.d_model)
+        ref = first_parameter(self)
+        check_tensor("visual_input", v, ndim=3, last_dim=self.d_model, like=ref)
+        check_tensor("lang_input", l, ndim=3, last_dim=self.d_model, like=ref)
         if v.shape[0] != l.shape[0]:
             raise ValueError(
                 f"visual_input and lang_input: expected one batch size, got {v.shape[0]} and {l.shape[0]}"
@@ -144,6 +146,7 @@ class MultimodalTransformerBlock(nn.Module):
             check_mask("visual_mask", vm, v.shape[:2])
         if lm is not None:
             check_mask("lang_mask", lm, l.shape[:2])
+        check_same_device(visual_input=v, lang_input=l, visual_mask=vm, lang_mask=lm)
 
     def forward(
         self,

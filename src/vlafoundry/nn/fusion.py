@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlafoundry.nn._checks import check_mask, check_tensor
+from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor, first_parameter
 from vlafoundry.nn.attention import CrossModalAttention
 from vlafoundry.nn.blocks import FFNFactory, MultimodalEncoder, TransformerEncoderBlock
 
@@ -51,14 +51,19 @@ def _trunc_normal(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
 
 
-def _check_seq(name: str, x: torch.Tensor | None, mask: torch.Tensor | None, width: int, mask_name: str) -> None:
+def _check_seq(
+    name: str, x: torch.Tensor | None, mask: torch.Tensor | None, width: int, mask_name: str,
+    like: torch.Tensor | None = None,
+) -> None:
+    """Validate one modality's tokens (B, L, width) and mask (B, L); ``like``: a parameter of the module."""
     if x is None:
         if mask is not None:
             raise ValueError(f"{mask_name}: given without {name} (pass None for both, or the tensor too)")
         return
-    check_tensor(name, x, ndim=3, last_dim=width)
+    check_tensor(name, x, ndim=3, last_dim=width, like=like)
     if mask is not None:
         check_mask(mask_name, mask, x.shape[:2])
+        check_same_device(**{name: x, mask_name: mask})
 
 
 def _batch_size(named: dict[str, torch.Tensor | None]) -> int:
@@ -172,9 +177,9 @@ class VisionLanguageFusion(nn.Module):
         extra_tokens: torch.Tensor | None = None,
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        _check_seq("visual_features", visual_features, visual_mask, self.vision_dim, "visual_mask")
-        _check_seq("language_features", language_features, language_mask, self.lang_dim, "language_mask")
-        _check_seq("extra_tokens", extra_tokens, extra_mask, self.fusion_dim, "extra_mask")
+        _check_seq("visual_features", visual_features, visual_mask, self.vision_dim, "visual_mask", first_parameter(self))
+        _check_seq("language_features", language_features, language_mask, self.lang_dim, "language_mask", first_parameter(self))
+        _check_seq("extra_tokens", extra_tokens, extra_mask, self.fusion_dim, "extra_mask", first_parameter(self))
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )
@@ -243,9 +248,9 @@ class EarlyFusion(nn.Module):
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask")
-        _check_seq("language_features", language_features, language_mask, d, "language_mask")
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask")
+        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self))
+        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self))
+        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self))
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )
@@ -334,9 +339,9 @@ class LateFusion(nn.Module):
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask")
-        _check_seq("language_features", language_features, language_mask, d, "language_mask")
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask")
+        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self))
+        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self))
+        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self))
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )
@@ -403,9 +408,9 @@ class FiLMFusion(nn.Module):
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask")
-        _check_seq("language_features", language_features, language_mask, d, "language_mask")
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask")
+        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self))
+        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self))
+        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self))
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )
@@ -503,9 +508,9 @@ class MultimodalFusionNetwork(nn.Module):
         lang_mask: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        _check_seq("vision_input", vision_input, vision_mask, self.vision_dim, "vision_mask")
-        _check_seq("lang_input", lang_input, lang_mask, self.lang_dim, "lang_mask")
-        _check_seq("action_input", action_input, action_mask, self.action_dim, "action_mask")
+        _check_seq("vision_input", vision_input, vision_mask, self.vision_dim, "vision_mask", first_parameter(self))
+        _check_seq("lang_input", lang_input, lang_mask, self.lang_dim, "lang_mask", first_parameter(self))
+        _check_seq("action_input", action_input, action_mask, self.action_dim, "action_mask", first_parameter(self))
         _batch_size({"vision_input": vision_input, "lang_input": lang_input, "action_input": action_input})
         lv, ll = vision_input.shape[1], lang_input.shape[1]
         v, l = self._cross(self.vision_encoder(vision_input), self.lang_encoder(lang_input), vision_mask, lang_mask)

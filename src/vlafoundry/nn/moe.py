@@ -145,7 +145,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         return self.aux_loss_weight * e * (f * p).sum()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor("x", x, ndim=(2, 3), last_dim=self.d_model)
+        check_tensor("x", x, ndim=(2, 3), last_dim=self.d_model, like=self.w1)
         if mask is not None:
             check_mask("mask", mask, x.shape[:-1])
             check_same_device(x=x, mask=mask)

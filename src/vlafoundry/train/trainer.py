@@ -278,13 +278,30 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ non-finite guard
+    def _nonfinite_parameters(self) -> str:
+        """``"; non-finite parameters: [...]"`` naming every parameter holding NaN/inf, or ``""``."""
+        bad = [name for name, p in self.policy.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        return f"; non-finite parameters: {bad}" if bad else ""
+
     def _check_finite_step(self, loss: torch.Tensor, metrics: dict[str, float]) -> None:
         if not torch.isfinite(loss):
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            raise NonFiniteError(f"step {self.step}: loss is {float(loss)} (non-finite terms: {bad or ['loss']})")
+            raise NonFiniteError(f"step {self.step}: loss is {float(loss.detach())} "
+                                 f"(non-finite terms: {bad or ['loss']}){self._nonfinite_parameters()}")
         for name, p in self.policy.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteError(f"step {self.step}: gradient of {name!r} has non-finite values")
+                raise NonFiniteError(f"step {self.step}: gradient of {name!r} has non-finite values"
+                                     f"{self._nonfinite_parameters()}")
+
+    def _forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training forward; under ``train.check_finite`` a layer's non-finite input becomes NonFiniteError."""
+        try:
+            with self._autocast():
+                return self.model(batch, self.loss_cfg)  # scalar, dict
+        except ValueError as exc:
+            if self.cfg.train.check_finite and "expected finite values" in str(exc):
+                raise NonFiniteError(f"step {self.step}: {exc}{self._nonfinite_parameters()}") from exc
+            raise
 
     # ------------------------------------------------------------------ main loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -309,8 +326,7 @@ class Trainer:
             lr = opt.lr * lr_factor(self.step, opt)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with self._autocast():
-                loss, metrics = self.model(batch, self.loss_cfg)  # scalar, dict
+            loss, metrics = self._forward(batch)  # scalar, dict
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.check_finite:
