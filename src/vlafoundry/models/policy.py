@@ -32,7 +32,7 @@ from vlafoundry.models.config import PolicyConfig
 from vlafoundry.nn._checks import check_tensor
 from vlafoundry.nn.action import ActionDecoder, ActionTokenizer
 from vlafoundry.nn.blocks import TransformerEncoderBlock
-from vlafoundry.nn.fusion import EarlyFusion, FiLMFusion, LateFusion, VisionLanguageFusion
+from vlafoundry.nn.fusion import EarlyFusion, FiLMFusion, LateFusion, VisionLanguageFusion, masked_mean_pool
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
@@ -99,16 +99,11 @@ def _f(t: torch.Tensor) -> float:
     return float(t.detach())
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D), (B, L) bool -> (B, D); rows with no valid token give zeros."""
-    w = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-
-
 class VLAPolicy(nn.Module):
     """LeRobot-style policy: ``forward(batch) -> (loss, metrics)``, ``select_action(obs)``, ``reset()``."""
 
-    def __init__(self, cfg: PolicyConfig, spec: PolicySpec, tokenizer: TextTokenizer | None = None) -> None:
+    def __init__(self, cfg: PolicyConfig, spec: PolicySpec, tokenizer: TextTokenizer | None = None,
+                 temperature: float = 0.07, learnable_temperature: bool = True) -> None:
         super().__init__()
         self.cfg, self.spec = cfg, spec
         d = cfg.d_model
@@ -169,7 +164,8 @@ class VLAPolicy(nn.Module):
             self.fusion = EarlyFusion(d, num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
                                       dropout=cfg.dropout, ffn_layer=ffn)
         elif cfg.fusion == "late":
-            self.fusion = LateFusion(d, dropout=cfg.dropout)
+            self.fusion = LateFusion(d, num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
+                                     dropout=cfg.dropout, ffn_layer=ffn)
         else:
             self.fusion = FiLMFusion(d, num_layers=cfg.num_layers, dropout=cfg.dropout)
 
@@ -198,7 +194,8 @@ class VLAPolicy(nn.Module):
         # ---- alignment pretraining heads (the chapter's objectives)
         self.obs_embed = nn.Linear(d, cfg.embed_dim)
         self.instr_embed = nn.Linear(d, cfg.embed_dim)
-        self.contrastive = ContrastiveLoss(temperature=0.07, learnable_scale=True)
+        self._temperature, self._learnable_temperature = float(temperature), bool(learnable_temperature)
+        self.contrastive = ContrastiveLoss(temperature=temperature, learnable_scale=learnable_temperature)
         vocab = tokenizer.vocab_size if tokenizer is not None else 2
         self.pretrain_heads = MultimodalPretrainingTask(d, vocab_size=vocab, patch_dim=d)
 
@@ -207,17 +204,20 @@ class VLAPolicy(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_dataset(cls, cfg: PolicyConfig, ds: Any) -> VLAPolicy:
+    def from_dataset(cls, cfg: PolicyConfig, ds: Any, temperature: float = 0.07,
+                     learnable_temperature: bool = True) -> VLAPolicy:
+        """Build for a dataset: its spaces and statistics, and a tokenizer trained on its instructions."""
         tok = None
         if cfg.language == "scratch":
             tok = TextTokenizer.train(list(ds.instructions), kind=cfg.tokenizer, vocab_size=cfg.tokenizer_vocab)
-        return cls(cfg, PolicySpec.from_dataset(ds), tok)
+        return cls(cfg, PolicySpec.from_dataset(ds), tok, temperature, learnable_temperature)
 
     def extra_state(self) -> dict[str, Any]:
         """Non-tensor state saved in the checkpoint's extra.json (spec and tokenizer)."""
         from dataclasses import asdict
 
-        return {"spec": asdict(self.spec), "tokenizer": self.tokenizer.to_json() if self.tokenizer else None}
+        return {"spec": asdict(self.spec), "tokenizer": self.tokenizer.to_json() if self.tokenizer else None,
+                "temperature": self._temperature, "learnable_temperature": self._learnable_temperature}
 
     @property
     def device(self) -> torch.device:
@@ -229,7 +229,7 @@ class VLAPolicy(nn.Module):
         """(B,T,H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N); with ``mrm`` also the MRM targets."""
         b, t = image.shape[:2]
         flat = image.reshape(b * t, *image.shape[2:])  # (B*T, H, W, C)
-        tokens = self.vision_encoder(flat if self.cfg.vision == "grid" else flat)  # (B*T, N, D)
+        tokens = self.vision_encoder(flat)  # (B*T, N, D); uint8 RGB is read channels-last by VisionEncoder
         n = tokens.shape[1]
         extras: dict[str, torch.Tensor] = {}
         if mrm:
@@ -356,7 +356,7 @@ class VLAPolicy(nn.Module):
             if enc[k] is not None:
                 parts.append(enc[k])
                 masks.append(enc[f"{k}_mask"])
-        return _masked_mean(torch.cat(parts, 1), torch.cat(masks, 1))  # (B, D)
+        return masked_mean_pool(torch.cat(parts, 1), torch.cat(masks, 1))  # (B, D)
 
     # ------------------------------------------------------------------ heads
     def _action_outputs(self, fused: torch.Tensor) -> torch.Tensor:
@@ -429,7 +429,7 @@ class VLAPolicy(nn.Module):
         if need_align:
             pair_ids = self._pair_ids(b)
             obs_p = self._obs_pooled(enc)
-            lang_p = _masked_mean(enc["lang"], enc["lang_mask"])
+            lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])
             ov, lv = self.obs_embed(obs_p), self.instr_embed(lang_p)
             if lc.contrastive > 0:
                 con = self.contrastive(ov, lv, pair_ids)
@@ -471,7 +471,7 @@ class VLAPolicy(nn.Module):
         b = self._prepare(batch)
         enc = self._encode(b)
         obs_p = self._obs_pooled(enc)
-        lang_p = _masked_mean(enc["lang"], enc["lang_mask"])
+        lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])
         return self.obs_embed(obs_p), self.instr_embed(lang_p)
 
     @torch.no_grad()
@@ -535,7 +535,7 @@ class VLAPolicy(nn.Module):
 def build_policy_from_checkpoint(cfg: PolicyConfig, extra: dict[str, Any]) -> VLAPolicy:
     spec = PolicySpec(**extra["spec"])
     tok = TextTokenizer.from_json(extra["tokenizer"]) if extra.get("tokenizer") else None
-    return VLAPolicy(cfg, spec, tok)
+    return VLAPolicy(cfg, spec, tok, extra.get("temperature", 0.07), extra.get("learnable_temperature", True))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -145,7 +145,8 @@ class Trainer:
                 # the architecture comes from the checkpoint; keep the run's config truthful
                 self.cfg.model = init_cfg.model
         else:
-            self.policy = VLAPolicy.from_dataset(cfg.model, self.train_ds).to(self.device)
+            self.policy = VLAPolicy.from_dataset(cfg.model, self.train_ds, self.loss_cfg.temperature,
+                                                 self.loss_cfg.learnable_temperature).to(self.device)
         self._check_loss_config()
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,

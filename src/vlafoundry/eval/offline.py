@@ -1,0 +1,519 @@
+"""Offline evaluation on a held-out split of demonstrations: action accuracy / error, observation-instruction
+retrieval, ITM accuracy, modality balance, per-subgroup accuracy (bias) and offline robustness rows.
+
+Everything here runs a :class:`~vlafoundry.models.VLAPolicy` on batches of a
+:class:`~vlafoundry.data.DemoDataset` (normally ``split="val"`` with the checkpoint's ``val_fraction`` and
+``split_seed``) in eval mode. Samples are visited in a fixed permutation drawn from ``seed`` (so batches mix
+episodes and the ITM head sees hard negatives from several instructions); torch's global RNG is forked and seeded,
+and hard negatives use a seeded ``torch.Generator``, so every function is deterministic for a fixed ``seed``.
+
+Measures (one *action entry* = one valid step of an action chunk; ``action_mask`` False entries are skipped):
+
+* ``action_acc`` (discrete heads): fraction of entries whose greedy action equals the expert's;
+  ``action_l1`` (continuous / binned heads): mean over entries of the mean absolute error over action dimensions.
+* retrieval recall@k both ways between the policy's observation and instruction embeddings
+  (:meth:`VLAPolicy.embed`): every step with the same ``instruction_id`` counts as a positive
+  (:meth:`MultimodalEvaluator.evaluate_alignment` with ``pair_ids``).
+* ITM accuracy: the policy's image-text-matching head on each sample's matched pair and on hard negatives mined
+  within the batch from the embedding similarities (as in training). Only meaningful for checkpoints trained with an
+  ITM objective (alignment pretraining or ``loss.itm > 0``); an untrained head scores about chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlafoundry.eval.evaluator import MultimodalEvaluator
+from vlafoundry.eval.rollout import ObservationCorruption
+from vlafoundry.eval.stats import wilson_interval
+from vlafoundry.eval.subgroups import mission_subgroups
+
+__all__ = [
+    "OfflineOutputs",
+    "collect_offline_outputs",
+    "corrupt_batch",
+    "modality_balance",
+    "offline_bias",
+    "offline_metrics",
+    "offline_robustness_fn",
+    "policy_modalities",
+]
+
+TOP_K: tuple[int, ...] = (1, 5, 10)
+# Policy encoder outputs (VLAPolicy._encode keys) of each modality: (tokens, mask).
+_ENC_KEYS: dict[str, tuple[str, str]] = {
+    "image": ("vision", "vision_mask"),
+    "instruction": ("lang", "lang_mask"),
+    "state": ("state", "state_mask"),
+}
+# Short names of the metrics added to robustness rows by offline_robustness_fn.
+ROBUSTNESS_KEYS: tuple[str, ...] = ("action_acc", "action_l1", "obs_to_instr_r@1", "instr_to_obs_r@1", "itm_acc")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def policy_modalities(policy: Any) -> list[str]:
+    """Input modalities the policy actually encodes, in ``("image", "instruction", "state")`` order."""
+    flags = {"image": policy.has_image, "instruction": policy.has_language, "state": policy.has_state}
+    return [m for m, on in flags.items() if on]
+
+
+def _sample_order(n: int, max_samples: int | None, seed: int) -> np.ndarray:
+    """Fixed permutation of ``range(n)`` (first ``max_samples`` of it)."""
+    if n == 0:
+        raise ValueError("dataset: expected at least one sample in the split, got 0")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples: expected >= 1 or None, got {max_samples}")
+    order = np.random.default_rng(seed).permutation(n)
+    return order if max_samples is None else order[:max_samples]
+
+
+def _batches(dataset: Any, order: np.ndarray, batch_size: int):
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    for start in range(0, len(order), batch_size):
+        yield dataset.__getitems__(order[start : start + batch_size].tolist())
+
+
+class _EvalMode:
+    """Policy in eval mode, torch's RNG forked and seeded; restores the mode afterwards."""
+
+    def __init__(self, policy: Any, seed: int) -> None:
+        self.policy, self.seed = policy, seed
+
+    def __enter__(self) -> None:
+        self.was_training = self.policy.training
+        self.fork = torch.random.fork_rng(devices=[])
+        self.fork.__enter__()
+        torch.manual_seed(self.seed)
+        self.policy.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.policy.train(self.was_training)
+        self.fork.__exit__(*exc)
+
+
+def corrupt_batch(batch: dict[str, Any], corruption: ObservationCorruption | None, rng: np.random.Generator
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Apply a robustness condition to a collated DemoDataset batch (a new dict; tensors are copied).
+
+    Same semantics as in closed loop (:class:`~vlafoundry.eval.rollout.ObservationCorruption`): a removed modality
+    gets ``<name>_present`` False and zeroed data (empty instruction); noise is drawn per sample (instruction) and
+    per history frame (image, state) from ``rng``.
+    """
+    if corruption is None or corruption.is_identity:
+        return batch
+    out = dict(batch)
+    n = len(batch["instruction"])
+    instr, instr_present = [], torch.as_tensor(batch["instruction_present"]).clone()
+    for i, text in enumerate(batch["instruction"]):
+        new, present = corruption.corrupt_instruction(str(text), rng)
+        instr.append(new)
+        instr_present[i] &= present
+    out["instruction"], out["instruction_present"] = instr, instr_present
+    state = torch.as_tensor(batch["state"]).numpy().copy()  # (B, T, S)
+    image = torch.as_tensor(batch["image"]).numpy().copy() if batch.get("image") is not None else None
+    img_present = torch.as_tensor(batch["image_present"]).clone()
+    st_present = torch.as_tensor(batch["state_present"]).clone()
+    for i in range(n):
+        for t in range(state.shape[1]):
+            frame = image[i, t] if image is not None else None
+            frame, st, ip, sp = corruption.corrupt_step(frame, state[i, t], rng)
+            if image is not None:
+                image[i, t] = frame
+                img_present[i] &= ip
+            state[i, t] = st
+            st_present[i] &= sp
+    out["state"], out["state_present"] = torch.from_numpy(state), st_present
+    if image is not None:
+        out["image"], out["image_present"] = torch.from_numpy(image), img_present
+    return out
+
+
+def _entry_scores(policy: Any, outputs: torch.Tensor, b: dict[str, Any]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per valid action entry: (sample index (M,), correct (M,) bool [discrete], error (M,) float).
+
+    ``error`` is 1 - correct for discrete heads and the mean absolute error over action dims otherwise.
+    """
+    act, amask = b["action"], b["action_mask"].bool()
+    if act.dim() == 1:
+        act = act.unsqueeze(1)
+    if amask.dim() == 1:
+        amask = amask.unsqueeze(1)
+    sample = torch.arange(amask.shape[0], device=amask.device).unsqueeze(1).expand_as(amask)[amask]  # (M,)
+    if policy.head_kind == "discrete":
+        correct = (outputs.argmax(-1) == act)[amask]  # (M,)
+        return sample, correct, (~correct).float()
+    pred = outputs if policy.head_kind == "continuous" else policy.action_tokenizer.decode(outputs.argmax(-1))
+    err = (pred.to(act.device).float() - act.float()).abs().mean(-1)[amask]  # (M,)
+    return sample, torch.zeros_like(err, dtype=torch.bool), err
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from vlafoundry.models.policy import _masked_mean as mm
+
+    return mm(x, mask)
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class OfflineOutputs:
+    """Raw per-sample / per-entry outputs of one pass over the held-out split (all CPU).
+
+    ``obs_emb``/``instr_emb``/``pair_ids`` are None when the policy has no language encoder or no observation
+    modality (no retrieval then); ``itm`` holds counts ``matched_correct, matched, negative_correct, negative``.
+    """
+
+    head_kind: str
+    indices: np.ndarray  # (N,) dataset indices in visiting order
+    instructions: list[str]  # (N,) original (uncorrupted) instruction per sample
+    task_ids: np.ndarray  # (N,)
+    entry_sample: np.ndarray  # (M,) position (0..N-1) of each action entry's sample
+    entry_correct: np.ndarray  # (M,) bool (discrete heads)
+    entry_error: np.ndarray  # (M,) float
+    obs_emb: torch.Tensor | None = None  # (N, E)
+    instr_emb: torch.Tensor | None = None  # (N, E)
+    pair_ids: torch.Tensor | None = None  # (N,)
+    itm: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def discrete(self) -> bool:
+        return self.head_kind == "discrete"
+
+
+@torch.no_grad()
+def collect_offline_outputs(
+    policy: Any,
+    dataset: Any,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    corruption: ObservationCorruption | None = None,
+    seed: int = 0,
+) -> OfflineOutputs:
+    """One deterministic pass of ``policy`` over ``dataset`` (optionally corrupted): actions, embeddings, ITM."""
+    order = _sample_order(len(dataset), max_samples, seed)
+    rng = np.random.default_rng(seed + 1)  # corruption noise
+    gen = torch.Generator().manual_seed(seed + 2)  # ITM hard negatives
+    align = policy.has_language and (policy.has_image or policy.has_state)
+    instructions: list[str] = []
+    task_ids, ent_s, ent_c, ent_e, obs_e, ins_e, pids = [], [], [], [], [], [], []
+    itm = {"matched_correct": 0, "matched": 0, "negative_correct": 0, "negative": 0}
+    offset = 0
+    with _EvalMode(policy, seed):
+        for raw in _batches(dataset, order, batch_size):
+            instructions.extend(str(s) for s in raw["instruction"])
+            task_ids.append(torch.as_tensor(raw["task_id"]).reshape(-1).cpu())
+            b = policy._prepare(corrupt_batch(raw, corruption, rng))
+            enc = policy._encode(b)
+            outputs = policy._action_outputs(policy._fuse(enc))
+            s, c, e = _entry_scores(policy, outputs, b)
+            ent_s.append(s.cpu() + offset)
+            ent_c.append(c.cpu())
+            ent_e.append(e.cpu())
+            if align:
+                obs_p = policy._obs_pooled(enc)  # (B, D)
+                lang_p = _masked_mean(enc["lang"], enc["lang_mask"])  # (B, D)
+                ov, lv = policy.obs_embed(obs_p), policy.instr_embed(lang_p)  # (B, E)
+                pair = b["instruction_id"].long().reshape(-1)
+                obs_e.append(ov.float().cpu())
+                ins_e.append(lv.float().cpu())
+                pids.append(pair.cpu())
+                _itm_counts(policy, obs_p, lang_p, ov, lv, pair, gen, itm)
+            offset += len(raw["instruction"])
+    return OfflineOutputs(
+        head_kind=policy.head_kind,
+        indices=order,
+        instructions=instructions,
+        task_ids=torch.cat(task_ids).numpy(),
+        entry_sample=torch.cat(ent_s).numpy(),
+        entry_correct=torch.cat(ent_c).numpy(),
+        entry_error=torch.cat(ent_e).double().numpy(),
+        obs_emb=torch.cat(obs_e) if align else None,
+        instr_emb=torch.cat(ins_e) if align else None,
+        pair_ids=torch.cat(pids) if align else None,
+        itm=itm if align else {},
+    )
+
+
+def _itm_counts(policy: Any, obs_p: torch.Tensor, lang_p: torch.Tensor, ov: torch.Tensor, lv: torch.Tensor,
+                pair: torch.Tensor, gen: torch.Generator, counts: dict[str, int]) -> None:  # fmt: skip
+    """Matched pairs and hard negatives (both directions, as in training) scored by the ITM head."""
+    heads = policy.pretrain_heads
+    sim = policy.contrastive.similarity(ov, lv).cpu()  # (B, B)
+    neg_text = heads.mine_hard_negatives(sim, pair.cpu(), gen).to(obs_p.device)  # (B,)
+    neg_image = heads.mine_hard_negatives(sim.T, pair.cpu(), gen).to(obs_p.device)
+    rows = torch.arange(obs_p.shape[0], device=obs_p.device)
+    ok_t, ok_i = neg_text >= 0, neg_image >= 0
+    matched = heads.itm_logits(obs_p, lang_p).argmax(-1) == 1  # (B,)
+    v_idx = torch.cat([rows[ok_t], neg_image[ok_i]])
+    l_idx = torch.cat([neg_text[ok_t], rows[ok_i]])
+    negative = heads.itm_logits(obs_p[v_idx], lang_p[l_idx]).argmax(-1) == 0  # (P,)
+    counts["matched_correct"] += int(matched.sum())
+    counts["matched"] += int(matched.numel())
+    counts["negative_correct"] += int(negative.sum())
+    counts["negative"] += int(negative.numel())
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def metrics_from_outputs(out: OfflineOutputs, top_k: Sequence[int] = TOP_K) -> dict[str, float]:
+    """The offline metric dict (see :func:`offline_metrics`) from collected outputs."""
+    res: dict[str, float] = {"samples": float(len(out.indices)), "action_entries": float(len(out.entry_error))}
+    if out.discrete:
+        res["action_acc"] = float(out.entry_correct.mean()) if len(out.entry_correct) else float("nan")
+    else:
+        res["action_l1"] = float(out.entry_error.mean()) if len(out.entry_error) else float("nan")
+    if out.obs_emb is not None:
+        al = MultimodalEvaluator().evaluate_alignment(out.obs_emb, out.instr_emb, top_k=tuple(top_k),
+                                                      pair_ids=out.pair_ids)  # fmt: skip
+        for k, v in al.items():
+            res[k.replace("image_to_text", "obs_to_instr").replace("text_to_image", "instr_to_obs")] = v
+        res["distinct_instructions"] = float(len(torch.unique(out.pair_ids)))
+        c = out.itm
+        if c["matched"]:
+            res["itm_acc"] = (c["matched_correct"] + c["negative_correct"]) / (c["matched"] + c["negative"])
+            res["itm_acc_matched"] = c["matched_correct"] / c["matched"]
+            if c["negative"]:
+                res["itm_acc_negative"] = c["negative_correct"] / c["negative"]
+                res["itm_balanced_acc"] = 0.5 * (res["itm_acc_matched"] + res["itm_acc_negative"])
+    return res
+
+
+def offline_metrics(
+    policy: Any,
+    dataset: Any,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    corruption: ObservationCorruption | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Offline metrics of ``policy`` on ``dataset`` (the held-out split), optionally under a ``corruption``.
+
+    Returns floats: ``samples``, ``action_entries``; ``action_acc`` (discrete head) or ``action_l1`` (continuous /
+    binned); when the policy has language and an observation modality also ``obs_to_instr_r@{1,5,10}``,
+    ``instr_to_obs_r@{1,5,10}``, ``obs_to_instr_median_rank``, ``instr_to_obs_median_rank``,
+    ``distinct_instructions``, ``itm_acc`` (over matched pairs and hard negatives, as the training metric),
+    ``itm_acc_matched``, ``itm_acc_negative`` and ``itm_balanced_acc``. ITM numbers are meaningful only for a
+    checkpoint trained with an ITM objective. Deterministic for a fixed ``seed``.
+    """
+    return metrics_from_outputs(collect_offline_outputs(policy, dataset, batch_size, max_samples, corruption, seed))
+
+
+def offline_robustness_fn(
+    policy: Any,
+    dataset: Any,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    seed: int = 0,
+    keys: Sequence[str] = ROBUSTNESS_KEYS,
+) -> Callable[[ObservationCorruption], dict[str, float]]:
+    """``offline_fn`` for :func:`~vlafoundry.eval.robustness.run_robustness`: the offline metrics of one condition,
+    restricted to ``keys`` (those that exist for this policy) and prefixed ``offline `` for the table."""
+
+    def fn(corruption: ObservationCorruption) -> dict[str, float]:
+        m = offline_metrics(policy, dataset, batch_size, max_samples, corruption, seed)
+        return {f"offline {k}": m[k] for k in keys if k in m}
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------------- balance
+
+
+def modality_balance(
+    policy: Any,
+    dataset: Any,
+    batch_size: int = 256,
+    max_samples: int | None = 4096,
+    loss_cfg: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much the policy's actions depend on each modality, with the evaluator's two measures.
+
+    Per batch, the encoders run once; :meth:`MultimodalEvaluator.assess_modality_balance` then runs the fusion and
+    action head on the modality token features (the encoder outputs fed to the fusion), removing a modality by
+    marking all its tokens absent (what ``<name>_present=False`` does inside the policy):
+
+    * **ablation**: the held-out action metric with every modality vs with one removed. ``ablation_drop[m]`` is the
+      drop in ``action_acc`` (discrete) or the rise in ``action_l1`` (continuous) caused by removing m (positive =
+      the policy needs m); ``ablation_share[m] = |drop_m| / sum_j |drop_j|``. The same on the behaviour-cloning
+      loss: ``loss_ablated``, ``loss_ablation_share``.
+    * **gradient**: ``gradient_norm[m]`` = L2 norm of d(BC loss averaged over the split)/d(token features of m),
+      over all its tokens and samples; ``gradient_share`` normalises these to sum to 1, and
+      ``gradient_x_input_share`` uses ``||x * grad||`` (invariant to rescaling a modality's features).
+
+    Shares are over the modalities the policy encodes (``modalities``); ``dominant_modality`` is the argmax of
+    ``ablation_share`` (of ``loss_ablation_share`` when no removal changes the action metric).
+    """
+    from vlafoundry.train.config import LossConfig
+
+    lc = loss_cfg or LossConfig()
+    mods = policy_modalities(policy)
+    order = _sample_order(len(dataset), max_samples, seed)
+    ev = MultimodalEvaluator()
+    discrete = policy.head_kind == "discrete"
+    entries = 0
+    score_full, loss_full = 0.0, 0.0
+    score_abl = dict.fromkeys(mods, 0.0)
+    loss_abl = dict.fromkeys(mods, 0.0)
+    g2 = dict.fromkeys(mods, 0.0)
+    gx2 = dict.fromkeys(mods, 0.0)
+    with _EvalMode(policy, seed):
+        for raw in _batches(dataset, order, batch_size):
+            b = policy._prepare(raw)
+            with torch.no_grad():
+                enc = policy._encode(b)
+            w = int(b["action_mask"].sum())
+            if w == 0:
+                continue
+            inputs: dict[str, Any] = {}
+            absent: dict[str, Any] = {}
+            for m in mods:
+                tok, mask = _ENC_KEYS[m]
+                inputs[m], inputs[f"{m}_mask"] = enc[tok], enc[mask]
+                absent[m] = {f"{m}_mask": torch.zeros_like(enc[mask])}
+
+            def fuse(**kw: Any) -> torch.Tensor:
+                return policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"),
+                                     kw.get("instruction_mask"), extra_tokens=kw.get("state"),
+                                     extra_mask=kw.get("state_mask"))  # (B, D)  # fmt: skip
+
+            def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive: correct count or summed L1
+                _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)
+                return correct.sum().float() if discrete else err.sum()
+
+            def bc(fused: torch.Tensor) -> torch.Tensor:
+                return policy.bc_loss(fused, b, lc)[0]
+
+            task = ev.assess_modality_balance(fuse, inputs, task_score, modalities=mods, absent=absent)
+            loss = ev.assess_modality_balance(fuse, inputs, bc, modalities=mods, absent=absent)
+            entries += w
+            score_full += task["metric_full"]
+            loss_full += w * loss["metric_full"]
+            for m in mods:
+                score_abl[m] += task["metric_ablated"][m]
+                loss_abl[m] += w * loss["metric_ablated"][m]
+                # batch-mean loss -> split-mean loss: gradient scales by w / entries (applied at the end)
+                g2[m] += (w * (loss["gradient_norm"][m] or 0.0)) ** 2
+                gx2[m] += (w * (loss["gradient_x_input_norm"][m] or 0.0)) ** 2 if "gradient_x_input_norm" in loss \
+                    else 0.0
+    if entries == 0:
+        raise ValueError("dataset: no valid action entries in the selected samples")
+    return _balance_summary(mods, discrete, entries, score_full, score_abl, loss_full, loss_abl, g2, gx2, len(order))
+
+
+def _balance_summary(mods: list[str], discrete: bool, entries: int, score_full: float, score_abl: dict[str, float],
+                     loss_full: float, loss_abl: dict[str, float], g2: dict[str, float], gx2: dict[str, float],
+                     samples: int) -> dict[str, Any]:  # fmt: skip
+    shares = MultimodalEvaluator._shares
+    full = score_full / entries
+    ablated = {m: score_abl[m] / entries for m in mods}
+    drop = {m: (full - ablated[m]) if discrete else (ablated[m] - full) for m in mods}
+    l_full = loss_full / entries
+    l_abl = {m: loss_abl[m] / entries for m in mods}
+    grad = {m: float(np.sqrt(g2[m])) / entries for m in mods}
+    gxi = {m: float(np.sqrt(gx2[m])) / entries for m in mods}
+    out: dict[str, Any] = {
+        "metric": "action_acc" if discrete else "action_l1",
+        "samples": samples,
+        "action_entries": entries,
+        "modalities": mods,
+        "metric_full": full,
+        "metric_ablated": ablated,
+        "ablation_drop": drop,
+        "ablation_share": shares({m: abs(v) for m, v in drop.items()}),
+        "loss_full": l_full,
+        "loss_ablated": l_abl,
+        "loss_ablation_share": shares({m: abs(l_abl[m] - l_full) for m in mods}),
+        "gradient_norm": grad,
+        "gradient_share": shares(grad),
+        "gradient_x_input_share": shares(gxi),
+    }
+    key = "ablation_share" if any(out["ablation_share"].values()) else "loss_ablation_share"
+    out["dominant_modality"] = max(out[key], key=out[key].get) if mods else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- bias
+
+
+def subgroup_keys(env_name: str) -> tuple[str, ...]:
+    """Subgroup labellings for an environment: BabyAI missions parse into template / object / colour (and task);
+    other suites (Meta-World) group by task."""
+    return ("template", "object", "colour", "task") if str(env_name).startswith("babyai") else ("task",)
+
+
+def offline_bias(
+    policy: Any,
+    dataset: Any,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    keys: Sequence[str] | None = None,
+    tolerance: float = 0.1,
+    seed: int = 0,
+    outputs: OfflineOutputs | None = None,
+) -> dict[str, Any]:
+    """Held-out action accuracy per subgroup with 95% Wilson intervals and the worst-to-best gap.
+
+    Groups come from :func:`~vlafoundry.eval.subgroups.mission_subgroups` of each sample's instruction and its
+    task name (``keys`` default: :func:`subgroup_keys` of the dataset's env). Discrete heads: an action entry is
+    correct when it equals the expert's; continuous heads: when its mean absolute error is at most ``tolerance``
+    (per-group ``mean_l1`` is reported too). Uses :meth:`MultimodalEvaluator.detect_multimodal_bias`.
+
+    Returns ``{"measure", "entries", "by": {key: {"groups": [{"group", "n", "correct", "accuracy", "ci_low",
+    "ci_high"[, "mean_l1"]}], "worst", "best", "gap"}}}`` with groups sorted by name. ``outputs`` reuses a pass of
+    :func:`collect_offline_outputs`.
+    """
+    out = outputs if outputs is not None else collect_offline_outputs(policy, dataset, batch_size, max_samples,
+                                                                        seed=seed)  # fmt: skip
+    keys = tuple(keys) if keys is not None else subgroup_keys(getattr(dataset, "env_name", ""))
+    tasks = list(getattr(dataset, "tasks", []))
+    labels = [
+        mission_subgroups(text, tasks[t] if 0 <= t < len(tasks) else str(t))
+        for text, t in zip(out.instructions, out.task_ids.tolist(), strict=True)
+    ]
+    correct = out.entry_correct if out.discrete else out.entry_error <= tolerance
+    if len(correct) == 0:
+        raise ValueError("dataset: no valid action entries in the selected samples")
+    ev = MultimodalEvaluator()
+    by: dict[str, Any] = {}
+    for key in keys:
+        groups = [labels[s][key] for s in out.entry_sample.tolist()]
+        res = ev.detect_multimodal_bias(correct.tolist(), [True] * len(correct), groups)
+        rows = []
+        for name in sorted(res["per_group"]):
+            g = res["per_group"][name]
+            row = {"group": name, "n": g["n"], "correct": int(round(g["accuracy"] * g["n"])),
+                   "accuracy": g["accuracy"], "ci_low": float(g["ci"][0]), "ci_high": float(g["ci"][1])}  # fmt: skip
+            if not out.discrete:
+                sel = np.asarray([grp == name for grp in groups])
+                row["mean_l1"] = float(out.entry_error[sel].mean())
+            rows.append(row)
+        by[key] = {"groups": rows, "worst": res["worst"], "best": res["best"], "gap": float(res["gap"])}
+    measure = "action accuracy" if out.discrete else f"fraction of actions with mean |error| <= {tolerance:g}"
+    low, high = wilson_interval(int(correct.sum()), len(correct))
+    return {"measure": measure, "entries": int(len(correct)), "overall": float(correct.mean()),
+            "overall_ci": [low, high], "by": by}  # fmt: skip
+
+
+def flatten_balance(balance: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``{metric: value}`` table of a :func:`modality_balance` result (one row per modality and measure)."""
+    table: dict[str, Any] = {f"{balance['metric']} (all inputs)": balance["metric_full"]}
+    for m in balance["modalities"]:
+        table[f"{m}: {balance['metric']} without it"] = balance["metric_ablated"][m]
+        table[f"{m}: ablation share"] = balance["ablation_share"][m]
+        table[f"{m}: loss ablation share"] = balance["loss_ablation_share"][m]
+        table[f"{m}: gradient share"] = balance["gradient_share"][m]
+        table[f"{m}: gradient×input share"] = balance["gradient_x_input_share"][m]
+    table["dominant modality"] = balance["dominant_modality"]
+    return table
