@@ -161,7 +161,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             k, v = tok.split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(overrides):
+            if i + 1 >= len(overrides) or overrides[i + 1].startswith("--"):
                 raise ConfigError(f"override --{tok} has no value")
             k, v = tok, overrides[i + 1]
             i += 2

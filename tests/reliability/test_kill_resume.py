@@ -9,6 +9,7 @@ with an uninterrupted run.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -17,10 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+import minari
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import vlafoundry.data.cache as cache
+import vlafoundry.data.generate as gen
+import vlafoundry.data.shards as shards
+from vlafoundry.data import generate_dataset, verify_dataset
 from vlafoundry.train import checkpoint as ckpt
 from vlafoundry.train.trainer import Trainer
 
@@ -98,6 +105,79 @@ def test_crash_mid_checkpoint_write_keeps_previous_and_resumes(rel_dataset, tiny
     assert ckpt.resolve_checkpoint(run).name == "step_0000010"
     Trainer(tiny_cfg(), run, dataset_root=rel_dataset).fit()
     assert_same_weights(final_weights(run), reference)
+
+
+# ------------------------------------------------------------------------------------------ disk full
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_during_checkpoint_keeps_previous_and_resumes(rel_dataset, tiny_cfg, reference, tmp_path,
+                                                                monkeypatch):
+    """ENOSPC while the step-15 checkpoint writes its tensors: a clear error, step 10 intact and resumable."""
+    run = tmp_path / "run"
+    tr = Trainer(tiny_cfg(), run, dataset_root=rel_dataset)
+    tr.fit(stop_after=10)
+    ck = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in (ck / "step_0000010").iterdir()}
+    monkeypatch.setattr(ckpt, "_save_tensors", _disk_full)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write checkpoint .*step_0000015: No space left on "
+                                                   r"device; the previous checkpoint is untouched"):
+        tr.fit()
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (ck / "step_0000010").iterdir()} == before
+    assert (ck / "latest").read_text().strip() == "step_0000010"
+    assert not (ck / "step_0000015").exists() and not list(ck.glob("*.tmp-*"))
+    Trainer(tiny_cfg(), run, dataset_root=rel_dataset).fit()
+    assert_same_weights(final_weights(run), reference)
+
+
+@pytest.fixture(scope="module")
+def small_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small_ref") / "ds"
+    generate_dataset("babyai/GoToLocal", 6, root, shard_size=2, progress=False)
+    return root
+
+
+def _fail_on_call(n: int, real):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            _disk_full()
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+DISK_FULL_POINTS = {
+    "shard-write": lambda mp: mp.setattr(shards.np, "savez", _fail_on_call(2, np.savez)),  # 2nd of 3 shards
+    "cache-write": lambda mp: mp.setattr(cache.np, "save", _fail_on_call(3, np.save)),
+    "minari-hdf5": lambda mp: mp.setattr(minari, "create_dataset_from_buffers", _disk_full),
+    "metadata-json": lambda mp: mp.setattr(
+        gen, "write_json_atomic",
+        lambda path, obj, real=gen.write_json_atomic: _disk_full() if Path(path).name == "vlafoundry.json"
+        else real(path, obj)),
+}
+
+
+@pytest.mark.parametrize("where", list(DISK_FULL_POINTS))
+def test_disk_full_during_generation_then_rerun_completes(where, small_reference, digest, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    DISK_FULL_POINTS[where](monkeypatch)
+    with pytest.raises(OSError, match=r"writing the dataset in .* failed \(No space left on device\).*rerun the "
+                                      r"same command to resume") as info:
+        generate_dataset("babyai/GoToLocal", 6, out, shard_size=2, progress=False)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not (out / "vlafoundry.json").exists()
+    result = generate_dataset("babyai/GoToLocal", 6, out, shard_size=2, progress=False)
+    assert result.shards_reused >= 1
+    assert verify_dataset(out) == []
+    ref = {k: v for k, v in digest(small_reference).items() if not k.endswith("source_stat.json")}
+    got = {k: v for k, v in digest(out).items() if not k.endswith("source_stat.json")}
+    assert got == ref, "the resumed dataset must be byte-identical to an uninterrupted one"
 
 
 # ------------------------------------------------------------------------------------------ slow: real kill -9

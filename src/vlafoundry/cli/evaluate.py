@@ -1,4 +1,9 @@
-"""``vlafoundry eval CHECKPOINT``: closed-loop evaluation, robustness, paraphrases and the report.
+"""``vlafoundry eval CHECKPOINT``: closed-loop evaluation, robustness, paraphrases, offline metrics and the report.
+
+Offline metrics (``--offline``, default on when the checkpoint's dataset exists locally) run on the held-out split
+of the training data (``data.val_fraction``, ``data.seed``): action accuracy / error, retrieval recall@k, ITM
+accuracy, modality balance and accuracy per subgroup; with ``--robustness`` they also fill offline columns of the
+robustness table.
 
 Writes ``eval.json``, ``report.md``, ``report.html`` and ``report_assets/`` into the run folder (or ``--out``).
 """
@@ -37,6 +42,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--paraphrases", default=None, metavar="FILE", help="JSON paraphrase file (docs/evaluation.md); "
                    "adds a language-generalisation evaluation")  # fmt: skip
     p.add_argument("--robustness", action="store_true", help="also evaluate with each modality removed / noised")
+    p.add_argument("--offline", action=argparse.BooleanOptionalAction, default=None,
+                   help="offline metrics on the training data's held-out split: action accuracy/error, retrieval "
+                   "recall@k, ITM accuracy, modality balance, accuracy per subgroup (default: on when the dataset "
+                   "is available locally)")  # fmt: skip
+    p.add_argument("--offline-samples", type=int, default=10000, metavar="N",
+                   help="at most N held-out samples for offline metrics (default 10000; modality balance uses at "
+                   "most 4096)")  # fmt: skip
     p.add_argument("--gifs", type=int, default=2, metavar="N", help="GIFs of N successful and N failed episodes")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the run folder)")
     p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
@@ -88,7 +100,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if not ckpt.exists():
         print(f"error: CHECKPOINT: no such file or directory: {ckpt}", file=sys.stderr)
         return 2
+    if args.offline_samples < 1:
+        print(f"error: --offline-samples: expected >= 1, got {args.offline_samples}", file=sys.stderr)
+        return 2
     policy, cfg = load_policy(ckpt, device=args.device)
+    notes: list[str] = []
+    try:
+        offline_ds = _offline_dataset(cfg, args.offline, notes)
+    except FileNotFoundError as exc:
+        print(f"error: --offline: {exc}", file=sys.stderr)
+        return 2
     args.episodes = args.episodes or int(_cfg_get(cfg, "eval", "episodes", default=DEFAULT_EPISODES))
     env = args.env or _cfg_get(cfg, "data", "env")
     if not env:
@@ -118,13 +139,21 @@ def run_eval(args: argparse.Namespace) -> int:
             _print_rows("paraphrased instructions", para.rows)
     robustness = None
     if args.robustness:
+        offline_fn = None
+        if offline_ds is not None:
+            from vlafoundry.eval.offline import offline_robustness_fn
+
+            offline_fn = offline_robustness_fn(policy, offline_ds, max_samples=args.offline_samples)
         robustness = run_robustness(policy, names, num_envs=num_envs, workers=workers, env_kwargs=env_kwargs,
-                                    **common)  # fmt: skip
+                                    offline_fn=offline_fn, **common)  # fmt: skip
         for r in robustness:
             print(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
 
-    notes: list[str] = []
     tables: dict[str, dict[str, Any]] = {}
+    offline = None
+    if offline_ds is not None:
+        offline = _offline(policy, cfg, offline_ds, args.offline_samples, env, notes)
+        tables[f"Offline metrics (held-out split, {int(offline['metrics']['samples'])} samples)"] = offline["metrics"]
     if para is not None:
         tables["Language generalisation (paraphrased instructions)"] = {
             "success (original)": result.summary["success_rate"],
@@ -154,6 +183,8 @@ def run_eval(args: argparse.Namespace) -> int:
         payload["robustness"] = robustness
     if alignment:
         payload["alignment"] = alignment
+    if offline is not None:
+        payload["offline"] = offline
     (out / "eval.json").write_text(json.dumps(payload, indent=1, default=_json_default), encoding="utf-8")
     paths = write_report(
         out,
@@ -167,10 +198,76 @@ def run_eval(args: argparse.Namespace) -> int:
             gifs=gifs,
             notes=notes,
             title=f"Evaluation of {ckpt.name} on {env}",
+            balance=offline["balance"] if offline else None,
+            offline_bias=offline["bias"] if offline else None,
         ),
     )
     print(f"wrote {out / 'eval.json'}, {paths['markdown']}, {paths['html']}")
     return 0
+
+
+def _offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
+    """The held-out split of the checkpoint's dataset, or None (with a note) when offline metrics are skipped.
+
+    ``wanted`` None: use it when it exists locally; True: it must exist (FileNotFoundError otherwise); False: skip.
+    """
+    if wanted is False:
+        return None
+    from vlafoundry.data import META_FILE, DemoDataset
+
+    data = getattr(cfg, "data", None)
+    root = data.dataset_dir() if data is not None and hasattr(data, "dataset_dir") else None
+    if root is None or not (Path(root) / META_FILE).exists():
+        msg = (f"the training dataset is not available locally ({root}); create it with `vlafoundry data generate` "
+               "or pass --no-offline")  # fmt: skip
+        if wanted:
+            raise FileNotFoundError(msg)
+        notes.append(f"no offline metrics: {msg}")
+        return None
+    if not data.val_fraction > 0:
+        msg = "the checkpoint was trained without a held-out split (data.val_fraction = 0)"
+        if wanted:
+            raise FileNotFoundError(msg)
+        notes.append(f"no offline metrics: {msg}")
+        return None
+    model = getattr(cfg, "model", None)
+    ds = DemoDataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
+                     history=getattr(model, "history", 1), chunk=getattr(model, "chunk", 1))  # fmt: skip
+    if len(ds) == 0:
+        if wanted:
+            raise FileNotFoundError(f"the held-out split of {root} is empty")
+        notes.append(f"no offline metrics: the held-out split of {root} is empty")
+        return None
+    return ds
+
+
+def _offline(policy: Any, cfg: Any, ds: Any, max_samples: int, env: str, notes: list[str]) -> dict[str, Any]:
+    """Offline metrics, modality balance and per-subgroup accuracy on the held-out split (printed and returned)."""
+    from vlafoundry.eval.offline import collect_offline_outputs, metrics_from_outputs, modality_balance, offline_bias
+
+    outputs = collect_offline_outputs(policy, ds, max_samples=max_samples)
+    metrics = metrics_from_outputs(outputs)
+    balance = modality_balance(policy, ds, max_samples=min(max_samples, 4096), loss_cfg=getattr(cfg, "loss", None))
+    bias = offline_bias(policy, ds, outputs=outputs)
+    act = "action_acc" if "action_acc" in metrics else "action_l1"
+    print(f"offline (held-out split, {int(metrics['samples'])} samples): {act} {metrics[act]:.3f}"
+          + (f"  obs→instr r@1 {metrics['obs_to_instr_r@1']:.3f}  instr→obs r@1 {metrics['instr_to_obs_r@1']:.3f}"
+             f"  ITM acc {metrics['itm_acc']:.3f}" if "itm_acc" in metrics else ""))  # fmt: skip
+    print("  modality balance (ablation / gradient share): "
+          + ", ".join(f"{m} {balance['ablation_share'][m]:.2f}/{balance['gradient_share'][m]:.2f}"
+                      for m in balance["modalities"]))  # fmt: skip
+    if "itm_acc" in metrics:
+        notes.append("ITM accuracy scores matched pairs and hard negatives with the policy's ITM head; it is "
+                     "meaningful only if the checkpoint was trained with an ITM objective (this config: loss.itm = "
+                     f"{_cfg_get(cfg, 'loss', 'itm', default=0.0)}, pretrain.loss.itm = "
+                     f"{_cfg_get(cfg, 'pretrain', 'loss', 'itm', default=0.0)}, the latter only if alignment "
+                     "pretraining ran); an untrained head scores about chance.")  # fmt: skip
+    else:
+        notes.append("no retrieval / ITM metrics: the policy has no language encoder or no observation modality")
+    data_env = _cfg_get(cfg, "data", "env")
+    if data_env and str(data_env) != str(env):
+        notes.append(f"offline metrics use the held-out split of the training data ({data_env}), not {env}")
+    return {"dataset": str(ds.root), "split": "val", "metrics": metrics, "balance": balance, "bias": bias}
 
 
 def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:

@@ -376,10 +376,15 @@ def generate_dataset(
     # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
     _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps)
     cpu0 = _cpu_seconds()
-    num_shards, steps, n_eps, reused = _roll_out_shards(cfg, root / SHARD_DIR, size, workers, progress, start_method)
-    t1 = time.perf_counter()
-    rollout_cpu = _cpu_seconds() - cpu0
-    metadata = _assemble(root, cfg, num_shards)
+    try:
+        num_shards, steps, n_eps, reused = _roll_out_shards(cfg, root / SHARD_DIR, size, workers, progress,
+                                                            start_method)
+        t1 = time.perf_counter()
+        rollout_cpu = _cpu_seconds() - cpu0
+        metadata = _assemble(root, cfg, num_shards)
+    except OSError as exc:  # e.g. disk full: say where, and that nothing finished is lost
+        raise OSError(exc.errno, f"writing the dataset in {root} failed ({exc.strerror or exc}); finished "
+                      "shards are kept: free space and rerun the same command to resume") from exc
     t2 = time.perf_counter()
     return GenerationResult(root, metadata, t2 - t0, t1 - t0, t2 - t1, steps, n_eps, reused,
                             extra={"rollout_cpu_s": rollout_cpu, "workers": workers})

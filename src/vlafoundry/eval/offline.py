@@ -14,14 +14,20 @@ Measures (one *action entry* = one valid step of an action chunk; ``action_mask`
 * retrieval recall@k both ways between the policy's observation and instruction embeddings
   (:meth:`VLAPolicy.embed`): every step with the same ``instruction_id`` counts as a positive
   (:meth:`MultimodalEvaluator.evaluate_alignment` with ``pair_ids``).
+  Queries that share an instruction share a positive set, so with many steps per instruction chance level is
+  high (with the instruction removed, every instruction query is the same vector and ``instr_to_obs_r@1`` becomes
+  the share of samples whose instruction is that of the single top-ranked observation).
 * ITM accuracy: the policy's image-text-matching head on each sample's matched pair and on hard negatives mined
   within the batch from the embedding similarities (as in training). Only meaningful for checkpoints trained with an
   ITM objective (alignment pretraining or ``loss.itm > 0``); an untrained head scores about chance.
+* :func:`modality_balance` (ablation and gradient shares per modality), :func:`offline_bias` (accuracy per subgroup
+  with Wilson intervals and the worst-to-best gap) and :func:`offline_robustness_fn` (offline columns for
+  :func:`~vlafoundry.eval.robustness.run_robustness`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,16 +38,20 @@ from vlafoundry.eval.evaluator import MultimodalEvaluator
 from vlafoundry.eval.rollout import ObservationCorruption
 from vlafoundry.eval.stats import wilson_interval
 from vlafoundry.eval.subgroups import mission_subgroups
+from vlafoundry.nn.fusion import masked_mean_pool
 
 __all__ = [
+    "ROBUSTNESS_KEYS",
     "OfflineOutputs",
     "collect_offline_outputs",
     "corrupt_batch",
+    "metrics_from_outputs",
     "modality_balance",
     "offline_bias",
     "offline_metrics",
     "offline_robustness_fn",
     "policy_modalities",
+    "subgroup_keys",
 ]
 
 TOP_K: tuple[int, ...] = (1, 5, 10)
@@ -156,12 +166,6 @@ def _entry_scores(policy: Any, outputs: torch.Tensor, b: dict[str, Any]
     return sample, torch.zeros_like(err, dtype=torch.bool), err
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    from vlafoundry.models.policy import _masked_mean as mm
-
-    return mm(x, mask)
-
-
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
@@ -221,7 +225,7 @@ def collect_offline_outputs(
             ent_e.append(e.cpu())
             if align:
                 obs_p = policy._obs_pooled(enc)  # (B, D)
-                lang_p = _masked_mean(enc["lang"], enc["lang_mask"])  # (B, D)
+                lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])  # (B, D)
                 ov, lv = policy.obs_embed(obs_p), policy.instr_embed(lang_p)  # (B, E)
                 pair = b["instruction_id"].long().reshape(-1)
                 obs_e.append(ov.float().cpu())
@@ -360,73 +364,101 @@ def modality_balance(
     lc = loss_cfg or LossConfig()
     mods = policy_modalities(policy)
     order = _sample_order(len(dataset), max_samples, seed)
-    ev = MultimodalEvaluator()
-    discrete = policy.head_kind == "discrete"
-    entries = 0
-    score_full, loss_full = 0.0, 0.0
-    score_abl = dict.fromkeys(mods, 0.0)
-    loss_abl = dict.fromkeys(mods, 0.0)
-    g2 = dict.fromkeys(mods, 0.0)
-    gx2 = dict.fromkeys(mods, 0.0)
+    acc = _BalanceSums(mods)
     with _EvalMode(policy, seed):
         for raw in _batches(dataset, order, batch_size):
-            b = policy._prepare(raw)
-            with torch.no_grad():
-                enc = policy._encode(b)
-            w = int(b["action_mask"].sum())
-            if w == 0:
-                continue
-            inputs: dict[str, Any] = {}
-            absent: dict[str, Any] = {}
-            for m in mods:
-                tok, mask = _ENC_KEYS[m]
-                inputs[m], inputs[f"{m}_mask"] = enc[tok], enc[mask]
-                absent[m] = {f"{m}_mask": torch.zeros_like(enc[mask])}
-
-            def fuse(**kw: Any) -> torch.Tensor:
-                return policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"),
-                                     kw.get("instruction_mask"), extra_tokens=kw.get("state"),
-                                     extra_mask=kw.get("state_mask"))  # (B, D)  # fmt: skip
-
-            def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive: correct count or summed L1
-                _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)
-                return correct.sum().float() if discrete else err.sum()
-
-            def bc(fused: torch.Tensor) -> torch.Tensor:
-                return policy.bc_loss(fused, b, lc)[0]
-
-            task = ev.assess_modality_balance(fuse, inputs, task_score, modalities=mods, absent=absent)
-            loss = ev.assess_modality_balance(fuse, inputs, bc, modalities=mods, absent=absent)
-            entries += w
-            score_full += task["metric_full"]
-            loss_full += w * loss["metric_full"]
-            for m in mods:
-                score_abl[m] += task["metric_ablated"][m]
-                loss_abl[m] += w * loss["metric_ablated"][m]
-                # batch-mean loss -> split-mean loss: gradient scales by w / entries (applied at the end)
-                g2[m] += (w * (loss["gradient_norm"][m] or 0.0)) ** 2
-                gx2[m] += (w * (loss["gradient_x_input_norm"][m] or 0.0)) ** 2 if "gradient_x_input_norm" in loss \
-                    else 0.0
-    if entries == 0:
+            _balance_batch(policy, policy._prepare(raw), mods, lc, acc)
+    if acc.entries == 0:
         raise ValueError("dataset: no valid action entries in the selected samples")
-    return _balance_summary(mods, discrete, entries, score_full, score_abl, loss_full, loss_abl, g2, gx2, len(order))
+    return _balance_summary(acc, policy.head_kind == "discrete", len(order))
 
 
-def _balance_summary(mods: list[str], discrete: bool, entries: int, score_full: float, score_abl: dict[str, float],
-                     loss_full: float, loss_abl: dict[str, float], g2: dict[str, float], gx2: dict[str, float],
-                     samples: int) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class _BalanceSums:
+    """Split-level sums of the per-batch balance measures (all additive, or additive in squares)."""
+
+    mods: list[str]
+    entries: int = 0
+    score_full: float = 0.0  # correct count (discrete) or summed L1
+    loss_full: float = 0.0  # entry-weighted BC loss
+    score_abl: dict[str, float] = field(default_factory=dict)
+    loss_abl: dict[str, float] = field(default_factory=dict)
+    grad2: dict[str, float] = field(default_factory=dict)  # sum of (entries_b * ||grad of batch-mean loss||)^2
+    gxi2: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for d in (self.score_abl, self.loss_abl, self.grad2, self.gxi2):
+            d.update(dict.fromkeys(self.mods, 0.0))
+
+
+def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc: _BalanceSums) -> None:
+    """Both evaluator measures on one prepared batch, added to ``acc``."""
+    w = int(b["action_mask"].sum())
+    if w == 0:
+        return
+    with torch.no_grad():
+        enc = policy._encode(b)
+    inputs: dict[str, Any] = {}
+    absent: dict[str, Any] = {}
+    for m in mods:
+        tok, mask = _ENC_KEYS[m]
+        inputs[m], inputs[f"{m}_mask"] = enc[tok], enc[mask]
+        absent[m] = {f"{m}_mask": torch.zeros_like(enc[mask])}  # = <m>_present False for every sample
+
+    def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion on (possibly ablated) token features
+        return policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
+                             extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
+
+    def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive over batches: correct count or summed L1
+        _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)
+        return correct.sum().float() if policy.head_kind == "discrete" else err.sum()
+
+    def bc(fused: torch.Tensor) -> torch.Tensor:  # batch-mean behaviour-cloning loss
+        return policy.bc_loss(fused, b, lc)[0]
+
+    ev = MultimodalEvaluator()
+    task = ev.assess_modality_balance(fuse, inputs, task_score, modalities=mods, absent=absent)
+    loss = ev.assess_modality_balance(fuse, inputs, bc, modalities=mods, absent=absent)
+    gxi = _grad_x_input_norms(fuse, inputs, bc, mods)
+    acc.entries += w
+    acc.score_full += task["metric_full"]
+    acc.loss_full += w * loss["metric_full"]
+    for m in mods:
+        acc.score_abl[m] += task["metric_ablated"][m]
+        acc.loss_abl[m] += w * loss["metric_ablated"][m]
+        # gradient of the split-mean loss = (w / entries) * gradient of the batch-mean loss; / entries at the end
+        acc.grad2[m] += (w * (loss["gradient_norm"][m] or 0.0)) ** 2
+        acc.gxi2[m] += (w * gxi[m]) ** 2
+
+
+def _grad_x_input_norms(model_fn: Callable[..., torch.Tensor], inputs: dict[str, Any],
+                        metric_fn: Callable[[torch.Tensor], torch.Tensor], mods: list[str]
+                        ) -> dict[str, float]:  # fmt: skip
+    """``||x_m * d metric / d x_m||`` per modality (the evaluator returns only its shares, which do not add up
+    across batches)."""
+    leaves = {m: inputs[m].detach().clone().requires_grad_(True) for m in mods}
+    with torch.enable_grad():
+        metric = metric_fn(model_fn(**{**inputs, **leaves}))
+        if not metric.requires_grad:
+            return dict.fromkeys(mods, 0.0)
+        grads = torch.autograd.grad(metric, list(leaves.values()), allow_unused=True)
+    return {m: 0.0 if g is None else float((g * x.detach()).norm()) for (m, x), g in zip(leaves.items(), grads)}
+
+
+def _balance_summary(acc: _BalanceSums, discrete: bool, samples: int) -> dict[str, Any]:
     shares = MultimodalEvaluator._shares
-    full = score_full / entries
-    ablated = {m: score_abl[m] / entries for m in mods}
+    mods, n = acc.mods, acc.entries
+    full = acc.score_full / n
+    ablated = {m: acc.score_abl[m] / n for m in mods}
     drop = {m: (full - ablated[m]) if discrete else (ablated[m] - full) for m in mods}
-    l_full = loss_full / entries
-    l_abl = {m: loss_abl[m] / entries for m in mods}
-    grad = {m: float(np.sqrt(g2[m])) / entries for m in mods}
-    gxi = {m: float(np.sqrt(gx2[m])) / entries for m in mods}
+    l_full = acc.loss_full / n
+    l_abl = {m: acc.loss_abl[m] / n for m in mods}
+    grad = {m: float(np.sqrt(acc.grad2[m])) / n for m in mods}
+    gxi = {m: float(np.sqrt(acc.gxi2[m])) / n for m in mods}
     out: dict[str, Any] = {
         "metric": "action_acc" if discrete else "action_l1",
         "samples": samples,
-        "action_entries": entries,
+        "action_entries": n,
         "modalities": mods,
         "metric_full": full,
         "metric_ablated": ablated,
@@ -504,16 +536,3 @@ def offline_bias(
     low, high = wilson_interval(int(correct.sum()), len(correct))
     return {"measure": measure, "entries": int(len(correct)), "overall": float(correct.mean()),
             "overall_ci": [low, high], "by": by}  # fmt: skip
-
-
-def flatten_balance(balance: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``{metric: value}`` table of a :func:`modality_balance` result (one row per modality and measure)."""
-    table: dict[str, Any] = {f"{balance['metric']} (all inputs)": balance["metric_full"]}
-    for m in balance["modalities"]:
-        table[f"{m}: {balance['metric']} without it"] = balance["metric_ablated"][m]
-        table[f"{m}: ablation share"] = balance["ablation_share"][m]
-        table[f"{m}: loss ablation share"] = balance["loss_ablation_share"][m]
-        table[f"{m}: gradient share"] = balance["gradient_share"][m]
-        table[f"{m}: gradient×input share"] = balance["gradient_x_input_share"][m]
-    table["dominant modality"] = balance["dominant_modality"]
-    return table

@@ -146,6 +146,9 @@ def load_paraphrases(path: str | Path) -> ParaphraseMap:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"{p}: cannot read paraphrase file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: expected UTF-8 JSON text, found byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start} ({exc.reason})") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -9,7 +9,9 @@ only when its data is given:
 * success per task with Wilson intervals (bar chart);
 * subgroup success (template / object / colour / task) with the worst-to-best gap;
 * robustness table and bar chart (full input vs each modality removed / noised);
-* extra metric tables (e.g. offline action accuracy, retrieval recall@k, modality balance);
+* extra metric tables (e.g. offline action accuracy, retrieval recall@k, ITM accuracy);
+* modality balance on the held-out split (table and grouped bar chart of ablation / gradient shares);
+* held-out action accuracy per subgroup with Wilson intervals and the worst-to-best gap;
 * observation-instruction similarity heat map (from a given matrix);
 * attention over the image for a few steps (given frames and attention maps);
 * GIFs of successful and failed episodes.
@@ -197,23 +199,58 @@ def plot_attention_maps(frames: Sequence[np.ndarray], maps: Sequence[np.ndarray]
     return _save(fig, path)
 
 
-def plot_subgroups(subgroups: Mapping[str, Mapping[str, Any]], path: Path, max_groups: int = 12) -> Path | None:
-    """One panel per subgroup labelling with success per group (at most ``max_groups`` each)."""
+def plot_subgroups(subgroups: Mapping[str, Mapping[str, Any]], path: Path, max_groups: int = 12,
+                   rate_key: str = "success_rate", count_key: str = "episodes",
+                   title: str = "Success per subgroup (95% Wilson CI)") -> Path | None:  # fmt: skip
+    """One panel per subgroup labelling with the rate per group (at most ``max_groups`` each, largest first).
+
+    Groups are dicts with ``group``, ``ci_low``, ``ci_high``, ``rate_key`` and ``count_key`` (success rates of
+    episodes by default; offline bias passes ``accuracy`` and ``n``)."""
     keys = [k for k, v in subgroups.items() if len(v.get("groups", [])) > 1]
     if not keys:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys, strict=True):
-        groups = sorted(subgroups[key]["groups"], key=lambda g: -g["episodes"])[:max_groups]
-        rate = np.array([g["success_rate"] for g in groups])
+        groups = sorted(subgroups[key]["groups"], key=lambda g: -g[count_key])[:max_groups]
+        rate = np.array([g[rate_key] for g in groups])
         err = np.stack([rate - [g["ci_low"] for g in groups], np.array([g["ci_high"] for g in groups]) - rate])
         ax.barh(range(len(groups)), rate, xerr=np.clip(err, 0, None), capsize=3, color="#55A868")
         ax.set_yticks(range(len(groups)), [g["group"][:38] for g in groups], fontsize=7)
         ax.set_xlim(0, 1.05)
         ax.set_title(f"{key} (gap {subgroups[key]['gap']:.2f})", fontsize=10)
         ax.invert_yaxis()
-    fig.suptitle("Success per subgroup (95% Wilson CI)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+BALANCE_MEASURES: tuple[tuple[str, str], ...] = (
+    ("ablation_share", "ablation (action metric)"),
+    ("loss_ablation_share", "ablation (BC loss)"),
+    ("gradient_share", "gradient norm"),
+    ("gradient_x_input_share", "gradient × input"),
+)
+
+
+def plot_modality_balance(balance: Mapping[str, Any], path: Path) -> Path:
+    """Grouped bars: for each modality, its share of each balance measure (shares of a measure sum to 1)."""
+    mods = list(balance["modalities"])
+    if not mods:
+        raise ValueError("balance: expected at least one modality, got none")
+    measures = [(k, label) for k, label in BALANCE_MEASURES if k in balance]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(mods) + 2.0), 3.6), layout="constrained")
+    width = 0.8 / max(1, len(measures))
+    x = np.arange(len(mods))
+    for j, (key, label) in enumerate(measures):
+        vals = [float(balance[key].get(m) or 0.0) for m in mods]
+        ax.bar(x + (j - (len(measures) - 1) / 2) * width, vals, width, label=label)
+    ax.set_xticks(x, mods)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share")
+    ax.set_title("Modality balance on the held-out split")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
@@ -253,6 +290,8 @@ class ReportInputs:
         attention: ``(frames, maps, titles)`` for a few steps.
         gifs: episodes to show as GIFs.
         notes: free-text lines shown under the summary (e.g. why a section is missing).
+        balance: :func:`vlafoundry.eval.offline.modality_balance` result (table and bar chart).
+        offline_bias: :func:`vlafoundry.eval.offline.offline_bias` result (held-out accuracy per subgroup).
     """
 
     eval_result: Mapping[str, Any]
@@ -264,6 +303,8 @@ class ReportInputs:
     gifs: Sequence[GifSpec] = ()
     notes: Sequence[str] = ()
     title: str = "vlafoundry evaluation report"
+    balance: Mapping[str, Any] | None = None
+    offline_bias: Mapping[str, Any] | None = None
 
 
 class _Doc:
@@ -393,6 +434,11 @@ def write_report(out_dir: str | Path, inputs: ReportInputs) -> dict[str, Path]:
         doc.heading(title)
         doc.table(["metric", "value"], [[k, v] for k, v in table.items()])
 
+    if inputs.balance:
+        _balance_section(doc, inputs.balance, assets)
+    if inputs.offline_bias:
+        _offline_bias_section(doc, inputs.offline_bias, assets)
+
     if inputs.similarity is not None:
         matrix, rlab, clab = inputs.similarity
         doc.heading("Observation-instruction similarity")
@@ -419,6 +465,46 @@ def write_report(out_dir: str | Path, inputs: ReportInputs) -> dict[str, Path]:
         encoding="utf-8",
     )
     return {"markdown": md_path, "html": html_path, "assets": assets}
+
+
+def _balance_section(doc: _Doc, bal: Mapping[str, Any], assets: Path) -> None:
+    metric = bal["metric"]
+    doc.heading("Modality balance (held-out split)")
+    doc.para(
+        f"{metric} with all inputs: {_fmt(bal['metric_full'])} on {bal['samples']} samples. Ablation: the modality is "
+        "marked absent; its share is |change| over the sum of all modalities' |change|. Gradient: norm of the "
+        "behaviour-cloning loss gradient with respect to the modality's token features, as a share. "
+        f"Dominant modality: {bal['dominant_modality']}."
+    )
+    doc.table(
+        ["modality", f"{metric} without it", "ablation drop", "ablation share", "loss ablation share",
+         "gradient share", "gradient × input share"],
+        [[m, bal["metric_ablated"][m], bal["ablation_drop"][m], bal["ablation_share"][m],
+          bal["loss_ablation_share"][m], bal["gradient_share"][m], bal["gradient_x_input_share"][m]]
+         for m in bal["modalities"]],
+    )  # fmt: skip
+    if bal["modalities"]:
+        doc.image(plot_modality_balance(bal, assets / "modality_balance.png"), "Modality balance: share per measure")
+
+
+def _offline_bias_section(doc: _Doc, bias: Mapping[str, Any], assets: Path) -> None:
+    by = bias["by"]
+    doc.heading("Held-out accuracy per subgroup (bias)")
+    doc.para(f"Measure: {bias['measure']} over {bias['entries']} action steps of the held-out split; overall "
+             f"{_fmt(bias['overall'])} [{bias['overall_ci'][0]:.3f}, {bias['overall_ci'][1]:.3f}].")  # fmt: skip
+    doc.table(["labelling", "groups", "worst", "best", "worst-to-best gap"],
+              [[k, len(v["groups"]), v["worst"], v["best"], v["gap"]] for k, v in by.items()])  # fmt: skip
+    for key, v in by.items():
+        if len(v["groups"]) > 1:
+            doc.heading(f"Held-out accuracy by {key}", 3)
+            extra = ["mean L1"] if "mean_l1" in v["groups"][0] else []
+            doc.table([key, "action steps", "accuracy", "95% Wilson CI", *extra],
+                      [[g["group"], g["n"], g["accuracy"], _ci(g), *([g["mean_l1"]] if extra else [])]
+                       for g in v["groups"]])  # fmt: skip
+    png = plot_subgroups(by, assets / "offline_subgroups.png", rate_key="accuracy", count_key="n",
+                         title="Held-out accuracy per subgroup (95% Wilson CI)")  # fmt: skip
+    if png is not None:
+        doc.image(png, "Held-out accuracy per subgroup")
 
 
 _ROBUST_COLS = {"episodes", "successes", "success_rate", "ci_low", "ci_high", "mean_length", "mean_return",

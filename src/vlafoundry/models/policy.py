@@ -296,6 +296,8 @@ class VLAPolicy(nn.Module):
             if img.dim() == 4:
                 img = img.unsqueeze(1)  # (B, 1, H, W, C)
             check_tensor("image", img, ndim=5, floating=False)
+            if img.shape[0] != b:
+                raise ValueError(f"image: expected {b} rows (one per instruction), got shape {tuple(img.shape)}")
             if list(img.shape[2:]) != list(self.spec.image_shape):
                 raise ValueError(f"image: expected frames of shape {tuple(self.spec.image_shape)}, "
                                  f"got {tuple(img.shape[2:])}")
@@ -305,6 +307,8 @@ class VLAPolicy(nn.Module):
             if st.dim() == 2:
                 st = st.unsqueeze(1)  # (B, 1, S)
             check_tensor("state", st, ndim=3, last_dim=self.spec.state_dim, finite=True)
+            if st.shape[0] != b:
+                raise ValueError(f"state: expected {b} rows (one per instruction), got shape {tuple(st.shape)}")
             out["state"] = st.to(dev, non_blocking=True)
         t = out["image"].shape[1] if self.has_image else (out["state"].shape[1] if self.has_state else 1)
         obs_mask = batch.get("obs_mask")
@@ -314,6 +318,8 @@ class VLAPolicy(nn.Module):
         out["obs_mask"] = obs_mask.to(dev)
         for m in MODALITIES:
             p = batch.get(f"{m}_present")
+            if p is not None and tuple(np.shape(p)) != (b,):
+                raise ValueError(f"{m}_present: expected shape ({b},), got {tuple(np.shape(p))}")
             p = torch.ones(b, dtype=torch.bool) if p is None else torch.as_tensor(p).bool().reshape(b)
             out[f"{m}_present"] = p.to(dev)
         for k in ("action", "action_mask", "instruction_id", "task_id"):
@@ -495,11 +501,31 @@ class VLAPolicy(nn.Module):
             self._hist_valid[i] = False
             self._queue[i] = []
 
+    def _check_observation(self, observation: dict[str, Any]) -> int:
+        """Validate a batched observation dict (ValueError naming the key); returns the batch size N."""
+        instr = observation.get("instruction")
+        if not isinstance(instr, (list, tuple)) or not all(isinstance(s, str) for s in instr):
+            raise ValueError(f"instruction: expected a list of N strings, got {type(instr).__name__} {instr!r:.60}")
+        n = len(instr)
+        for key, needed in (("image", self.has_image), ("state", self.has_state)):
+            if not needed:
+                continue
+            if key not in observation:
+                raise ValueError(f"observation: expected key {key!r} for this policy (mark rows where it is missing "
+                                 f"with {key}_present=False instead of leaving it out)")
+            shape = tuple(np.shape(observation[key]))
+            if not shape or shape[0] != n:
+                raise ValueError(f"{key}: expected {n} rows (one per instruction), got shape {shape}")
+        for m in MODALITIES:
+            if f"{m}_present" in observation and tuple(np.shape(observation[f"{m}_present"])) != (n,):
+                raise ValueError(f"{m}_present: expected shape ({n},), got {tuple(np.shape(observation[f'{m}_present']))}")
+        return n
+
     @torch.no_grad()
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
         """Batched acting: keeps the last ``history`` frames per env and a queue of chunked actions."""
+        n = self._check_observation(observation)
         instr = list(observation["instruction"])
-        n = len(instr)
         t = self.cfg.history
         frames = {}
         if self.has_image:

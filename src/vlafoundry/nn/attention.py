@@ -284,6 +284,8 @@ class CrossModalAttention(nn.Module):
             check_mask("vision_mask", vision_mask, (b, lv))
         if lang_mask is not None:
             check_mask("lang_mask", lang_mask, (b, ll))
+        check_same_device(vision_features=vision_features, lang_features=lang_features, vision_mask=vision_mask,
+                          lang_mask=lang_mask)
         vision_attended = self.vision_from_lang(
             vision_features, lang_features, lang_features, key_padding_mask=lang_mask
         )  # (B, Lv, D)
