@@ -20,14 +20,15 @@ Both models get the same batches; both tokenise instructions inside the step (ea
 Reported: samples/s and MFU (FLOPs from ``FlopCounterMode`` over one step per second, divided by the best fp32
 rate of square 512^3 / 1024^3 matmuls measured in the same rounds, as in bench/train.py) and the ratios
 ours / BabyAI (> 1: ours faster / better utilised). oneDNN's 3x3 convolutions can run faster than torch.mm, so
-the BabyAI model's MFU may approach or pass 100 %.
+the BabyAI model's MFU may approach or pass 100 %; the table gives the rate of its 3x3 conv alone for context.
 
 (b) ``vlafoundry.nn.TransformerEncoderBlock`` vs ``torch.nn.TransformerEncoderLayer(batch_first=True,
 norm_first=True, activation="gelu", dropout=0)`` with identical weights (outputs compared), forward + backward,
 at (B, L, D, heads, d_ff) = (64, 50, 128, 4, 512) and (16, 256, 256, 8, 1024), and the first size with a key
 padding mask (a quarter of each row padded). Ratio = torch time / ours (> 1: ours faster).
 
-Repeats are interleaved (alternating order) and medians reported.
+Repeats are interleaved (alternating order) and medians reported. ``--clock auto`` (default) times with this
+process's CPU time when ``--threads 1`` (robust on a shared, loaded machine), with wall time otherwise.
 
     python bench/peers.py [--data DIR] [--batch-size 256] [--rounds 5] [--steps 3] [--threads 1] [--quick]
 
@@ -53,8 +54,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import (  # noqa: E402  (bench/train.py: shared data, step, FLOP and matmul helpers)
-    PRESET, Batch, BatchStream, best_square_rate, build_default, count_flops, ensure_data, fmt_table, make_train_step,
-    square_matmul_rates,
+    PRESET, Batch, BatchStream, Clock, best_square_rate, build_default, count_flops, ensure_data, fmt_table,
+    make_train_step, model_summary, pick_clock, square_matmul_rates,
 )
 
 from vlafoundry.models.policy import count_parameters  # noqa: E402
@@ -178,7 +179,22 @@ def babyai_loss_fn(model: BabyAIModel, vocab: WordVocab) -> Callable[[Batch], to
 
 
 # ---------------------------------------------------------------------------------------------- (a)
-def compare_policies(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def conv_rate(batch: int, channels: int, clock: Clock, min_time: float = 0.1) -> float:
+    """fp32 FLOP/s of BabyAI's 3x3 conv (channels -> channels on 7x7 maps), forward + backward (3x forward FLOPs)."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    x = torch.randn(batch, channels, 7, 7, requires_grad=True)
+    grad = torch.randn(batch, channels, 7, 7)
+    conv(x).backward(grad)  # warm-up
+    times: list[float] = []
+    t_start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - t_start < min_time:
+        t0 = clock()
+        conv(x).backward(grad)
+        times.append(clock() - t0)
+    return 3 * 2.0 * batch * 49 * channels * channels * 9 / statistics.median(times)
+
+
+def compare_policies(args: argparse.Namespace, tmp: Path, clock: Clock) -> dict[str, Any]:
     cfg = load_config(PRESET)
     root = ensure_data(args.data, args.episodes, tmp)
     ours, ds = build_default(cfg, root)
@@ -188,7 +204,7 @@ def compare_policies(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ref.train()
     loss_fns = {"ours": lambda batch: ours(batch, cfg.loss)[0], "babyai": babyai_loss_fn(ref, vocab)}
     models = {"ours": ours, "babyai": ref}
-    steps = {k: make_train_step(m, loss_fns[k], build_optimizer(m, cfg.train), cfg.train.grad_clip)
+    steps = {k: make_train_step(m, loss_fns[k], build_optimizer(m, cfg.train), cfg.train.grad_clip, clock)
              for k, m in models.items()}
     stream = BatchStream(ds, args.batch_size)
     flops = {}
@@ -204,17 +220,20 @@ def compare_policies(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in models}
     sizes = [int(n) for n in args.matmul_sizes.split(",")]
     square: dict[int, list[float]] = {n: [] for n in sizes}
+    convs: list[float] = []
     order = list(models)
     for r in range(args.rounds):
-        for n, rate in square_matmul_rates(sizes, min_time=0.15).items():
+        for n, rate in square_matmul_rates(sizes, min_time=0.15, clock=clock).items():
             square[n].append(rate)
+        convs.append(conv_rate(args.batch_size, cfg.model.d_model, clock))
         batches = [stream.next() for _ in range(args.steps)]
         for k in order if r % 2 == 0 else order[::-1]:
             for batch in batches:
                 times[k].append(sum(steps[k](batch)))
     n_mm, peak = best_square_rate(square)
-    out: dict[str, Any] = {"matmul_size": n_mm, "matmul_gflops": peak / 1e9, "batch_size": args.batch_size,
-                           "square_matmul_gflops": {str(n): statistics.median(v) / 1e9 for n, v in square.items()}}
+    out: dict[str, Any] = {"model": model_summary(cfg), "matmul_size": n_mm, "matmul_gflops": peak / 1e9, "batch_size": args.batch_size,
+                           "square_matmul_gflops": {str(n): statistics.median(v) / 1e9 for n, v in square.items()},
+                           "conv3x3_gflops": statistics.median(convs) / 1e9}
     for k in models:
         t = statistics.median(times[k])
         out[k] = {"parameters": count_parameters(models[k]), "step_ms": 1e3 * t,
@@ -243,7 +262,8 @@ def paired_blocks(d: int, heads: int, d_ff: int) -> tuple[TransformerEncoderBloc
     return ours.train(), ref.train()
 
 
-def compare_blocks(size: tuple[int, int, int, int, int], masked: bool, rounds: int, reps: int) -> dict[str, Any]:
+def compare_blocks(size: tuple[int, int, int, int, int], masked: bool, rounds: int, reps: int,
+                   clock: Clock = time.perf_counter) -> dict[str, Any]:
     b, length, d, heads, d_ff = size
     ours, ref = paired_blocks(d, heads, d_ff)
     g = torch.Generator().manual_seed(1)
@@ -262,9 +282,9 @@ def compare_blocks(size: tuple[int, int, int, int, int], masked: bool, rounds: i
         max_diff = float((a - r)[keep].abs().max())
 
     def run(k: str) -> float:
-        t0 = time.perf_counter()
+        t0 = clock()
         fns[k]().backward(grad)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     for k in fns:  # warm-up
         run(k)
@@ -289,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--block-reps", type=int, default=3, help="block forward+backward calls per impl per round")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", default="auto", help="cpu | wall | auto (cpu time with 1 thread, else wall)")
     ap.add_argument("--matmul-sizes", default="512,1024", help="square reference matmuls (best is used)")
     ap.add_argument("--quick", action="store_true", help="3 rounds x 2 steps, 120 episodes (< 60 s)")
     args = ap.parse_args(argv)
@@ -296,22 +317,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.rounds, args.steps, args.warmup = min(args.rounds, 3), min(args.steps, 2), 1
         args.block_reps, args.episodes = min(args.block_reps, 2), min(args.episodes, 120)
     torch.set_num_threads(args.threads)
+    clock_kind, clock = pick_clock(args.clock, args.threads)
 
     with tempfile.TemporaryDirectory(prefix="vlafoundry-bench-peers-") as tmp:
-        pol = compare_policies(args, Path(tmp))
+        pol = compare_policies(args, Path(tmp), clock)
     sizes = [((64, 50, 128, 4, 512), False), ((64, 50, 128, 4, 512), True), ((16, 256, 256, 8, 1024), False)]
-    blocks = [compare_blocks(s, m, args.rounds, args.block_reps) for s, m in sizes]
+    blocks = [compare_blocks(s, m, args.rounds, args.block_reps, clock) for s, m in sizes]
 
     o, r = pol["ours"], pol["babyai"]
     rows = [
-        ("(a) training step, batch", f"{args.batch_size}, {args.threads} thread(s), median of interleaved repeats"),
+        ("(a) training step, batch", f"{args.batch_size}, {args.threads} thread(s), medians of interleaved repeats, "
+                                     f"{clock_kind} clock"),
         ("  model", "ours (default policy) | BabyAI 1.1 bow_endpool_res + GRU + LSTM"),
+        ("  ours", pol["model"]),
         ("  parameters", f"{o['parameters']:,} | {r['parameters']:,}"),
         ("  step", f"{o['step_ms']:.1f} ms | {r['step_ms']:.1f} ms"),
         ("  samples/s", f"{o['samples_per_s']:,.0f} | {r['samples_per_s']:,.0f}  -> ratio {pol['speed_ratio']:.2f}x"),
         ("  GFLOP/step", f"{o['gflops_per_step']:.2f} | {r['gflops_per_step']:.2f}"),
         ("  MFU", f"{100 * o['mfu']:.1f} % | {100 * r['mfu']:.1f} %  -> ratio {pol['mfu_ratio']:.2f}x "
                   f"(ref. matmul {pol['matmul_size']}^3: {pol['matmul_gflops']:.1f} GFLOP/s)"),
+        ("  for context", f"BabyAI's 3x3 conv alone, fwd+bwd: {pol['conv3x3_gflops']:.1f} GFLOP/s "
+                          f"= {100 * pol['conv3x3_gflops'] / pol['matmul_gflops']:.0f} % of the matmul reference"),
         ("(b) encoder block fwd+bwd", "ours | torch.nn.TransformerEncoderLayer -> torch/ours"),
     ]
     for blk in blocks:
@@ -319,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append((name, f"{blk['ours_ms']:.2f} ms | {blk['torch_ms']:.2f} ms -> {blk['ratio']:.2f}x "
                            f"(max |diff| {blk['max_abs_diff']:.1e})"))
     print(fmt_table(rows))
-    result = {"bench": "peers", "threads": args.threads, "policy": pol, "blocks": blocks}
+    result = {"bench": "peers", "threads": args.threads, "clock": clock_kind, "policy": pol, "blocks": blocks}
     print(json.dumps(result))
     return result
 

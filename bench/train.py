@@ -17,8 +17,10 @@ interleaved with the training rounds. N=512 (1 MiB operands, cache-resident) giv
 memory-bound on small-cache VMs; the better of the two is the reference. MFU = achieved model FLOP/s / that
 rate. For context the table also gives the rate of the model's most common matmul shape, (B*49, 128) @ (128, 256).
 
-Timing: ``--rounds`` rounds, each = one matmul measurement + ``--steps`` timed steps; medians over all steps and
-all rounds. Use ``--threads`` to set torch's intra-op threads (default 1).
+Timing: ``--rounds`` rounds, each = the matmul measurements + ``--steps`` timed steps; medians over all steps and
+all rounds. ``--clock auto`` (default) times with this process's CPU time when ``--threads 1`` (so a shared,
+loaded machine that preempts the process does not distort rates; wall-clock samples/s and the CPU/wall ratio are
+reported too), and with wall time for more threads.
 
     python bench/train.py [--data DIR] [--episodes 200] [--batch-size 256] [--steps 10] [--rounds 5]
                           [--threads 1] [--quick]
@@ -50,6 +52,17 @@ from vlafoundry.train.trainer import build_optimizer
 
 PRESET = "babyai-gotolocal"
 Batch = dict[str, Any]
+Clock = Callable[[], float]
+
+
+def pick_clock(kind: str, threads: int) -> tuple[str, Clock]:
+    """``cpu``: this process's CPU time (time.process_time), immune to time-sharing of a loaded machine but only
+    meaningful with one thread; ``wall``: time.perf_counter; ``auto``: cpu with one thread, else wall."""
+    if kind == "auto":
+        kind = "cpu" if threads == 1 else "wall"
+    if kind not in ("cpu", "wall"):
+        raise SystemExit(f"--clock: expected auto, cpu or wall, got {kind!r}")
+    return kind, (time.process_time if kind == "cpu" else time.perf_counter)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -89,21 +102,23 @@ def build_default(cfg: ExperimentConfig, root: Path, seed: int = 0) -> tuple[VLA
     return policy, ds
 
 
-def make_train_step(model: nn.Module, loss_fn: Callable[[Batch], torch.Tensor], opt: torch.optim.Optimizer,
-                    grad_clip: float) -> Callable[[Batch], tuple[float, float, float]]:
-    """The trainer's step (forward, backward, clip, AdamW); returns the seconds of (forward, backward, optimiser)."""
+def make_train_step(
+    model: nn.Module, loss_fn: Callable[[Batch], torch.Tensor], opt: torch.optim.Optimizer, grad_clip: float,
+    clock: Clock = time.perf_counter,
+) -> Callable[[Batch], tuple[float, float, float]]:
+    """The trainer's step (forward, backward, clip, AdamW); returns ``clock`` seconds of (forward, backward, opt)."""
 
     def step(batch: Batch) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = loss_fn(batch)
-        t1 = time.perf_counter()
+        t1 = clock()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = clock()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        t3 = time.perf_counter()
+        t3 = clock()
         return t1 - t0, t2 - t1, t3 - t2
 
     return step
@@ -143,8 +158,8 @@ def count_step_flops(loss_fn: Callable[[Batch], torch.Tensor], batch: Batch) -> 
 
 
 # ---------------------------------------------------------------------------------------------- the machine
-def matmul_rate(m: int, k: int, n: int, min_time: float = 0.25) -> float:
-    """fp32 FLOP/s of ``(m, k) @ (k, n)`` into a preallocated output, median of >= 5 timed calls."""
+def matmul_rate(m: int, k: int, n: int, min_time: float = 0.25, clock: Clock = time.perf_counter) -> float:
+    """fp32 FLOP/s of ``(m, k) @ (k, n)`` into a preallocated output, median of >= 5 calls timed by ``clock``."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
     out = torch.empty(m, n)
@@ -152,15 +167,16 @@ def matmul_rate(m: int, k: int, n: int, min_time: float = 0.25) -> float:
     times: list[float] = []
     t_start = time.perf_counter()
     while len(times) < 5 or time.perf_counter() - t_start < min_time:
-        t0 = time.perf_counter()
+        t0 = clock()
         torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 2.0 * m * k * n / statistics.median(times)
 
 
-def square_matmul_rates(sizes: list[int], min_time: float = 0.2) -> dict[int, float]:
+def square_matmul_rates(sizes: list[int], min_time: float = 0.2, clock: Clock = time.perf_counter
+                        ) -> dict[int, float]:
     """FLOP/s of the square fp32 matmul for each N in ``sizes``."""
-    return {n: matmul_rate(n, n, n, min_time) for n in sizes}
+    return {n: matmul_rate(n, n, n, min_time, clock) for n in sizes}
 
 
 def best_square_rate(history: dict[int, list[float]]) -> tuple[int, float]:
@@ -171,6 +187,12 @@ def best_square_rate(history: dict[int, list[float]]) -> tuple[int, float]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def model_summary(cfg: ExperimentConfig) -> str:
+    m = cfg.model
+    return (f"vision={m.vision} x{m.vision_layers} blocks, language={m.language} x{m.text_layers}, "
+            f"fusion={m.fusion} x{m.num_layers}, d_model={m.d_model}, d_ff={m.d_ff}, history={m.history}")
+
+
 def fmt_table(rows: list[tuple[str, str]]) -> str:
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
@@ -185,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--clock", default="auto", help="cpu | wall | auto (cpu time with 1 thread, else wall)")
     ap.add_argument("--matmul-sizes", default="512,1024", help="N of the square reference matmuls (best is used)")
     ap.add_argument("--quick", action="store_true", help="3 rounds x 4 steps, 120 episodes (~30 s)")
     args = ap.parse_args(argv)
@@ -192,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.steps, args.rounds, args.warmup = min(args.steps, 4), min(args.rounds, 3), min(args.warmup, 2)
         args.episodes = min(args.episodes, 120)
     torch.set_num_threads(args.threads)
+    clock_kind, clock = pick_clock(args.clock, args.threads)
 
     cfg = load_config(PRESET)
     with tempfile.TemporaryDirectory(prefix="vlafoundry-bench-train-") as tmp:
@@ -206,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def loss_fn(batch: Batch) -> torch.Tensor:
             return policy(batch, loss_cfg)[0]
 
-        step = make_train_step(policy, loss_fn, opt, cfg.train.grad_clip)
+        step = make_train_step(policy, loss_fn, opt, cfg.train.grad_clip, clock)
         flops, per_op = count_step_flops(loss_fn, stream.next())
         opt.zero_grad(set_to_none=True)
         for _ in range(args.warmup):
@@ -215,16 +239,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes = [int(n) for n in args.matmul_sizes.split(",")]
         square: dict[int, list[float]] = {n: [] for n in sizes}
         shape_mm = (args.batch_size * policy.num_image_tokens, cfg.model.d_model, cfg.model.d_ff)
-        data_t, fwd_t, bwd_t, opt_t, step_t, shaped = [], [], [], [], [], []
+        data_t, fwd_t, bwd_t, opt_t, step_t, shaped, wall_t = [], [], [], [], [], [], []
         for _ in range(args.rounds):
-            for n, rate in square_matmul_rates(sizes).items():
+            for n, rate in square_matmul_rates(sizes, clock=clock).items():
                 square[n].append(rate)
-            shaped.append(matmul_rate(*shape_mm, min_time=0.1))
+            shaped.append(matmul_rate(*shape_mm, min_time=0.1, clock=clock))
             for _ in range(args.steps):
-                t0 = time.perf_counter()
+                w0 = time.perf_counter()
+                t0 = clock()
                 batch = stream.next()
-                data_t.append(time.perf_counter() - t0)
+                data_t.append(clock() - t0)
                 f, b, o = step(batch)
+                wall_t.append(time.perf_counter() - w0)
                 fwd_t.append(f)
                 bwd_t.append(b)
                 opt_t.append(o)
@@ -240,10 +266,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "preset": PRESET,
         "batch_size": bs,
         "threads": args.threads,
+        "clock": clock_kind,
+        "model": model_summary(cfg),
         "parameters": count_parameters(policy),
         "train_samples": len(ds),
         "samples_per_s": bs / (t_step + t_data),
         "samples_per_s_model_only": bs / t_step,
+        "samples_per_s_wall": bs / med(wall_t),
+        "cpu_share": (t_step + t_data) / med(wall_t),
         "step_ms": 1e3 * (t_step + t_data),
         "data_ms": 1e3 * t_data,
         "forward_ms": 1e3 * med(fwd_t),
@@ -268,8 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["flops_by_op"] = dict(top)
     rows = [
         ("policy", f"{PRESET} default ({result['parameters']:,} params), {len(ds)} train samples"),
+        ("architecture", result["model"]),
         ("batch / threads", f"{bs} / {args.threads}"),
-        ("timed steps", f"{len(step_t)} ({args.rounds} rounds x {args.steps}), medians"),
+        ("timed steps", f"{len(step_t)} ({args.rounds} rounds x {args.steps}), medians, {clock_kind} clock"),
         ("step (data+fwd+bwd+opt)", f"{result['step_ms']:.1f} ms"),
         ("  batch assembly", f"{result['data_ms']:.1f} ms"),
         ("  forward", f"{result['forward_ms']:.1f} ms"),
@@ -277,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("  clip + AdamW", f"{result['optimizer_ms']:.1f} ms"),
         ("samples/s (full step)", f"{result['samples_per_s']:,.0f}"),
         ("samples/s (model only)", f"{result['samples_per_s_model_only']:,.0f}"),
+        ("samples/s (wall clock)", f"{result['samples_per_s_wall']:,.0f} (CPU time / wall time: "
+                                   f"{result['cpu_share']:.2f})"),
         ("FLOPs / step (fwd+bwd)", f"{flops / 1e9:.2f} GFLOP ({flops / bs / 1e6:.2f} MFLOP/sample)"),
         ("  largest ops", ", ".join(f"{k}={v / 1e9:.2f}G" for k, v in top)),
         ("achieved", f"{result['achieved_gflops']:.2f} GFLOP/s"),

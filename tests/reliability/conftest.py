@@ -86,3 +86,12 @@ def run_cli(args: list[str], timeout: float = 180) -> subprocess.CompletedProces
 @pytest.fixture(scope="session")
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_cli
+
+
+@pytest.fixture(autouse=True)
+def _reset_check_finite():
+    """``train.check_finite`` sets a process-wide switch; never let it leak into later tests."""
+    from vlafoundry.nn import set_check_finite
+
+    yield
+    set_check_finite(False)

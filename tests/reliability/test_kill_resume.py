@@ -293,6 +293,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(mode, seed, train_argv, cli_env,
     _kill(proc)
     killed_at = _latest(ck)
     leftovers = sorted(p.name for p in ck.iterdir())
+    print(f"[{mode}-{seed}] SIGKILL with latest={killed_at}, checkpoints/ held {leftovers}")
     if mode == "mid-write":
         assert any(".tmp-" in n for n in leftovers), leftovers
     rerun = subprocess.run([sys.executable, "-m", "vlafoundry", *argv], capture_output=True, text=True, env=env,

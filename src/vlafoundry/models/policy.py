@@ -517,8 +517,9 @@ class VLAPolicy(nn.Module):
             if not shape or shape[0] != n:
                 raise ValueError(f"{key}: expected {n} rows (one per instruction), got shape {shape}")
         for m in MODALITIES:
-            if f"{m}_present" in observation and tuple(np.shape(observation[f"{m}_present"])) != (n,):
-                raise ValueError(f"{m}_present: expected shape ({n},), got {tuple(np.shape(observation[f'{m}_present']))}")
+            shape = tuple(np.shape(observation.get(f"{m}_present", np.zeros(n))))
+            if shape != (n,):
+                raise ValueError(f"{m}_present: expected shape ({n},), got {shape}")
         return n
 
     @torch.no_grad()

@@ -170,6 +170,9 @@ class Trainer:
             raise ValueError("loss.mlm > 0 needs model.language=scratch (the pretrained encoder is frozen)")
         if lc.mrm > 0 and not p.has_image:
             raise ValueError("loss.mrm > 0 needs an image modality (model.vision != none and image data)")
+        if lc.mrm > 0 and p.cfg.vision_layers < 1:
+            raise ValueError("loss.mrm > 0 needs model.vision_layers >= 1: masked cells are reconstructed from "
+                             f"their context, and with vision_layers={p.cfg.vision_layers} there is none")
         if (lc.contrastive > 0 or lc.itm > 0) and not p.has_language:
             raise ValueError("loss.contrastive/itm > 0 need a language modality (model.language != none)")
 
