@@ -15,6 +15,7 @@ tests/train/test_checkpoint.py, tests/train/test_config.py, tests/eval/test_para
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -137,15 +138,23 @@ def test_load_policy_names_bad_tensor(bad_checkpoint) -> None:
 
 @pytest.mark.parametrize("bad_checkpoint", CKPT_FAULTS, indirect=True)
 def test_train_init_from_bad_checkpoint_changes_nothing(bad_checkpoint, rel_dataset, tiny_overrides, trained_run,
-                                                        digest, tmp_path) -> None:
+                                                        digest, tmp_path, capsys, monkeypatch) -> None:
     path, match = bad_checkpoint
     existing = tmp_path / "existing_run"
     shutil.copytree(trained_run, existing)
     snapshots = {p: digest(p) for p in (path, existing, rel_dataset)}
     for out, extra in ((tmp_path / "new_run", []), (existing, ["--no-resume"])):
+        args = ["train", "--data", str(rel_dataset), "--out", str(out), "--init-from", str(path), *extra,
+                *tiny_overrides]
+        # the CLI reports one line and exits 2 ...
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and re.search(match, err) and "Traceback" not in err
+        # ... and the error underneath is the CheckpointError naming the tensor
+        monkeypatch.setenv("VLAFOUNDRY_DEBUG", "1")
         with pytest.raises(CheckpointError, match=match):
-            main(["train", "--data", str(rel_dataset), "--out", str(out), "--init-from", str(path), *extra,
-                  *tiny_overrides])
+            main(args)
+        monkeypatch.delenv("VLAFOUNDRY_DEBUG")
     assert not (tmp_path / "new_run").exists()
     assert {p: digest(p) for p in snapshots} == snapshots
 

@@ -52,6 +52,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gifs", type=int, default=2, metavar="N", help="GIFs of N successful and N failed episodes")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the run folder)")
     p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    p.add_argument("--action-selection", choices=["greedy", "sample"], default=None,
+                   help="override how discrete actions are picked (default: the checkpoint's model.action_selection)")
     p.set_defaults(handler=run_eval)
 
 
@@ -104,6 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: --offline-samples: expected >= 1, got {args.offline_samples}", file=sys.stderr)
         return 2
     policy, cfg = load_policy(ckpt, device=args.device)
+    if getattr(args, "action_selection", None):
+        policy.cfg.action_selection = args.action_selection
     notes: list[str] = []
     try:
         offline_ds = _offline_dataset(cfg, args.offline, notes)

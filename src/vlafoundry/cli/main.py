@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # sub-command -> module that registers it
@@ -62,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as exc:
+        # Bad input (config, checkpoint, dataset, paraphrase file, disk full, non-finite training) is reported
+        # as one line naming the file/key/tensor; VLAFOUNDRY_DEBUG=1 shows the traceback as well.
+        if os.environ.get("VLAFOUNDRY_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

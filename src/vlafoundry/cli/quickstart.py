@@ -29,6 +29,7 @@ def _stage(n: int, total: int, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlafoundry.cli.evaluate import register as register_eval
     from vlafoundry.cli.evaluate import run_eval
     from vlafoundry.config import ConfigError
     from vlafoundry.train.config import load_config
@@ -61,9 +62,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {summary['step']} steps in {summary['wall_s']:.0f} s ({summary['samples_per_s']:,.0f} samples/s)")
     stage += 1
     _stage(stage, total, "closed-loop evaluation on seeds disjoint from the demonstrations")
-    eval_args = argparse.Namespace(checkpoint=str(out / "train"), env=None, episodes=args.episodes,
-                                   workers=args.workers, num_envs=None, seed_start=None, paraphrases=None,
-                                   robustness=True, gifs=2, out=str(out), device="cpu")
+    eval_argv = ["eval", str(out / "train"), "--robustness", "--gifs", "2", "--out", str(out)]
+    if args.episodes is not None:
+        eval_argv += ["--episodes", str(args.episodes)]
+    if args.workers is not None:
+        eval_argv += ["--workers", str(args.workers)]
+    eval_parser = argparse.ArgumentParser(prog="vlafoundry")
+    register_eval(eval_parser.add_subparsers(dest="command"))
+    eval_args = eval_parser.parse_args(eval_argv)  # every eval default, exactly as `vlafoundry eval` has them
     rc = run_eval(eval_args)
     if rc != 0:
         return rc

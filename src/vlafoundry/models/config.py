@@ -37,6 +37,9 @@ class PolicyConfig:
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
+    action_selection: how ``select_action`` picks discrete/binned actions: ``greedy`` (argmax) or ``sample`` (from
+    the softmax at ``sample_temperature``, with the policy's own generator, re-seeded by ``reset()``, so a rollout
+    is reproducible). Sampling breaks the loops a deterministic cloned policy can fall into.
     """
 
     vision: str = "grid"
@@ -63,6 +66,8 @@ class PolicyConfig:
     moe_top_k: int = 2
     moe_capacity_factor: float = 1.25
     pretrained_model: str | None = None
+    action_selection: str = "greedy"
+    sample_temperature: float = 1.0
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
 
     def __post_init__(self) -> None:
@@ -70,6 +75,9 @@ class PolicyConfig:
         require(self.language in LANGUAGE_KINDS, "model.language", f"one of {list(LANGUAGE_KINDS)}", self.language)
         require(self.fusion in FUSION_KINDS, "model.fusion", f"one of {list(FUSION_KINDS)}", self.fusion)
         require(self.head in HEAD_KINDS, "model.head", f"one of {list(HEAD_KINDS)}", self.head)
+        require(self.action_selection in ("greedy", "sample"), "model.action_selection", "one of ['greedy', 'sample']",
+                self.action_selection)
+        require(self.sample_temperature > 0, "model.sample_temperature", "a number > 0", self.sample_temperature)
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
         for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))

@@ -200,6 +200,7 @@ class VLAPolicy(nn.Module):
         self.pretrain_heads = MultimodalPretrainingTask(d, vocab_size=vocab, patch_dim=d)
 
         self._history: torch.Tensor | None = None  # rollout state, see select_action
+        self._sample_rng = torch.Generator().manual_seed(0)  # action sampling; re-seeded by reset()
         self._queue: list[list[Any]] = []
 
     # ------------------------------------------------------------------ construction helpers
@@ -481,21 +482,35 @@ class VLAPolicy(nn.Module):
         return self.obs_embed(obs_p), self.instr_embed(lang_p)
 
     @torch.no_grad()
-    def predict_chunk(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Greedy actions for every step of the chunk: (B, K) int64 or (B, K, A) float."""
+    def predict_chunk(self, batch: dict[str, Any], sample: bool | None = None) -> torch.Tensor:
+        """Actions for every step of the chunk: (B, K) int64 or (B, K, A) float.
+
+        ``sample`` (default: ``cfg.action_selection == "sample"``) draws discrete/binned actions from the softmax at
+        ``cfg.sample_temperature`` with the policy's generator; otherwise the argmax. Continuous heads are
+        deterministic.
+        """
         b = self._prepare(batch)
         out = self._action_outputs(self._fuse(self._encode(b)))
+        if self.head_kind == "continuous":
+            return out
+        if sample is None:
+            sample = self.cfg.action_selection == "sample"
+        if sample:
+            probs = torch.softmax(out.float() / self.cfg.sample_temperature, dim=-1)
+            flat = probs.reshape(-1, probs.shape[-1]).cpu()
+            idx = torch.multinomial(flat, 1, generator=self._sample_rng).view(probs.shape[:-1]).to(out.device)
+        else:
+            idx = out.argmax(-1)
         if self.head_kind == "discrete":
-            return out.argmax(-1)
-        if self.head_kind == "binned":
-            return self.action_tokenizer.decode(out.argmax(-1)).to(out.device)
-        return out
+            return idx
+        return self.action_tokenizer.decode(idx).to(out.device)
 
     def reset(self, env_indices: Any = None) -> None:
         """Forget observation history and queued actions (all envs, or only ``env_indices``)."""
         if env_indices is None or self._history is None:
             self._history = None
             self._queue = []
+            self._sample_rng.manual_seed(0)
             return
         for i in np.asarray(env_indices, dtype=np.int64).reshape(-1):
             self._hist_valid[i] = False
