@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     stage = 2
     init_from = None
     if not args.no_pretrain:
-        _stage(stage, total, f"alignment pretraining ({cfg.pretrain.steps} steps: contrastive, ITM, MLM, MRM)")
+        lc = cfg.pretrain.loss
+        active = [n.upper() if n != "contrastive" else n for n in ("contrastive", "itm", "mlm", "mrm")
+                  if getattr(lc, n) > 0]
+        _stage(stage, total, f"alignment pretraining ({cfg.pretrain.steps} steps: {', '.join(active)})")
         Trainer(cfg, out / "pretrain", phase="pretrain", dataset_root=root, dist_info=dist).fit()
         init_from = out / "pretrain"
         stage += 1
