@@ -52,7 +52,8 @@ def test_stop_and_resume_equals_uninterrupted(gotolocal_root, tiny_cfg, tmp_path
 
 
 def test_pretrain_then_train_init_from(gotolocal_root, tiny_cfg, tmp_path):
-    cfg = tiny_cfg("--pretrain.steps", "6", "--pretrain.batch_size", "32", "--train.steps", "4")
+    cfg = tiny_cfg("--pretrain.steps", "6", "--pretrain.batch_size", "32", "--train.steps", "4",
+                   "--pretrain.loss.mrm", "0.5")
     s = Trainer(cfg, tmp_path / "pre", phase="pretrain", dataset_root=gotolocal_root).fit()
     assert s["phase"] == "pretrain" and {"contrastive", "itm", "mlm", "mrm"} <= set(s["last"])
     pre = _weights(tmp_path / "pre")
@@ -99,3 +100,9 @@ def test_check_finite_option_stops_with_step_and_tensor(gotolocal_root, tiny_cfg
     with pytest.raises(NonFiniteError, match=r"step 2: ") as info:
         tr.fit()
     assert "action_head" in str(info.value) and ("NaN" in str(info.value) or "non-finite" in str(info.value))
+
+
+def test_mrm_without_vision_context_is_refused(gotolocal_root, tiny_cfg, tmp_path):
+    cfg = tiny_cfg("--model.vision_layers", "0", "--pretrain.loss.mrm", "0.5")
+    with pytest.raises(ValueError, match="loss.mrm > 0 needs model.vision_layers >= 1"):
+        Trainer(cfg, tmp_path / "r", phase="pretrain", dataset_root=gotolocal_root)
