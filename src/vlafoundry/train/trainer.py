@@ -159,7 +159,10 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.policy, device_ids=ids,
                                                              find_unused_parameters=True)
         if cfg.train.compile:
-            self.model = torch.compile(self.model)
+            # Compile the tensor-only parts in place (state-dict keys unchanged); the policy's own forward holds
+            # Python-side work (instruction tokenisation, batch checks) that would only cause graph breaks.
+            for part in self.policy.compilable_modules():
+                part.compile(dynamic=True)
         self.autocast_dtype = self._autocast_dtype()
         self._writer = None
 
