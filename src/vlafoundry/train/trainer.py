@@ -127,7 +127,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         set_check_finite(cfg.train.check_finite)
-        torch.manual_seed(cfg.train.seed + self.dist.rank * 0)  # same init on every rank (DDP also broadcasts)
+        torch.manual_seed(cfg.train.seed)  # the same seed on every rank: identical init (DDP also broadcasts)
         np.random.seed(cfg.train.seed)
 
         root = Path(dataset_root) if dataset_root else ensure_dataset(cfg, self.dist, cfg.train.progress)
