@@ -69,6 +69,10 @@ def _grads(loss: torch.Tensor, m: torch.nn.Module, x: torch.Tensor) -> list[torc
         dict(num_experts=5, top_k=1, capacity_factor=1.0),
         dict(num_experts=3, top_k=3, capacity_factor=2.0),
         dict(num_experts=4, top_k=2, capacity_factor=1.25, trim_buffer=False),
+        dict(num_experts=4, top_k=2, capacity_factor=1.25, load_groups=1),  # one batched matmul, trimmed
+        dict(num_experts=7, top_k=2, capacity_factor=1.25, load_groups=3),  # uneven groups (3, 3, 1)
+        dict(num_experts=8, top_k=2, expert_capacity=2, load_groups=8),  # one expert per group, overflow
+        dict(num_experts=16, top_k=1, capacity_factor=1.0, load_groups=4),  # experts that keep nothing
     ],
 )
 def test_moe_matches_per_token_reference(cfg):
@@ -193,6 +197,8 @@ def test_moe_bad_inputs():
         m(torch.randn(2, 3, 8), torch.ones(2, 3))
     with pytest.raises(ValueError, match="top_k"):
         MultimodalMixtureOfExperts(num_experts=2, d_model=8, top_k=3)
+    with pytest.raises(ValueError, match="load_groups"):
+        MultimodalMixtureOfExperts(num_experts=4, d_model=8, load_groups=0)
 
 
 def test_conditional_gate():

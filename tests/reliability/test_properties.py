@@ -138,12 +138,13 @@ def test_fusion_any_subset_of_modalities(kind, data, b, lv, ll, le, present, use
 @SETTINGS
 @given(data=st.data(), e=st.integers(1, 5), k=st.integers(1, 3), cap=st.sampled_from([0.5, 1.0, 1.25, 2.0]),
        shape=st.sampled_from(["tokens", "sequence"]), n=st.integers(1, 12), trim=st.booleans(),
-       use_mask=st.booleans())
-def test_mixture_of_experts(data, e, k, cap, shape, n, trim, use_mask):
+       use_mask=st.booleans(), groups=st.integers(1, 6))
+def test_mixture_of_experts(data, e, k, cap, shape, n, trim, use_mask, groups):
     k = min(k, e)
     d = 8
     torch.manual_seed(0)
-    moe = MultimodalMixtureOfExperts(e, d, top_k=k, capacity_factor=cap, d_ff=16, trim_buffer=trim)
+    moe = MultimodalMixtureOfExperts(e, d, top_k=k, capacity_factor=cap, d_ff=16, trim_buffer=trim,
+                                     load_groups=groups)
     if shape == "tokens":
         mask = data.draw(masks(1, n)).view(n) if use_mask else None
         x = torch.randn(n, d, generator=torch.Generator().manual_seed(8)).requires_grad_()
@@ -159,6 +160,11 @@ def test_mixture_of_experts(data, e, k, cap, shape, n, trim, use_mask):
     stats = moe.last_stats
     assert len(stats["expert_load"]) == e and 0.0 <= stats["overflow_fraction"] <= 1.0
     _assert_finite_with_grads(y.sum() + moe.aux_loss, x)
+    # The buffer layout (trimmed, load-sorted groups vs static C rows per expert) changes no result.
+    static = moe.trim_buffer, moe.load_groups
+    moe.trim_buffer, moe.load_groups = (not static[0]), 1
+    assert torch.allclose(moe(x, mask), y, atol=1e-5)
+    moe.trim_buffer, moe.load_groups = static
 
 
 # ------------------------------------------------------------------------------------------ policy acting

@@ -5,8 +5,9 @@
 capacity: every expert processes at most ``C`` token-slots per forward, first choices of all tokens take priority
 over second choices, and slots over capacity are dropped (they contribute zero; the caller's residual connection
 carries the token through). Dispatch is fully vectorised: slot positions come from a cumulative sum over one-hot
-assignments, tokens are scattered into an (E, C, D) buffer, all experts run at once with batched matmuls, and
-results are gathered back with ``index_add``. No Python loop over tokens or experts.
+assignments, tokens are gathered into a buffer of expert rows, the experts run as a few batched matmuls (experts sorted by
+load and grouped, each group padded only to its fullest expert), and results are added back with ``index_add``.
+No Python loop over tokens or experts.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ class MultimodalMixtureOfExperts(nn.Module):
         normalize_gates: divide the top-k probabilities by their sum. Default: True for top_k > 1; False for
             top_k == 1 (Switch), where renormalising would make the gate constant 1 and cut the router off from the
             task gradient.
-        trim_buffer: size the (E, W, D) buffer to ``W = min(C, max expert load)`` instead of C (same results, less
-            padding compute; costs one host sync, set False for static shapes, e.g. CUDA graphs).
+        trim_buffer: size the expert buffers to the loads actually kept instead of C (same results, less padding
+            compute; costs one host sync, set False for static shapes, e.g. CUDA graphs, where every expert gets
+            exactly C rows in one batched matmul).
+        load_groups: with ``trim_buffer``, experts are sorted by kept load and split into this many groups; each
+            group runs as one batched matmul padded only to its own fullest expert (1 = one batched matmul padded to
+            the fullest expert overall). More groups cut padding FLOPs, at the price of more, smaller matmuls.
 
     forward(x (B, L, D) or (N, D), mask (B, L) / (N,) bool | None, True = real token) -> same shape as x.
     Masked-out tokens are not routed, occupy no capacity, are excluded from the aux loss and get a zero output.
@@ -75,6 +80,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         aux_loss_weight: float = 1.0,
         normalize_gates: bool | None = None,
         trim_buffer: bool = True,
+        load_groups: int = 4,
     ) -> None:
         super().__init__()
         if num_experts < 1:
@@ -85,6 +91,8 @@ class MultimodalMixtureOfExperts(nn.Module):
             raise ValueError(f"expert_capacity: expected >= 1 or None, got {expert_capacity}")
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor: expected > 0, got {capacity_factor}")
+        if load_groups < 1:
+            raise ValueError(f"load_groups: expected >= 1, got {load_groups}")
         self.num_experts = num_experts
         self.d_model = d_model
         self.expert_capacity = expert_capacity
@@ -94,6 +102,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         self.aux_loss_weight = float(aux_loss_weight)
         self.normalize_gates = (top_k > 1) if normalize_gates is None else bool(normalize_gates)
         self.trim_buffer = bool(trim_buffer)
+        self.load_groups = int(load_groups)
 
         self.router = nn.Linear(d_model, num_experts)
         h = self.d_ff
@@ -182,28 +191,76 @@ class MultimodalMixtureOfExperts(nn.Module):
         position = onehot.cumsum(dim=0).gather(1, slot_expert[:, None]).squeeze(1) - 1  # (k*N,)
         keep = routed & (position < cap)
         load = onehot.sum(dim=0)  # (E,) slots assigned to each expert before the capacity cut
-        # Buffer rows per expert: the capacity, trimmed to the fullest expert's kept load (rows past it would be
-        # empty in every expert; trimming changes no result, only skips padding compute).
-        width = min(cap, int(load.max())) if self.trim_buffer else cap
-        width = max(width, 1)
-        rows = e * width
-        dest = torch.where(keep, slot_expert * width + position, torch.full_like(position, rows))  # (k*N,)
+        groups, row_start, rows = self._layout(load, cap)  # buffer layout, see _layout
+        dest = torch.where(keep, row_start[slot_expert] + position, torch.full_like(position, rows))  # (k*N,)
 
         # Dispatch as a gather: which token fills each buffer row. Empty rows read token 0 and are combined with
         # gate 0, so they add nothing to any output or gradient.
         slot_token = torch.arange(n, device=x.device).repeat(k)  # (k*N,)
-        source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (E*W,)
-        buf = x_flat.index_select(0, source).view(e, width, d)  # (E, W, D)
-        hidden = self.drop(self.act(torch.baddbmm(self.b1, buf, self.w1)))  # (E, W, H)
-        out = torch.baddbmm(self.b2, hidden, self.w2).reshape(rows, d)  # (E*W, D)
+        source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (R,)
+        buf = x_flat.index_select(0, source)  # (R, D)
+        out = self._run_experts(buf, groups)  # (R, D)
 
         # Combine: scale each buffer row by its slot's gate (0 for empty rows) and add it into its token's output.
         row_gate = (slot_gate * keep).to(x.dtype)  # (k*N,), dropped slots carry 0
-        row_gate = x.new_zeros(rows + 1).scatter(0, dest, row_gate)[:rows]  # (E*W,)
+        row_gate = x.new_zeros(rows + 1).scatter(0, dest, row_gate)[:rows]  # (R,)
         y = x_flat.new_zeros(n, d).index_add_(0, source, out * row_gate[:, None])  # (N, D)
 
         self._record_stats(routed, keep, load, cap, n)
         return y.view_as(x)
+
+    def _layout(self, load: torch.Tensor, cap: int) -> tuple[list[tuple[torch.Tensor | None, int, int]], torch.Tensor, int]:
+        """Buffer layout for the experts' kept slots.
+
+        Returns ``groups`` (list of ``(experts, count, width)``: the experts of the group in buffer order, ``None``
+        meaning all experts in natural order, each owning ``width`` consecutive rows), ``row_start`` (E,) the first
+        buffer row of each expert, and the total row count R. Static (``trim_buffer=False``): one group of every
+        expert with C rows each. Trimmed: experts sorted by kept load ``min(load, C)``, split into ``load_groups``
+        groups, each padded to its fullest expert; groups whose experts keep nothing are skipped.
+        """
+        e = self.num_experts
+        if not self.trim_buffer:
+            row_start = torch.arange(e, device=load.device) * cap
+            return [(None, e, cap)], row_start, e * cap
+        kept = load.clamp(max=cap)  # (E,)
+        if self.load_groups == 1:
+            width = max(1, int(kept.max()))
+            return [(None, e, width)], torch.arange(e, device=load.device) * width, e * width
+        order = torch.argsort(kept, descending=True, stable=True)  # (E,) fullest first
+        kept_sorted = kept[order].tolist()  # one host sync
+        size = math.ceil(e / min(self.load_groups, e))
+        groups: list[tuple[torch.Tensor | None, int, int]] = []
+        starts = [0] * e
+        rows = 0
+        for g0 in range(0, e, size):
+            width = int(kept_sorted[g0])
+            if width == 0:  # this group and the rest keep nothing: no rows (their slots are never kept)
+                break
+            count = min(size, e - g0)
+            for r in range(count):
+                starts[g0 + r] = rows + r * width
+            groups.append((order[g0 : g0 + count], count, width))
+            rows += count * width
+        sorted_start = torch.tensor(starts, device=load.device)
+        row_start = torch.empty_like(sorted_start).scatter_(0, order, sorted_start)  # (E,) back to expert order
+        return groups, row_start, max(rows, 1)
+
+    def _run_experts(self, buf: torch.Tensor, groups: list[tuple[torch.Tensor | None, int, int]]) -> torch.Tensor:
+        """Every expert's FFN on its rows of ``buf`` (R, D), one batched matmul pair per group -> (R, D)."""
+        outs = []
+        offset = 0
+        for experts, count, width in groups:
+            if experts is None:
+                w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+            else:
+                w1, b1, w2, b2 = (p.index_select(0, experts) for p in (self.w1, self.b1, self.w2, self.b2))
+            xb = buf[offset : offset + count * width].view(count, width, self.d_model)  # (G, W, D)
+            hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
+            outs.append(torch.baddbmm(b2, hidden, w2).reshape(count * width, self.d_model))  # (G*W, D)
+            offset += count * width
+        if offset < buf.shape[0]:  # the single placeholder row when nothing is kept
+            outs.append(buf.new_zeros(buf.shape[0] - offset, self.d_model))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     @torch.no_grad()
     def _record_stats(
