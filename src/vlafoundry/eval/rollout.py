@@ -3,7 +3,9 @@
 Layout: ``num_envs`` environment *slots* are split into contiguous chunks, one chunk per worker process
 (``workers=0`` steps them in the calling process). Every step the main process
 
-1. stacks the latest observation of every slot into one batch (row ``i`` is always slot ``i``),
+1. stacks the latest observation of every slot into one batch (row ``i`` is always slot ``i``; besides the
+   observation arrays, ``batch["task"]`` lists each row's task name, e.g. ``"metaworld/push"``, for policies
+   conditioned on a task id instead of the instruction),
 2. calls ``policy.select_action(batch)`` once,
 3. sends each worker one message holding its slice of the actions and, for every running slot, the episode it
    should start if the current one ends in this step, and receives one message back with the new observations
@@ -52,6 +54,7 @@ NOISE_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 Job = tuple[str, int, int]  # (env name, seed, global episode index)
+_OBS_FIELDS = 5  # image, state, instructions, present flags, tasks: the head of every worker reply
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,7 @@ class _SlotGroup:
         self.state: np.ndarray | None = None
         self.present = np.ones((n, 3), dtype=bool)
         self.instructions = [""] * n
+        self.tasks = [""] * n  # task of each slot's episode ("" until its first episode)
 
     def configure(self, opts: _RunOptions) -> None:
         self.opts = opts
@@ -295,9 +299,11 @@ class _SlotGroup:
             self.image[i] = image
         self.present[i] = (img_p, slot.instruction_present, st_p)
         self.instructions[i] = slot.instruction
+        self.tasks[i] = slot.record["task"]
 
     def _batch(self) -> tuple[Any, ...]:
-        return (self.image, self.state, list(self.instructions), self.present.copy())
+        # the first _OBS_FIELDS entries of every reply; VectorRollout._gather turns them into the policy batch
+        return (self.image, self.state, list(self.instructions), self.present.copy(), list(self.tasks))
 
     def start(self, jobs: Sequence[Job | None]) -> tuple[Any, ...]:
         """Reset every slot that has a job; others become idle."""
@@ -533,6 +539,7 @@ class VectorRollout:
             obs["image_present"] = present[:, 0].copy()
         obs["instruction_present"] = present[:, 1].copy()
         obs["state_present"] = present[:, 2].copy()
+        obs["task"] = [t for r in replies for t in r[4]]
         return obs
 
     def run(
@@ -555,7 +562,7 @@ class VectorRollout:
         first = pending[: self.num_envs] + [None] * max(0, self.num_envs - len(pending))
         pending = pending[self.num_envs :]
         replies = self._broadcast("start", lambda g, a, b: (first[a:b],))
-        active = np.concatenate([r[4] for r in replies])
+        active = np.concatenate([r[_OBS_FIELDS] for r in replies])
         obs = self._gather(replies)
         policy.reset()
         compact = row_stateless(policy)
@@ -591,10 +598,10 @@ class VectorRollout:
                 for k, i in enumerate(run_idx[: len(pending)]):
                     cand[i], pos[i] = pending[k], k
                 replies = self._broadcast("step", lambda g, a, b: (actions[a:b], cand[a:b]))
-                active = np.concatenate([r[4] for r in replies])
-                started = np.concatenate([r[5] for r in replies])
+                active = np.concatenate([r[_OBS_FIELDS] for r in replies])
+                started = np.concatenate([r[_OBS_FIELDS + 1] for r in replies])
                 for r in replies:
-                    records.extend(r[6])
+                    records.extend(r[_OBS_FIELDS + 2])
                 if started.any():
                     new_rows = np.flatnonzero(started)
                     used = {int(pos[i]) for i in new_rows}

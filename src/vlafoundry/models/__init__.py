@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlafoundry.models.baselines import OneHotMLPConfig, TaskOneHotMLP, fit_baseline
 from vlafoundry.models.config import ModalityDropoutConfig, PolicyConfig
 from vlafoundry.models.policy import PolicySpec, VLAPolicy
 
@@ -18,4 +19,5 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[VLAPolicy, Any]:
     return policy, cfg
 
 
-__all__ = ["VLAPolicy", "PolicySpec", "PolicyConfig", "ModalityDropoutConfig", "load_policy"]
+__all__ = ["VLAPolicy", "PolicySpec", "PolicyConfig", "ModalityDropoutConfig", "load_policy", "TaskOneHotMLP",
+           "OneHotMLPConfig", "fit_baseline"]

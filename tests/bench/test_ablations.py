@@ -1,0 +1,98 @@
+"""End to end: bench/ablations.py on a tiny generated GoToLocal dataset with a tiny model and a few steps."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlafoundry.data import generate_dataset
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ablations.py"
+TINY = [
+    "--override", "model.d_model=32", "--override", "model.d_ff=64", "--override", "model.num_heads=2",
+    "--override", "model.num_layers=1", "--override", "model.embed_dim=16", "--override", "train.batch_size=32",
+    "--override", "pretrain.batch_size=32", "--override", "train.warmup_steps=1",
+    "--override", "pretrain.warmup_steps=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ablations():
+    spec = importlib.util.spec_from_file_location("bench_ablations", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ablations") / "gotolocal-20"
+    generate_dataset("babyai/GoToLocal", 20, root, workers=1, seed=0, progress=False)
+    return root
+
+
+def _run(ablations, capsys, dataset: Path, out: Path, *extra: str) -> tuple[int, dict, str]:
+    argv = ["--preset", "babyai-gotolocal", "--data", str(dataset), "--seeds", "0", "--steps", "3",
+            "--pretrain-steps", "2", "--episodes", "4", "--out", str(out), *TINY, *extra]  # fmt: skip
+    rc = ablations.main(argv)
+    text = capsys.readouterr().out
+    return rc, json.loads(text.strip().splitlines()[-1]), text
+
+
+def test_ablations_end_to_end(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc, summary, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain,moe")
+    assert rc == 0
+    assert "train.steps overridden to 3 for every variant" in text
+
+    with open(out / "ablations.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"baseline", "film", "no_pretrain", "moe"}
+    base = rows["baseline"]
+    assert base["status"] == "ok" and base["seed"] == "0" and base["episodes"] == "4"
+    assert base["pretrain"] == "True" and base["pretrain_steps"] == "2" and base["train_steps"] == "3"
+    assert rows["no_pretrain"]["pretrain"] == "False" and rows["no_pretrain"]["pretrain_steps"] == "0"
+    assert float(base["total_train_wall_s"]) > 0 and float(base["s_per_step"]) > 0
+    for m in ("image", "instruction", "state"):  # every modality removed at test time
+        assert 0.0 <= float(base[f"no_{m}_success_rate"]) <= 1.0
+    # film is the preset's own fusion: the same run as the baseline, not trained twice
+    assert rows["film"]["same_run_as"] == "baseline" and rows["film"]["success_rate"] == base["success_rate"]
+    assert not (out / "runs" / "film-s0").exists()
+    assert (out / "runs" / "baseline-s0" / "pretrain").is_dir()
+    assert not (out / "runs" / "no_pretrain-s0" / "pretrain").exists()
+    # MoE has nothing to replace in FiLM fusion with vision_layers=0: reported, not silently run as the baseline
+    assert rows["moe"]["status"].startswith("invalid: model.moe=true adds no expert layer")
+    assert "moe" in summary["invalid"]
+
+    md = (out / "ablations.md").read_text()
+    assert "| baseline = film |" in md and "| no_pretrain |" in md and "not run: invalid" in md
+    assert [s["variant"] for s in summary["summary"]] == ["baseline = film", "no_pretrain"]
+    lo, hi = summary["summary"][0]["pooled_ci"]
+    assert 0.0 <= lo <= summary["summary"][0]["success_mean"] <= hi <= 1.0
+
+    # a rerun trains nothing and reads the finished runs
+    rc, again, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain,moe")
+    assert rc == 0 and "finished earlier" in text and "behaviour cloning, 3 steps" not in text
+    assert again["summary"] == summary["summary"]
+
+
+def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
+    """A model without an image input (as on Meta-World) gets '-' in the 'no image' columns."""
+    out = tmp_path / "out"
+    rc, summary, _ = _run(ablations, capsys, dataset, out, "--variants", "baseline", "--override", "model.vision=none")
+    assert rc == 0
+    with open(out / "ablations.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["no_image_success_rate"] == "-" and row["no_state_success_rate"] != "-"
+    assert summary["summary"][0]["no_image"] is None
+    md_row = next(line for line in (out / "ablations.md").read_text().splitlines() if line.startswith("| baseline"))
+    assert md_row.split(" | ")[7] == "-"
