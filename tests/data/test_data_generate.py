@@ -218,3 +218,30 @@ def test_metaworld_push_two_episodes(tmp_path: Path) -> None:
     assert "image" not in b and not b["image_present"].any()
     assert b["state"].shape == (2, 1, 39) and b["action"].shape == (2, 3, 4) and b["action"].dtype.is_floating_point
     np.testing.assert_array_equal(b["action"][0, 0].numpy(), ep.actions[0])
+
+
+def test_dart_action_noise_executes_noisy_actions_and_records_expert_labels(tmp_path: Path) -> None:
+    """With action_noise the env is stepped with noisy actions, the episode stores the expert's clean labels, the
+    visited states differ from the noise-free episode, and the same seed gives the same bytes."""
+    env = make_env("metaworld/reach")
+    clean, _ = run_expert_episode(env, seed=3)
+    noisy, _ = run_expert_episode(env, seed=3, action_noise=0.3)
+    again, _ = run_expert_episode(env, seed=3, action_noise=0.3)
+    assert clean is not None and noisy is not None and again is not None
+    assert np.array_equal(noisy["state"], again["state"]) and np.array_equal(noisy["action"], again["action"])
+    n = min(len(clean["action"]), len(noisy["action"]))
+    assert not np.allclose(clean["state"][1 : n + 1], noisy["state"][1 : n + 1])  # the trajectory was perturbed
+    # each label is the scripted expert's action for the state the episode was in (not the executed noisy one)
+    for t in (0, n // 2, len(noisy["action"]) - 1):
+        label = np.clip(env._policy.get_action(noisy["state"][t].astype(np.float64)), -1.0, 1.0)
+        assert np.allclose(noisy["action"][t], label, atol=1e-5)
+    env.close()
+
+
+def test_dart_action_noise_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="action_noise"):
+        generate_dataset("babyai/GoToLocal", 1, tmp_path / "a", action_noise=0.2, progress=False)
+    with pytest.raises(ValueError, match="action_noise"):
+        generate_dataset("metaworld/reach", 1, tmp_path / "b", action_noise=-1.0, progress=False)
+    res = generate_dataset("metaworld/reach", 2, tmp_path / "c", action_noise=0.2, progress=False)
+    assert res.metadata["generation"]["action_noise"] == 0.2

@@ -21,6 +21,7 @@ def _generate(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             episode_timeout_s=args.episode_timeout,
             progress=not args.no_progress,
+            action_noise=args.action_noise,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -74,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-steps", type=int, default=None, help="episode step cap (default: the env's)")
     gen.add_argument("--episode-timeout", type=float, default=10.0, help="wall-clock cap per episode in seconds")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gen.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                     help="Meta-World: execute expert + Gaussian noise of SIGMA x half the action range, record the "
+                          "expert's clean action (DART); default 0")
     gen.set_defaults(handler=_generate)
 
     ins = sub.add_parser("inspect", help="print a dataset summary")

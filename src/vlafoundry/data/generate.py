@@ -54,6 +54,7 @@ class GenerationConfig:
     image: str = "symbolic"
     max_steps: int | None = None
     episode_timeout_s: float = 10.0
+    action_noise: float = 0.0  # DART noise on executed continuous actions (labels stay the expert's)
 
     def tasks(self) -> list[str]:
         from vlafoundry.envs import expand_env_names
@@ -102,7 +103,7 @@ def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
     for i in range(k * size, (k + 1) * size):
         env = _get_env(tasks[i % len(tasks)], cfg.image, cfg.max_steps)
         seed = cfg.seed + i
-        ep, reason = run_expert_episode(env, seed, cfg.episode_timeout_s)
+        ep, reason = run_expert_episode(env, seed, cfg.episode_timeout_s, cfg.action_noise)
         if ep is None:
             failures.append((seed, reason))
         else:
@@ -351,11 +352,14 @@ def generate_dataset(
     shard_size: int | None = None,
     progress: bool = True,
     start_method: str | None = None,
+    action_noise: float = 0.0,
 ) -> GenerationResult:
     """Generate ``episodes`` expert demonstrations of ``env`` (an env or suite name) into ``out``.
 
     Resumes an interrupted run with the same settings; refuses to touch an existing dataset unless
-    ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it.
+    ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it. ``action_noise`` > 0
+    (continuous actions) executes noisy actions and records the expert's labels (DART, see
+    :func:`~vlafoundry.data.rollout.run_expert_episode`).
     """
     from vlafoundry.envs import canonical_name, expand_env_names
 
@@ -365,10 +369,15 @@ def generate_dataset(
         raise ValueError(f"workers: expected > 0, got {workers}")
     if image not in ("symbolic", "rgb"):
         raise ValueError(f"image: expected 'symbolic' or 'rgb', got {image!r}")
+    if not (action_noise >= 0 and math.isfinite(action_noise)):
+        raise ValueError(f"action_noise: expected a finite number >= 0, got {action_noise}")
     name = canonical_name(env)
     expand_env_names(name)  # validates the name early
+    if action_noise > 0 and name.split("/", 1)[0] != "metaworld":
+        raise ValueError(f"action_noise: only for continuous-action envs (metaworld/...), got {name!r}")
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
-                           max_steps=max_steps, episode_timeout_s=float(episode_timeout_s))
+                           max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
+                           action_noise=float(action_noise))
     root = Path(out)
     t0 = time.perf_counter()
     size = shard_size or max(1, min(50, math.ceil(episodes / 40)))

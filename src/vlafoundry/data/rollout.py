@@ -46,12 +46,32 @@ def wall_clock_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def run_expert_episode(env: Any, seed: int, timeout_s: float | None = 10.0) -> tuple[Episode | None, str]:
+def run_expert_episode(
+    env: Any, seed: int, timeout_s: float | None = 10.0, action_noise: float = 0.0
+) -> tuple[Episode | None, str]:
     """Roll out ``env.expert_action()`` from ``env.reset(seed)``.
+
+    ``action_noise`` > 0 (continuous actions only) injects noise into the executed actions as DART does (Laskey et
+    al., 2017): the env steps with ``clip(expert + N(0, (action_noise * half_range)^2))`` while the episode records
+    the expert's clean action as the label. The demonstrations then visit the states a cloned policy drifts into
+    and show how the expert recovers from them. The noise is drawn from a generator seeded by ``seed``, so an
+    episode's bytes do not depend on the worker that ran it.
 
     Returns ``(episode, "ok")`` on success, else ``(None, reason)`` with reason ``"timeout"``,
     ``"not solved in N steps"`` or ``"error: ..."``.
     """
+    if action_noise < 0:
+        raise ValueError(f"action_noise: expected >= 0, got {action_noise}")
+    noise = None
+    if action_noise > 0:
+        if env.spec.action_type != "continuous":
+            raise ValueError(
+                f"action_noise: only for continuous actions; {env.spec.name} has {env.spec.action_type} actions"
+            )
+        low = np.asarray(env.spec.action_low, dtype=np.float64)
+        high = np.asarray(env.spec.action_high, dtype=np.float64)
+        rng = np.random.default_rng([int(seed), 0xDA27])
+        noise = (rng, action_noise * (high - low) / 2.0, low, high)
     cap = int(env.spec.max_episode_steps) + 1
     images: list[np.ndarray] = []
     states: list[np.ndarray] = []
@@ -70,7 +90,12 @@ def run_expert_episode(env: Any, seed: int, timeout_s: float | None = 10.0) -> t
                     images.append(obs["image"])
                 states.append(obs["state"])
                 action = env.expert_action()
-                obs, reward, terminated, truncated, info = env.step(action)
+                executed = action
+                if noise is not None:
+                    rng, scale, low, high = noise
+                    executed = np.clip(action + rng.normal(0.0, 1.0, size=scale.shape) * scale, low, high)
+                    executed = executed.astype(np.asarray(action).dtype)
+                obs, reward, terminated, truncated, info = env.step(executed)
                 actions.append(action)
                 rewards.append(reward)
                 terms.append(terminated)
