@@ -94,6 +94,16 @@ def test_every_parameter_gets_gradient_with_all_objectives():
         assert np.isfinite(metrics[k])
 
 
+def test_state_fourier_features_train_and_widen_only_the_state_input():
+    plain = make(mw_spec(), vision="none", head="continuous")
+    p = make(mw_spec(), vision="none", head="continuous", state_fourier=4)
+    s = mw_spec().state_dim
+    assert plain.state_proj[0].in_features == s and p.state_proj[0].in_features == s * 9
+    assert set(p.state_dict()) == set(plain.state_dict())  # no new checkpoint entries beyond the wider weight
+    losses = _train(p, mw_batch, steps=60)
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+
+
 @pytest.mark.parametrize("missing", ["image", "instruction", "state"])
 def test_select_action_with_missing_modality(missing):
     p = make(babyai_spec(), fusion="film", history=2).eval()

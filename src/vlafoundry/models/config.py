@@ -37,6 +37,9 @@ class PolicyConfig:
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
+    state_fourier: octaves of fixed Fourier features (:class:`~vlafoundry.nn.FourierFeatures`) added to the
+        normalised state before its MLP (0 = raw state only); lets a continuous policy tell apart states a few
+        millimetres apart, where a scripted expert switches behaviour.
     action_selection: how ``select_action`` picks discrete/binned actions: ``greedy`` (argmax) or ``sample`` (from
     the softmax at ``sample_temperature``, with the policy's own generator, re-seeded by ``reset()``, so a rollout
     is reproducible). Sampling breaks the loops a deterministic cloned policy can fall into.
@@ -57,6 +60,7 @@ class PolicyConfig:
     tokenizer_vocab: int = 1000
     patch_size: int = 8
     use_state: bool = True
+    state_fourier: int = 0
     history: int = 1
     chunk: int = 1
     num_bins: int = 256
@@ -81,7 +85,7 @@ class PolicyConfig:
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
         for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
-        for k in ("num_layers", "vision_layers", "text_layers"):
+        for k in ("num_layers", "vision_layers", "text_layers", "state_fourier"):
             require(getattr(self, k) >= 0, f"model.{k}", "an integer >= 0", getattr(self, k))
         require(self.d_model % self.num_heads == 0, "model.d_model",
                 f"a multiple of model.num_heads={self.num_heads}", self.d_model)

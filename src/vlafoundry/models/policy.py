@@ -32,6 +32,7 @@ from vlafoundry.models.config import PolicyConfig
 from vlafoundry.nn._checks import check_tensor
 from vlafoundry.nn.action import ActionDecoder, ActionTokenizer
 from vlafoundry.nn.blocks import TransformerEncoderBlock
+from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.fusion import EarlyFusion, FiLMFusion, LateFusion, VisionLanguageFusion, masked_mean_pool
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
@@ -137,7 +138,8 @@ class VLAPolicy(nn.Module):
 
         # ---- state
         if self.has_state:
-            self.state_proj = nn.Sequential(nn.Linear(spec.state_dim, d), nn.GELU(), nn.Linear(d, d))
+            self.state_features = FourierFeatures(spec.state_dim, cfg.state_fourier)  # identity when 0 octaves
+            self.state_proj = nn.Sequential(nn.Linear(self.state_features.out_features, d), nn.GELU(), nn.Linear(d, d))
             mean = torch.tensor(spec.state_mean or [0.0] * spec.state_dim, dtype=torch.float32)
             std = torch.tensor(spec.state_std or [1.0] * spec.state_dim, dtype=torch.float32)
             self.register_buffer("state_mean", mean)
@@ -266,7 +268,7 @@ class VLAPolicy(nn.Module):
     def encode_state(self, state: torch.Tensor) -> torch.Tensor:
         """(B,T,S) raw state -> (B,T,D) tokens (normalised with the dataset statistics)."""
         x = (state - self.state_mean) / self.state_std
-        return self.state_proj(x) + self.temporal_pos[-state.shape[1]:].unsqueeze(0)
+        return self.state_proj(self.state_features(x)) + self.temporal_pos[-state.shape[1]:].unsqueeze(0)
 
     def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction strings -> ids (B, L) int64, mask (B, L) bool; each distinct string tokenised once."""

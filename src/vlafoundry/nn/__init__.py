@@ -8,6 +8,7 @@ True = valid token / may attend / present.
 from vlafoundry.nn._checks import check_finite, check_finite_enabled, set_check_finite
 from vlafoundry.nn.action import ActionDecoder, ActionEncoder, ActionSequenceProcessor, ActionTokenizer
 from vlafoundry.nn.attention import CrossModalAttention, FeedForward, MultiHeadAttention
+from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.blocks import FFNFactory, MultimodalEncoder, MultimodalTransformerBlock, TransformerEncoderBlock
 from vlafoundry.nn.fusion import (
     EarlyFusion,
@@ -30,6 +31,7 @@ from vlafoundry.nn.vision import (
 )
 
 __all__ = [
+    "FourierFeatures",
     "ActionDecoder", "ActionEncoder", "ActionSequenceProcessor", "ActionTokenizer",
     "ConditionalComputationGate", "ContrastiveLoss", "CrossModalAttention", "EarlyFusion", "FFNFactory",
     "FeedForward", "FiLMFusion", "LanguageEncoder", "LateFusion", "MultiHeadAttention",
