@@ -225,3 +225,59 @@ def test_users_own_minari_dataset(babyai_root: Path, tmp_path: Path, monkeypatch
     assert len(by_dir) == len(ref)
     with pytest.raises(FileNotFoundError):
         DemoDataset(tmp_path / "nothing-here")
+
+
+def test_anchor_first_keeps_the_episode_start_in_slot_0(babyai_root: Path) -> None:
+    T = 3
+    ds = DemoDataset(babyai_root, split="all", history=T, anchor_first=True)
+    _, images, _, lengths = _minari_steps(babyai_root)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    b = ds.__getitems__(list(range(len(ds))))
+    for i in range(len(ds)):
+        e, t = int(b["episode"][i]), int(b["step"][i])
+        assert bool(b["obs_mask"][i, 0]) and np.array_equal(b["image"][i, 0].numpy(), images[starts[e]])
+        for j in range(1, T):  # the latest T-1 frames, masked before the episode start
+            src = t - (T - 1 - j)
+            assert bool(b["obs_mask"][i, j]) == (src >= 0)
+            if src >= 0:
+                assert np.array_equal(b["image"][i, j].numpy(), images[starts[e] + src])
+    with pytest.raises(ValueError, match="anchor_first"):
+        DemoDataset(babyai_root, history=1, anchor_first=True)
+
+
+def test_select_action_history_matches_training_samples(babyai_root: Path) -> None:
+    """Acting builds the same frames and masks (history with and without anchor_first) as the dataset gives the
+    trainer for the same steps of a real episode, across two episodes in one env slot (reset in between)."""
+    from vlafoundry.models import PolicyConfig, VLAPolicy
+    from vlafoundry.models.policy import PolicySpec
+    from vlafoundry.nn import TextTokenizer
+
+    for anchor in (False, True):
+        ds = DemoDataset(babyai_root, split="all", history=3, anchor_first=anchor)
+        spec = PolicySpec(env="babyai/GoToLocal", action_type="discrete", action_dim=1, num_actions=7, state_dim=4,
+                          image_shape=[7, 7, 3])
+        cfg = PolicyConfig(d_model=16, num_heads=2, d_ff=32, num_layers=1, vision_layers=0, text_layers=0,
+                           history=3, anchor_first=anchor)
+        policy = VLAPolicy(cfg, spec, TextTokenizer.train(list(ds.instructions), kind="word")).eval()
+        seen: list[dict] = []
+        real = policy.predict_chunk
+
+        def record(batch, **kw):
+            seen.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
+            return real(batch, **kw)
+
+        policy.predict_chunk = record  # type: ignore[method-assign]
+        policy.reset()
+        for e in (0, 1):
+            idx = ds.episode_steps(int(ds.episodes[e]))
+            b = ds.__getitems__(list(idx))
+            seen.clear()
+            for t in range(len(idx)):
+                obs = {"image": b["image"][t, -1][None].numpy(), "state": b["state"][t, -1][None].numpy(),
+                       "instruction": [b["instruction"][t]]}
+                policy.select_action(obs)
+            policy.reset([0])
+            for t, got in enumerate(seen):
+                assert torch.equal(got["obs_mask"][0], b["obs_mask"][t]), (anchor, e, t)
+                m = b["obs_mask"][t]
+                assert torch.equal(got["image"][0][m], b["image"][t][m]), (anchor, e, t)

@@ -236,7 +236,8 @@ def _offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
         return None
     model = getattr(cfg, "model", None)
     ds = DemoDataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
-                     history=getattr(model, "history", 1), chunk=getattr(model, "chunk", 1))  # fmt: skip
+                     history=getattr(model, "history", 1), chunk=getattr(model, "chunk", 1),
+                     anchor_first=getattr(model, "anchor_first", False))  # fmt: skip
     if len(ds) == 0:
         if wanted:
             raise FileNotFoundError(f"the held-out split of {root} is empty")

@@ -79,6 +79,8 @@ class DemoDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"all"``; split by episode, from ``split_seed``.
         val_fraction: fraction of episodes held out as ``"val"``.
         history: T, number of observation frames per sample.
+        anchor_first: the oldest of the T frames is always the episode's first frame (the view in which the
+            instruction was given, e.g. "the ball on your left"), the other T-1 are the latest; needs T >= 2.
         chunk: K, number of future actions per sample.
         normalize: standardise ``state`` with the stored statistics ((x - mean) / std, std floored at 1e-6).
         transform: applied to each sample, or to the whole batch in ``__getitems__`` if it has ``batched=True``.
@@ -101,9 +103,12 @@ class DemoDataset(Dataset):
         normalize_action: bool = False,
         env_name: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        anchor_first: bool = False,
     ) -> None:
         if int(history) < 1:
             raise ValueError(f"history: expected >= 1, got {history}")
+        if anchor_first and int(history) < 2:
+            raise ValueError(f"anchor_first: needs history >= 2 (the first frame plus the latest), got {history}")
         if int(chunk) < 1:
             raise ValueError(f"chunk: expected >= 1, got {chunk}")
         src = resolve_source(root, env_name=env_name, cache_dir=cache_dir)
@@ -123,6 +128,7 @@ class DemoDataset(Dataset):
             raise ValueError("normalize_action: only continuous actions can be normalised")
         self.split = split
         self.history = int(history)
+        self.anchor_first = bool(anchor_first)
         self.chunk = int(chunk)
         self.normalize = bool(normalize)
         self.normalize_action = bool(normalize_action)
@@ -202,7 +208,10 @@ class DemoDataset(Dataset):
         end = start + self._ep_len[ep]
         B = len(idx)
         hist = self._hist if history == self.history else np.arange(-history + 1, 1, dtype=np.int64)
-        h = g[:, None] + hist  # (B, T)
+        if self.anchor_first and history >= 2:  # slot 0: the episode's first frame, then the latest T-1 frames
+            h = np.concatenate([start[:, None], g[:, None] + hist[None, 1:]], axis=1)  # (B, T)
+        else:
+            h = g[:, None] + hist  # (B, T)
         obs_mask = h >= start[:, None]
         h = np.maximum(h, start[:, None])
         flat_h = h.reshape(-1)

@@ -37,6 +37,9 @@ class PolicyConfig:
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
+    anchor_first: with ``history`` >= 2, the oldest history slot always holds the episode's first observation
+        (the view the instruction refers to: "the key on your left" means left of where the agent started), the
+        other slots the latest frames: a one-frame memory at the cost of one extra frame.
     state_fourier: octaves of fixed Fourier features (:class:`~vlafoundry.nn.FourierFeatures`) added to the
         normalised state before its MLP (0 = raw state only); lets a continuous policy tell apart states a few
         millimetres apart, where a scripted expert switches behaviour.
@@ -62,6 +65,7 @@ class PolicyConfig:
     use_state: bool = True
     state_fourier: int = 0
     history: int = 1
+    anchor_first: bool = False
     chunk: int = 1
     num_bins: int = 256
     embed_dim: int = 64
@@ -91,6 +95,8 @@ class PolicyConfig:
                 f"a multiple of model.num_heads={self.num_heads}", self.d_model)
         require(self.d_model % 4 == 0, "model.d_model", "a multiple of 4 (2-D sin-cos positions)", self.d_model)
         require(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
+        require(not self.anchor_first or self.history >= 2, "model.anchor_first",
+                "false, or model.history >= 2 (the first frame plus the latest)", self.anchor_first)
         require(self.num_bins >= 2, "model.num_bins", "an integer >= 2", self.num_bins)
         require(self.num_experts >= 1, "model.num_experts", "an integer >= 1", self.num_experts)
         require(1 <= self.moe_top_k <= self.num_experts, "model.moe_top_k",

@@ -563,12 +563,18 @@ class VLAPolicy(nn.Module):
             self._history = {k: v.unsqueeze(1).repeat(1, t, *([1] * (v.dim() - 1))) for k, v in frames.items()}
             self._hist_valid = torch.zeros(n, t, dtype=torch.bool)
             self._queue = [[] for _ in range(n)]
+        first = ~self._hist_valid.any(dim=1)  # (N,) envs on the first step of an episode
+        lo = 1 if self.cfg.anchor_first else 0  # with anchor_first, slot 0 keeps the episode's first frame
         for k, v in frames.items():  # shift the window left, append the newest frame
             h = self._history[k]
-            h[:, :-1] = h[:, 1:].clone()
+            h[:, lo:-1] = h[:, lo + 1 :].clone()
             h[:, -1] = v
-        self._hist_valid[:, :-1] = self._hist_valid[:, 1:].clone()
+            if lo:
+                h[first, 0] = v[first]
+        self._hist_valid[:, lo:-1] = self._hist_valid[:, lo + 1 :].clone()
         self._hist_valid[:, -1] = True
+        if lo:
+            self._hist_valid[first, 0] = True
         need = [i for i in range(n) if not self._queue[i]]
         if need:
             idx = torch.as_tensor(need)

@@ -84,7 +84,7 @@ def load_datasets(cfg: ExperimentConfig, root: Path) -> tuple[Any, Any | None]:
     from vlafoundry.data import DemoDataset
 
     kw = dict(val_fraction=cfg.data.val_fraction, split_seed=cfg.data.seed, history=cfg.model.history,
-              chunk=cfg.model.chunk)
+              chunk=cfg.model.chunk, anchor_first=cfg.model.anchor_first)
     train = DemoDataset(root, split="train", **kw)
     val = DemoDataset(root, split="val", **kw) if cfg.data.val_fraction > 0 else None
     if val is not None and len(val) == 0:
