@@ -161,8 +161,8 @@ def test_interrupted_run_with_other_settings_is_not_mixed(tmp_path: Path, monkey
 def test_failed_episodes_are_dropped_counted_and_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = gen.run_expert_episode
 
-    def flaky(env, seed, timeout_s=None):
-        return (None, "timeout") if seed in (2, 5) else real(env, seed, timeout_s)
+    def flaky(env, seed, timeout_s=None, action_noise=0.0):
+        return (None, "timeout") if seed in (2, 5) else real(env, seed, timeout_s, action_noise)
 
     monkeypatch.setattr(gen, "run_expert_episode", flaky)
     result = generate_dataset("babyai/GoToLocal", 6, tmp_path / "ds", shard_size=2, progress=False)
