@@ -49,8 +49,16 @@ def _run(args: argparse.Namespace, phase: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/{cfg.name}{'-pretrain' if phase == 'pretrain' else ''}")
+    from vlafoundry.train.distributed import barrier, cleanup
+
     trainer = Trainer(cfg, out, phase=phase, init_from=args.init_from, resume=not args.no_resume)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+        barrier(trainer.dist)  # every rank done before the group goes away
+    finally:
+        # Tear the process group down before interpreter exit: a gloo/NCCL group left alive can abort a rank at
+        # shutdown ("terminate called without an active exception") and fail a finished torchrun job.
+        cleanup(trainer.dist)
     if trainer.dist.is_main:
         print(json.dumps({k: summary[k] for k in ("phase", "step", "wall_s", "samples_per_s", "stopped_early")}))
         print(f"checkpoint: {out / 'checkpoints'}")
