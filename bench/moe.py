@@ -125,7 +125,7 @@ def main() -> None:
     if args.quick:
         configs, repeats = [(8, 2048), (32, 2048), (64, 4096)], args.repeats or 3
     else:
-        configs, repeats = [(8, 4096), (32, 4096), (64, 16384)], args.repeats or 5
+        configs, repeats = [(8, 4096), (32, 4096), (64, 16384)], args.repeats or 9
     if device.type == "cuda":
         repeats = max(repeats, 20)
 
