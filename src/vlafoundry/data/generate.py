@@ -373,17 +373,17 @@ def generate_dataset(
         raise ValueError(f"action_noise: expected a finite number >= 0, got {action_noise}")
     name = canonical_name(env)
     expand_env_names(name)  # validates the name early
-    if action_noise > 0 and name.split("/", 1)[0] != "metaworld":
-        raise ValueError(f"action_noise: only for continuous-action envs (metaworld/...), got {name!r}")
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
                            action_noise=float(action_noise))
     root = Path(out)
     t0 = time.perf_counter()
+    # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
+    spec = _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps).spec
+    if action_noise > 0 and spec.action_type != "continuous":  # checked before anything is written
+        raise ValueError(f"action_noise: only for continuous actions; {name} has {spec.action_type} actions")
     size = shard_size or max(1, min(50, math.ceil(episodes / 40)))
     size = _prepare_root(root, cfg, size, overwrite)
-    # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
-    _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps)
     cpu0 = _cpu_seconds()
     try:
         num_shards, steps, n_eps, reused = _roll_out_shards(cfg, root / SHARD_DIR, size, workers, progress,

@@ -62,7 +62,6 @@ def run_expert_episode(
     """
     if action_noise < 0:
         raise ValueError(f"action_noise: expected >= 0, got {action_noise}")
-    noise = None
     if action_noise > 0:
         if env.spec.action_type != "continuous":
             raise ValueError(
@@ -70,8 +69,8 @@ def run_expert_episode(
             )
         low = np.asarray(env.spec.action_low, dtype=np.float64)
         high = np.asarray(env.spec.action_high, dtype=np.float64)
+        scale = action_noise * (high - low) / 2.0  # (A,)
         rng = np.random.default_rng([int(seed), 0xDA27])
-        noise = (rng, action_noise * (high - low) / 2.0, low, high)
     cap = int(env.spec.max_episode_steps) + 1
     images: list[np.ndarray] = []
     states: list[np.ndarray] = []
@@ -91,8 +90,7 @@ def run_expert_episode(
                 states.append(obs["state"])
                 action = env.expert_action()
                 executed = action
-                if noise is not None:
-                    rng, scale, low, high = noise
+                if action_noise > 0:
                     executed = np.clip(action + rng.normal(0.0, 1.0, size=scale.shape) * scale, low, high)
                     executed = executed.astype(np.asarray(action).dtype)
                 obs, reward, terminated, truncated, info = env.step(executed)
