@@ -219,12 +219,10 @@ class MultimodalMixtureOfExperts(nn.Module):
         groups, each padded to its fullest expert; groups whose experts keep nothing are skipped.
         """
         e = self.num_experts
-        if not self.trim_buffer:
-            row_start = torch.arange(e, device=load.device) * cap
-            return [(None, e, cap)], row_start, e * cap
+        # forward() returns early when nothing is routed, and C >= 1, so some expert keeps a slot: R >= 1.
         kept = load.clamp(max=cap)  # (E,)
-        if self.load_groups == 1:
-            width = max(1, int(kept.max()))
+        if not self.trim_buffer or self.load_groups == 1:  # one batched matmul, experts in natural order
+            width = int(kept.max()) if self.trim_buffer else cap  # one host sync when trimmed
             return [(None, e, width)], torch.arange(e, device=load.device) * width, e * width
         order = torch.argsort(kept, descending=True, stable=True)  # (E,) fullest first
         kept_sorted = kept[order].tolist()  # one host sync
@@ -243,7 +241,7 @@ class MultimodalMixtureOfExperts(nn.Module):
             rows += count * width
         sorted_start = torch.tensor(starts, device=load.device)
         row_start = torch.empty_like(sorted_start).scatter_(0, order, sorted_start)  # (E,) back to expert order
-        return groups, row_start, max(rows, 1)
+        return groups, row_start, rows
 
     def _run_experts(self, buf: torch.Tensor, groups: list[tuple[torch.Tensor | None, int, int]]) -> torch.Tensor:
         """Every expert's FFN on its rows of ``buf`` (R, D), one batched matmul pair per group -> (R, D)."""
@@ -258,8 +256,6 @@ class MultimodalMixtureOfExperts(nn.Module):
             hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
             outs.append(torch.baddbmm(b2, hidden, w2).reshape(count * width, self.d_model))  # (G*W, D)
             offset += count * width
-        if offset < buf.shape[0]:  # the single placeholder row when nothing is kept
-            outs.append(buf.new_zeros(buf.shape[0] - offset, self.d_model))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     @torch.no_grad()
