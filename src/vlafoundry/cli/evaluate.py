@@ -234,10 +234,8 @@ def _offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
             raise FileNotFoundError(msg)
         notes.append(f"no offline metrics: {msg}")
         return None
-    model = getattr(cfg, "model", None)
     ds = DemoDataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
-                     history=getattr(model, "history", 1), chunk=getattr(model, "chunk", 1),
-                     anchor_first=getattr(model, "anchor_first", False))  # fmt: skip
+                     **cfg.model.dataset_view())
     if len(ds) == 0:
         if wanted:
             raise FileNotFoundError(f"the held-out split of {root} is empty")

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace, phase: str) -> int:
     from vlafoundry.config import ConfigError
     from vlafoundry.train.config import list_presets, load_config
+    from vlafoundry.train.distributed import barrier, cleanup
     from vlafoundry.train.trainer import Trainer
 
     if args.list_presets:
@@ -49,8 +50,6 @@ def _run(args: argparse.Namespace, phase: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/{cfg.name}{'-pretrain' if phase == 'pretrain' else ''}")
-    from vlafoundry.train.distributed import barrier, cleanup
-
     trainer = Trainer(cfg, out, phase=phase, init_from=args.init_from, resume=not args.no_resume)
     try:
         summary = trainer.fit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vlafoundry.config import require
 
@@ -77,6 +78,11 @@ class PolicyConfig:
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+
+    def dataset_view(self) -> dict[str, Any]:
+        """The ``DemoDataset`` arguments that must match this policy's inputs (frames per sample, first-frame
+        anchor, action chunk), for every place that builds its training or held-out samples."""
+        return {"history": self.history, "anchor_first": self.anchor_first, "chunk": self.chunk}
 
     def __post_init__(self) -> None:
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
