@@ -238,10 +238,44 @@ def test_dart_action_noise_executes_noisy_actions_and_records_expert_labels(tmp_
     env.close()
 
 
+def test_dart_action_noise_discrete_replaces_actions_and_keeps_bot_labels() -> None:
+    """Discrete noise: with probability p the env executes a random action; the labels stay the bot's, and the bot
+    is told what was executed: replaying the executed actions reproduces every label."""
+    env = make_env("babyai/GoToLocal")
+    executed: list[int] = []
+    step = env.step
+
+    def recording_step(action):  # the actions the env really executed
+        executed.append(int(action))
+        return step(action)
+
+    env.step = recording_step
+    eps = []
+    for seed in range(6):
+        executed.clear()
+        ep, reason = run_expert_episode(env, seed=seed, action_noise=0.4)
+        if ep is not None:
+            eps.append((seed, ep, list(executed)))
+    assert len(eps) >= 4
+    swapped = sum(int(np.sum(ep["action"] != np.asarray(ex))) for _, ep, ex in eps)
+    assert swapped > 0  # some executed actions differ from the labels
+    env.step = step
+    for seed, ep, ex in eps:
+        again, _ = run_expert_episode(env, seed=seed, action_noise=0.4)
+        assert again is not None and np.array_equal(again["action"], ep["action"])  # seeded per episode
+        env.reset(seed=seed)
+        for t, a in enumerate(ex):  # the label at t is the bot's action after the executed actions before t
+            assert env.expert_action() == ep["action"][t]
+            env.step(a)
+    env.close()
+
+
 def test_dart_action_noise_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="action_noise"):
-        generate_dataset("babyai/GoToLocal", 1, tmp_path / "a", action_noise=0.2, progress=False)
+        generate_dataset("babyai/GoToLocal", 1, tmp_path / "a", action_noise=1.5, progress=False)
     with pytest.raises(ValueError, match="action_noise"):
         generate_dataset("metaworld/reach", 1, tmp_path / "b", action_noise=-1.0, progress=False)
     res = generate_dataset("metaworld/reach", 2, tmp_path / "c", action_noise=0.2, progress=False)
+    assert res.metadata["generation"]["action_noise"] == 0.2
+    res = generate_dataset("babyai/GoToLocal", 2, tmp_path / "d", action_noise=0.2, progress=False)
     assert res.metadata["generation"]["action_noise"] == 0.2

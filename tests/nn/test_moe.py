@@ -64,7 +64,8 @@ def _grads(loss: torch.Tensor, m: torch.nn.Module, x: torch.Tensor) -> list[torc
 @pytest.mark.parametrize(
     "cfg",
     [
-        dict(num_experts=4, top_k=2, capacity_factor=1.25),
+        dict(num_experts=4, top_k=2, capacity_factor=1.25),  # default on CPU: one matmul pair per expert
+        dict(num_experts=6, top_k=2, capacity_factor=1.25, load_groups=2),  # sorted, batched
         dict(num_experts=4, top_k=2, expert_capacity=3),  # heavy overflow
         dict(num_experts=5, top_k=1, capacity_factor=1.0),
         dict(num_experts=3, top_k=3, capacity_factor=2.0),
@@ -94,6 +95,14 @@ def test_moe_matches_per_token_reference(cfg):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.allclose(a, b, atol=ATOL)
+
+
+def test_default_groups_one_per_expert_on_cpu_and_batched_elsewhere():
+    m = MultimodalMixtureOfExperts(num_experts=16, d_model=8)
+    assert m._num_groups(torch.device("cpu")) == 16  # unpadded per-expert matmuls
+    assert m._num_groups(torch.device("meta")) == 4  # accelerators: a few load-sorted batched matmuls
+    assert MultimodalMixtureOfExperts(num_experts=3, d_model=8)._num_groups(torch.device("meta")) == 3
+    assert MultimodalMixtureOfExperts(num_experts=16, d_model=8, load_groups=2)._num_groups(torch.device("cpu")) == 2
 
 
 def test_capacity_enforced_and_overflow_counted():

@@ -138,7 +138,7 @@ def test_fusion_any_subset_of_modalities(kind, data, b, lv, ll, le, present, use
 @SETTINGS
 @given(data=st.data(), e=st.integers(1, 5), k=st.integers(1, 3), cap=st.sampled_from([0.5, 1.0, 1.25, 2.0]),
        shape=st.sampled_from(["tokens", "sequence"]), n=st.integers(1, 12), trim=st.booleans(),
-       use_mask=st.booleans(), groups=st.integers(1, 6))
+       use_mask=st.booleans(), groups=st.one_of(st.none(), st.integers(1, 6)))
 def test_mixture_of_experts(data, e, k, cap, shape, n, trim, use_mask, groups):
     k = min(k, e)
     d = 8

@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--episode-timeout", type=float, default=10.0, help="wall-clock cap per episode in seconds")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
-                     help="Meta-World: execute expert + Gaussian noise of SIGMA x half the action range, record the "
-                          "expert's clean action (DART); default 0")
+                     help="DART: execute noisy actions, record the expert's clean ones. Continuous (Meta-World): "
+                          "Gaussian noise of SIGMA x half the action range; discrete (BabyAI): a uniformly random "
+                          "action with probability SIGMA. Default 0")
     gen.set_defaults(handler=_generate)
 
     ins = sub.add_parser("inspect", help="print a dataset summary")

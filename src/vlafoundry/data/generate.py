@@ -37,7 +37,7 @@ from vlafoundry.data.format import (
     read_json,
     write_json_atomic,
 )
-from vlafoundry.data.rollout import run_expert_episode
+from vlafoundry.data.rollout import check_action_noise, run_expert_episode
 from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class GenerationConfig:
     image: str = "symbolic"
     max_steps: int | None = None
     episode_timeout_s: float = 10.0
-    action_noise: float = 0.0  # DART noise on executed continuous actions (labels stay the expert's)
+    action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
 
     def tasks(self) -> list[str]:
         from vlafoundry.envs import expand_env_names
@@ -358,7 +358,8 @@ def generate_dataset(
 
     Resumes an interrupted run with the same settings; refuses to touch an existing dataset unless
     ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it. ``action_noise`` > 0
-    (continuous actions) executes noisy actions and records the expert's labels (DART, see
+    executes noisy actions (Gaussian for continuous actions, random with that probability for discrete ones) and
+    records the expert's labels (DART, see
     :func:`~vlafoundry.data.rollout.run_expert_episode`).
     """
     from vlafoundry.envs import canonical_name, expand_env_names
@@ -380,8 +381,7 @@ def generate_dataset(
     t0 = time.perf_counter()
     # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
     spec = _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps).spec
-    if action_noise > 0 and spec.action_type != "continuous":  # checked before anything is written
-        raise ValueError(f"action_noise: only for continuous actions; {name} has {spec.action_type} actions")
+    check_action_noise(action_noise, spec)  # checked before anything is written
     size = shard_size or max(1, min(50, math.ceil(episodes / 40)))
     size = _prepare_root(root, cfg, size, overwrite)
     cpu0 = _cpu_seconds()

@@ -7,6 +7,7 @@ cap alone is not enough: a POSIX interval timer raises inside the loop after ``t
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -46,31 +47,41 @@ def wall_clock_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
+def check_action_noise(action_noise: float, spec: Any) -> None:
+    """``action_noise``: a finite number >= 0 (continuous: the noise scale), and <= 1 for discrete actions (a
+    probability)."""
+    if not (action_noise >= 0 and math.isfinite(action_noise)):
+        raise ValueError(f"action_noise: expected a finite number >= 0, got {action_noise}")
+    if spec.action_type == "discrete" and action_noise > 1:
+        raise ValueError(
+            f"action_noise: expected a probability in [0, 1] for {spec.name}'s discrete actions, got {action_noise}"
+        )
+
+
 def run_expert_episode(
     env: Any, seed: int, timeout_s: float | None = 10.0, action_noise: float = 0.0
 ) -> tuple[Episode | None, str]:
     """Roll out ``env.expert_action()`` from ``env.reset(seed)``.
 
-    ``action_noise`` > 0 (continuous actions only) injects noise into the executed actions as DART does (Laskey et
-    al., 2017): the env steps with ``clip(expert + N(0, (action_noise * half_range)^2))`` while the episode records
-    the expert's clean action as the label. The demonstrations then visit the states a cloned policy drifts into
-    and show how the expert recovers from them. The noise is drawn from a generator seeded by ``seed``, so an
+    ``action_noise`` > 0 injects noise into the executed actions as DART does (Laskey et al., 2017) while the episode
+    records the expert's clean action as the label: continuous actions step the env with
+    ``clip(expert + N(0, (action_noise * half_range)^2))``; discrete actions are replaced, with probability
+    ``action_noise`` (<= 1), by an action drawn uniformly from all ``num_actions`` (the expert is told which action
+    was executed and replans from where it lands). The demonstrations then visit the states a cloned policy drifts
+    into and show how the expert recovers from them. The noise is drawn from a generator seeded by ``seed``, so an
     episode's bytes do not depend on the worker that ran it.
 
     Returns ``(episode, "ok")`` on success, else ``(None, reason)`` with reason ``"timeout"``,
     ``"not solved in N steps"`` or ``"error: ..."``.
     """
-    if action_noise < 0:
-        raise ValueError(f"action_noise: expected >= 0, got {action_noise}")
+    check_action_noise(action_noise, env.spec)
+    discrete = env.spec.action_type == "discrete"
     if action_noise > 0:
-        if env.spec.action_type != "continuous":
-            raise ValueError(
-                f"action_noise: only for continuous actions; {env.spec.name} has {env.spec.action_type} actions"
-            )
-        low = np.asarray(env.spec.action_low, dtype=np.float64)
-        high = np.asarray(env.spec.action_high, dtype=np.float64)
-        scale = action_noise * (high - low) / 2.0  # (A,)
         rng = np.random.default_rng([int(seed), 0xDA27])
+        if not discrete:
+            low = np.asarray(env.spec.action_low, dtype=np.float64)
+            high = np.asarray(env.spec.action_high, dtype=np.float64)
+            scale = action_noise * (high - low) / 2.0  # (A,)
     cap = int(env.spec.max_episode_steps) + 1
     images: list[np.ndarray] = []
     states: list[np.ndarray] = []
@@ -90,7 +101,10 @@ def run_expert_episode(
                 states.append(obs["state"])
                 action = env.expert_action()
                 executed = action
-                if action_noise > 0:
+                if action_noise > 0 and discrete:
+                    if rng.random() < action_noise:
+                        executed = type(action)(rng.integers(env.spec.num_actions))
+                elif action_noise > 0:
                     executed = np.clip(action + rng.normal(0.0, 1.0, size=scale.shape) * scale, low, high)
                     executed = executed.astype(np.asarray(action).dtype)
                 obs, reward, terminated, truncated, info = env.step(executed)
@@ -110,7 +124,6 @@ def run_expert_episode(
     if has_image:
         images.append(obs["image"])
     states.append(obs["state"])
-    discrete = env.spec.action_type == "discrete"
     return {
         "seed": int(seed),
         "task": env.spec.name,

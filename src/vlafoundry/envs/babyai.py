@@ -76,6 +76,7 @@ class BabyAIEnv:
         self.image_mode = image
         self.render_tile_size = render_tile_size
         self._bot: Any = None
+        self._last_action: int | None = None  # executed since the bot's last replan (it is told, see expert_action)
         self._mission = ""
         image_shape = tuple(int(v) for v in env.observation_space["image"].shape)
         if not env.unwrapped.max_steps:  # BabyAI levels size their step cap at the first reset
@@ -110,6 +111,7 @@ class BabyAIEnv:
         with contextlib.redirect_stdout(io.StringIO()):
             raw, _ = self._env.reset(seed=seed)
         self._bot = None
+        self._last_action = None
         self._mission = str(raw["mission"])
         return self._convert(raw)
 
@@ -118,18 +120,24 @@ class BabyAIEnv:
         if not 0 <= a < self.spec.num_actions:  # type: ignore[operator]
             raise ValueError(f"action: expected an int in [0, {self.spec.num_actions}), got {a}")
         raw, reward, terminated, truncated, info = self._env.step(a)
+        self._last_action = a
         info = dict(info)
         info["success"] = bool(terminated and reward > 0)
         return self._convert(raw), float(reward), bool(terminated), bool(truncated), info
 
     def expert_action(self) -> int:
-        """The ``BabyAIBot`` action for the current state (the bot is created lazily after each reset)."""
+        """The ``BabyAIBot`` action for the current state (the bot is created lazily after each reset).
+
+        The bot is told which action was actually executed since its last call, so it replans correctly when
+        someone else acted (noise-injected demonstrations, a policy being corrected)."""
+        taken = self._last_action
         if self._bot is None:
             from minigrid.utils.baby_ai_bot import BabyAIBot
 
             with contextlib.redirect_stdout(io.StringIO()):
                 self._bot = BabyAIBot(self._env.unwrapped)
-        return int(self._bot.replan())
+            taken = None  # a new bot plans from the current state; it took no action yet
+        return int(self._bot.replan(taken))
 
     def render_rgb(self) -> np.ndarray:
         """Full-grid RGB frame (H, W, 3) uint8 with the agent's view highlighted."""

@@ -4,10 +4,11 @@
 :class:`~vlafoundry.nn.blocks.TransformerEncoderBlock`). Routing is top-k on the router softmax, with GShard/Switch
 capacity: every expert processes at most ``C`` token-slots per forward, first choices of all tokens take priority
 over second choices, and slots over capacity are dropped (they contribute zero; the caller's residual connection
-carries the token through). Dispatch is fully vectorised: slot positions come from a cumulative sum over one-hot
-assignments, tokens are gathered into a buffer of expert rows, the experts run as a few batched matmuls (experts sorted by
-load and grouped, each group padded only to its fullest expert), and results are added back with ``index_add``.
-No Python loop over tokens or experts.
+carries the token through). Dispatch is vectorised: slot positions come from a cumulative sum over one-hot
+assignments, tokens are gathered into a buffer of expert rows (a contiguous block per expert), the experts run on
+their blocks, and results are added back with ``index_add``. No Python loop over tokens and no boolean masks: on CPU
+each expert is one matmul pair on exactly its kept rows (E calls, no padding); on GPUs the experts are sorted by
+load and run as a few batched matmuls, each group padded only to its fullest expert (``load_groups``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,22 @@ def _uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.uniform_(t, -bound, bound)
 
 
+class _PermuteRows(torch.autograd.Function):
+    """``x[order]`` for a permutation ``order`` of dim 0, with ``grad[inverse]`` as backward (index_select's own
+    backward zero-fills a tensor of x's size and scatters into it)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, order: torch.Tensor,
+                inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 class MultimodalMixtureOfExperts(nn.Module):
     """Top-k routed mixture of two-layer FFN experts with capacity limits and a Switch load-balancing loss.
 
@@ -50,9 +67,11 @@ class MultimodalMixtureOfExperts(nn.Module):
         trim_buffer: size the expert buffers to the loads actually kept instead of C (same results, less padding
             compute; costs one host sync, set False for static shapes, e.g. CUDA graphs, where every expert gets
             exactly C rows in one batched matmul).
-        load_groups: with ``trim_buffer``, experts are sorted by kept load and split into this many groups; each
-            group runs as one batched matmul padded only to its own fullest expert (1 = one batched matmul padded to
-            the fullest expert overall). More groups cut padding FLOPs, at the price of more, smaller matmuls.
+        load_groups: with ``trim_buffer``, how many matmul groups the experts run in. ``num_experts``: one plain
+            matmul pair per expert on exactly its kept rows (no padding FLOPs; fastest on CPU, where per-call
+            overhead is small). 1: one batched matmul padded to the fullest expert. In between: experts sorted by
+            kept load and split into this many groups, each a batched matmul padded to its own fullest expert
+            (fewer, larger kernels; suits GPUs). None (default): ``num_experts`` on CPU, 4 on other devices.
 
     forward(x (B, L, D) or (N, D), mask (B, L) / (N,) bool | None, True = real token) -> same shape as x.
     Masked-out tokens are not routed, occupy no capacity, are excluded from the aux loss and get a zero output.
@@ -80,7 +99,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         aux_loss_weight: float = 1.0,
         normalize_gates: bool | None = None,
         trim_buffer: bool = True,
-        load_groups: int = 4,
+        load_groups: int | None = None,
     ) -> None:
         super().__init__()
         if num_experts < 1:
@@ -91,8 +110,8 @@ class MultimodalMixtureOfExperts(nn.Module):
             raise ValueError(f"expert_capacity: expected >= 1 or None, got {expert_capacity}")
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor: expected > 0, got {capacity_factor}")
-        if load_groups < 1:
-            raise ValueError(f"load_groups: expected >= 1, got {load_groups}")
+        if load_groups is not None and load_groups < 1:
+            raise ValueError(f"load_groups: expected >= 1 or None, got {load_groups}")
         self.num_experts = num_experts
         self.d_model = d_model
         self.expert_capacity = expert_capacity
@@ -102,7 +121,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         self.aux_loss_weight = float(aux_loss_weight)
         self.normalize_gates = (top_k > 1) if normalize_gates is None else bool(normalize_gates)
         self.trim_buffer = bool(trim_buffer)
-        self.load_groups = int(load_groups)
+        self.load_groups = None if load_groups is None else int(load_groups)
 
         self.router = nn.Linear(d_model, num_experts)
         h = self.d_ff
@@ -191,7 +210,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         position = onehot.cumsum(dim=0).gather(1, slot_expert[:, None]).squeeze(1) - 1  # (k*N,)
         keep = routed & (position < cap)
         load = onehot.sum(dim=0)  # (E,) slots assigned to each expert before the capacity cut
-        groups, row_start, rows = self._layout(load, cap)  # buffer layout, see _layout
+        order, groups, row_start, rows = self._layout(load, cap)  # buffer layout, see _layout
         dest = torch.where(keep, row_start[slot_expert] + position, torch.full_like(position, rows))  # (k*N,)
 
         # Dispatch as a gather: which token fills each buffer row. Empty rows read token 0 and are combined with
@@ -199,7 +218,7 @@ class MultimodalMixtureOfExperts(nn.Module):
         slot_token = torch.arange(n, device=x.device).repeat(k)  # (k*N,)
         source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (R,)
         buf = x_flat.index_select(0, source)  # (R, D)
-        out = self._run_experts(buf, groups)  # (R, D)
+        out = self._run_experts(buf, order, groups)  # (R, D)
 
         # Combine: scale each buffer row by its slot's gate (0 for empty rows) and add it into its token's output.
         row_gate = (slot_gate * keep).to(x.dtype)  # (k*N,), dropped slots carry 0
@@ -209,52 +228,79 @@ class MultimodalMixtureOfExperts(nn.Module):
         self._record_stats(routed, keep, load, cap, n)
         return y.view_as(x)
 
-    def _layout(self, load: torch.Tensor, cap: int) -> tuple[list[tuple[torch.Tensor | None, int, int]], torch.Tensor, int]:
+    def _num_groups(self, device: torch.device) -> int:
+        if self.load_groups is not None:
+            return min(self.load_groups, self.num_experts)
+        return self.num_experts if device.type == "cpu" else min(4, self.num_experts)
+
+    def _layout(self, load: torch.Tensor, cap: int) -> tuple[torch.Tensor | None, list[tuple[int, int]], torch.Tensor, int]:
         """Buffer layout for the experts' kept slots.
 
-        Returns ``groups`` (list of ``(experts, count, width)``: the experts of the group in buffer order, ``None``
-        meaning all experts in natural order, each owning ``width`` consecutive rows), ``row_start`` (E,) the first
-        buffer row of each expert, and the total row count R. Static (``trim_buffer=False``): one group of every
-        expert with C rows each. Trimmed: experts sorted by kept load ``min(load, C)``, split into ``load_groups``
-        groups, each padded to its fullest expert; groups whose experts keep nothing are skipped.
+        Returns ``order`` ((E,) the experts in buffer order, or None for natural order), ``groups`` (list of
+        ``(count, width)`` partitioning the E experts of ``order``: the next ``count`` experts each own ``width``
+        consecutive rows; a group of width 0 has no rows and runs nothing), ``row_start`` (E,) the first buffer row
+        of each expert, and the total row count R.
+
+        - Static (``trim_buffer=False``): one group of every expert, C rows each.
+        - One group per expert: natural order, each expert exactly its kept load ``min(load, C)`` (no padding).
+        - One group: natural order, every expert padded to the fullest one.
+        - Otherwise experts are sorted by kept load and split into equal-sized groups, each padded to its fullest
+          expert.
         """
         e = self.num_experts
         # forward() returns early when nothing is routed, and C >= 1, so some expert keeps a slot: R >= 1.
         kept = load.clamp(max=cap)  # (E,)
-        if not self.trim_buffer or self.load_groups == 1:  # one batched matmul, experts in natural order
-            width = int(kept.max()) if self.trim_buffer else cap  # one host sync when trimmed
-            return [(None, e, width)], torch.arange(e, device=load.device) * width, e * width
+        num_groups = self._num_groups(load.device)
+        if not self.trim_buffer:
+            return None, [(e, cap)], torch.arange(e, device=load.device) * cap, e * cap
+        if num_groups == 1:
+            width = int(kept.max())  # one host sync
+            return None, [(e, width)], torch.arange(e, device=load.device) * width, e * width
+        if num_groups == e:
+            widths = kept.tolist()  # one host sync
+            row_start = torch.cumsum(kept, 0) - kept  # (E,) exclusive prefix sum
+            return None, [(1, int(w)) for w in widths], row_start, int(sum(widths))
         order = torch.argsort(kept, descending=True, stable=True)  # (E,) fullest first
         kept_sorted = kept[order].tolist()  # one host sync
-        size = math.ceil(e / min(self.load_groups, e))
-        groups: list[tuple[torch.Tensor | None, int, int]] = []
+        size = math.ceil(e / num_groups)
+        groups: list[tuple[int, int]] = []
         starts = [0] * e
         rows = 0
         for g0 in range(0, e, size):
-            width = int(kept_sorted[g0])
-            if width == 0:  # this group and the rest keep nothing: no rows (their slots are never kept)
-                break
-            count = min(size, e - g0)
+            count, width = min(size, e - g0), int(kept_sorted[g0])  # sorted: the group's first is its fullest
             for r in range(count):
                 starts[g0 + r] = rows + r * width
-            groups.append((order[g0 : g0 + count], count, width))
+            groups.append((count, width))
             rows += count * width
         sorted_start = torch.tensor(starts, device=load.device)
         row_start = torch.empty_like(sorted_start).scatter_(0, order, sorted_start)  # (E,) back to expert order
-        return groups, row_start, rows
+        return order, groups, row_start, rows
 
-    def _run_experts(self, buf: torch.Tensor, groups: list[tuple[torch.Tensor | None, int, int]]) -> torch.Tensor:
-        """Every expert's FFN on its rows of ``buf`` (R, D), one batched matmul pair per group -> (R, D)."""
+    def _run_experts(self, buf: torch.Tensor, order: torch.Tensor | None, groups: list[tuple[int, int]]) -> torch.Tensor:
+        """Every expert's FFN on its rows of ``buf`` (R, D): one matmul pair per group -> (R, D).
+
+        Sorted layouts put the expert weights in buffer order once (a row permutation whose backward is the
+        inverse gather, not a zero-filled scatter); the weights are then split into the groups (split's backward
+        is one concatenation, where per-group slicing would zero-fill a full-size gradient per group)."""
+        params = (self.w1, self.b1, self.w2, self.b2)
+        if order is not None:
+            inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+            params = tuple(_PermuteRows.apply(p, order, inverse) for p in params)
+        counts = [count for count, _ in groups]
+        chunks = zip(*(p.split(counts) for p in params)) if len(groups) > 1 else [params]
         outs = []
         offset = 0
-        for experts, count, width in groups:
-            if experts is None:
-                w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+        for (count, width), (w1, b1, w2, b2) in zip(groups, chunks):
+            if width == 0:  # these experts keep nothing
+                continue
+            xb = buf[offset : offset + count * width]  # (G*W, D)
+            if count == 1:  # (W, D) @ (D, H): a plain matmul
+                hidden = self.drop(self.act(torch.addmm(b1[0], xb, w1[0])))  # (W, H)
+                outs.append(torch.addmm(b2[0], hidden, w2[0]))  # (W, D)
             else:
-                w1, b1, w2, b2 = (p.index_select(0, experts) for p in (self.w1, self.b1, self.w2, self.b2))
-            xb = buf[offset : offset + count * width].view(count, width, self.d_model)  # (G, W, D)
-            hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
-            outs.append(torch.baddbmm(b2, hidden, w2).reshape(count * width, self.d_model))  # (G*W, D)
+                xb = xb.view(count, width, self.d_model)  # (G, W, D)
+                hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
+                outs.append(torch.baddbmm(b2, hidden, w2).reshape(count * width, self.d_model))  # (G*W, D)
             offset += count * width
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
