@@ -294,9 +294,9 @@ class MultimodalMixtureOfExperts(nn.Module):
             if width == 0:  # these experts keep nothing
                 continue
             xb = buf[offset : offset + count * width]  # (G*W, D)
-            if count == 1:  # (W, D) @ (D, H): a plain matmul
-                hidden = self.drop(self.act(torch.addmm(b1[0], xb, w1[0])))  # (W, H)
-                outs.append(torch.addmm(b2[0], hidden, w2[0]))  # (W, D)
+            if count == 1:  # (W, D) @ (D, H): a plain matmul (squeeze, not [0]: its backward zero-fills nothing)
+                hidden = self.drop(self.act(torch.addmm(b1.squeeze(0), xb, w1.squeeze(0))))  # (W, H)
+                outs.append(torch.addmm(b2.squeeze(0), hidden, w2.squeeze(0)))  # (W, D)
             else:
                 xb = xb.view(count, width, self.d_model)  # (G, W, D)
                 hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
