@@ -281,3 +281,34 @@ def test_select_action_history_matches_training_samples(babyai_root: Path) -> No
                 assert torch.equal(got["obs_mask"][0], b["obs_mask"][t]), (anchor, e, t)
                 m = b["obs_mask"][t]
                 assert torch.equal(got["image"][0][m], b["image"][t][m]), (anchor, e, t)
+
+
+def test_episode_dataset_serves_whole_episodes_matching_the_step_dataset(babyai_root: Path) -> None:
+    """EpisodeDataset: one item per episode of the split, right-padded; every real step equals DemoDataset's step
+    (image, state, action chunk), padded steps are zeros with masks False; per-episode fields once per row."""
+    from vlafoundry.data import EpisodeDataset, make_dataset
+
+    steps = DemoDataset(babyai_root, split="train", val_fraction=0.25, chunk=2)
+    eps = make_dataset(babyai_root, split="train", val_fraction=0.25, chunk=2, sequence=True)
+    assert isinstance(eps, EpisodeDataset) and len(eps) == steps.num_episodes == 6 and eps.num_steps == len(steps)
+    ids = [3, 0, 5]
+    b = eps.__getitems__(ids)
+    lengths = b["seq_mask"].sum(1)
+    assert b["image"].shape[:2] == b["seq_mask"].shape == (3, int(lengths.max()))
+    assert b["action"].shape == (3, int(lengths.max()), 2) and len(b["instruction"]) == 3
+    for row, e in enumerate(ids):
+        ep = int(steps.episodes[e])
+        idx = steps.episode_steps(ep)
+        ref = steps.__getitems__(idx.tolist())
+        n = len(idx)
+        assert int(lengths[row]) == n and int(b["episode"][row]) == ep
+        assert torch.equal(b["image"][row, :n], ref["image"][:, 0]) and torch.equal(b["state"][row, :n], ref["state"][:, 0])
+        assert torch.equal(b["action"][row, :n], ref["action"]) and torch.equal(b["action_mask"][row, :n], ref["action_mask"])
+        assert b["instruction"][row] == ref["instruction"][0]
+        assert not b["seq_mask"][row, n:].any() and not b["action_mask"][row, n:].any()
+        assert (b["image"][row, n:] == 0).all()
+    assert eps[1]["instruction"] == eps.__getitems__([1])["instruction"][0]
+    with pytest.raises(IndexError, match="episode index"):
+        eps.__getitems__([6])
+    with pytest.raises(ValueError, match="history == 1"):
+        make_dataset(babyai_root, sequence=True, history=2)

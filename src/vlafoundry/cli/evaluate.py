@@ -217,7 +217,7 @@ def _offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
     """
     if wanted is False:
         return None
-    from vlafoundry.data import META_FILE, DemoDataset
+    from vlafoundry.data import META_FILE, make_dataset
 
     data = getattr(cfg, "data", None)
     root = data.dataset_dir() if data is not None and hasattr(data, "dataset_dir") else None
@@ -234,8 +234,8 @@ def _offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
             raise FileNotFoundError(msg)
         notes.append(f"no offline metrics: {msg}")
         return None
-    ds = DemoDataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
-                     **cfg.model.dataset_view())
+    ds = make_dataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
+                      **cfg.model.dataset_view())
     if len(ds) == 0:
         if wanted:
             raise FileNotFoundError(f"the held-out split of {root} is empty")

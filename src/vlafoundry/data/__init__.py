@@ -1,7 +1,7 @@
 """Demonstration data: expert generation into Minari datasets, a training cache, PyTorch datasets."""
 
 from vlafoundry.data.collate import collate
-from vlafoundry.data.dataset import DemoDataset, PairDataset, split_episodes
+from vlafoundry.data.dataset import DemoDataset, EpisodeDataset, PairDataset, make_dataset, split_episodes
 from vlafoundry.data.format import META_FILE, SCHEMA_VERSION, dataset_id_for
 from vlafoundry.data.generate import GenerationResult, generate_dataset
 from vlafoundry.data.transforms import ModalityDropout
@@ -9,6 +9,7 @@ from vlafoundry.data.verify import inspect_dataset, load_minari, verify_dataset
 
 __all__ = [
     "DemoDataset",
+    "EpisodeDataset",
     "GenerationResult",
     "META_FILE",
     "ModalityDropout",
@@ -19,6 +20,7 @@ __all__ = [
     "generate_dataset",
     "inspect_dataset",
     "load_minari",
+    "make_dataset",
     "split_episodes",
     "verify_dataset",
 ]

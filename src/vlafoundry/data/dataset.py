@@ -314,3 +314,85 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = unbatch(self._pairs([index]), 0)
         return self.transform(item) if self.transform is not None else item
+
+
+class EpisodeDataset(DemoDataset):
+    """Whole demonstration episodes, for policies with a recurrent memory (``model.memory``).
+
+    ``len(ds)`` is the number of episodes in the split and ``ds.__getitems__(ids)`` a batch of B episodes, right-padded
+    to the longest one (L steps): ``image`` (B, L, H, W, C) [if any], ``state`` (B, L, S), ``seq_mask`` (B, L) True on
+    real steps (``obs_mask`` is the same), ``action`` (B, L, K[, A]) the ``chunk`` actions from every step with
+    ``action_mask`` (B, L, K), ``step`` (B, L); per episode ``instruction`` (list of B), ``instruction_id``,
+    ``task_id``, ``episode`` and the ``*_present`` flags (B,). Padded steps are zeros. Every step of every episode is
+    seen once per pass, with the whole episode before it as context, as a memory sees it when it acts.
+
+    Same arguments as :class:`DemoDataset` except ``history`` (always 1: the memory carries the past),
+    ``anchor_first`` and ``transform``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", val_fraction: float = 0.1,
+                 split_seed: int = 0, chunk: int = 1, normalize: bool = False, normalize_action: bool = False,
+                 env_name: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(root, split=split, val_fraction=val_fraction, split_seed=split_seed, history=1, chunk=chunk,
+                         normalize=normalize, normalize_action=normalize_action, env_name=env_name,
+                         cache_dir=cache_dir)
+        lengths = self._ep_len[self.episodes]
+        self._split_len = lengths  # (E_split,)
+        self._split_first = np.cumsum(lengths) - lengths  # (E_split,) first dataset step index of each episode
+
+    @property
+    def num_steps(self) -> int:
+        return int(len(self._steps))
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def _check_episode_ids(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        n = self.num_episodes
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"episode index out of range for a split of {n} episodes")
+        return np.where(idx < 0, idx + n, idx)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        ids = self._check_episode_ids(indices)
+        lengths = self._split_len[ids]  # (B,)
+        b, l_max = len(ids), int(lengths.max()) if len(ids) else 0
+        rows = np.repeat(np.arange(b), lengths)  # (N,) episode row of every step
+        pos = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) position in episode
+        flat = self._gather(self._split_first[ids][rows] + pos, 1, self.chunk)  # per-step batch, N rows
+        firsts = torch.as_tensor(np.cumsum(lengths) - lengths)  # (B,) row of each episode's first step
+        r, p = torch.as_tensor(rows), torch.as_tensor(pos)
+        out: dict[str, Any] = {}
+        for key, v in flat.items():
+            if key in ("instruction_id", "task_id", "episode") or key.endswith("_present"):
+                out[key] = v[firsts]  # (B,) per episode
+            elif key == "instruction":
+                out[key] = [v[i] for i in firsts.tolist()]
+            else:
+                if key in ("image", "state", "obs_mask"):
+                    v = v[:, 0]  # drop the history axis (T = 1)
+                padded = torch.zeros((b, l_max, *v.shape[1:]), dtype=v.dtype)
+                padded[r, p] = v
+                out[key] = padded
+        out["seq_mask"] = out["obs_mask"]
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return unbatch(self.__getitems__([index]), 0)
+
+    def __repr__(self) -> str:
+        return (f"EpisodeDataset({self.env_name!r}, split={self.split!r}, episodes={self.num_episodes}, "
+                f"steps={self.num_steps}, chunk={self.chunk}, normalize={self.normalize})")
+
+
+def make_dataset(root: str | os.PathLike[str], split: str = "train", *, sequence: bool = False, history: int = 1,
+                 anchor_first: bool = False, chunk: int = 1, **kwargs: Any) -> DemoDataset:
+    """The dataset a policy trains on: :class:`EpisodeDataset` for a recurrent memory (``sequence``), else
+    :class:`DemoDataset` with ``history`` frames per step. Takes ``PolicyConfig.dataset_view()`` as keywords."""
+    if sequence:
+        if history != 1 or anchor_first:
+            raise ValueError(f"sequence: whole episodes need history == 1 and no anchor_first (the memory carries "
+                             f"the past), got history={history}, anchor_first={anchor_first}")
+        return EpisodeDataset(root, split=split, chunk=chunk, **kwargs)
+    return DemoDataset(root, split=split, history=history, anchor_first=anchor_first, chunk=chunk, **kwargs)

@@ -178,7 +178,7 @@ class OfflineOutputs:
     """
 
     head_kind: str
-    indices: np.ndarray  # (N,) dataset indices in visiting order
+    indices: np.ndarray  # dataset indices in visiting order (steps; episodes for an EpisodeDataset)
     instructions: list[str]  # (N,) original (uncorrupted) instruction per sample
     task_ids: np.ndarray  # (N,)
     entry_sample: np.ndarray  # (M,) position (0..N-1) of each action entry's sample
@@ -214,9 +214,9 @@ def collect_offline_outputs(
     offset = 0
     with _EvalMode(policy, seed):
         for raw in _batches(dataset, order, batch_size):
-            instructions.extend(str(s) for s in raw["instruction"])
-            task_ids.append(torch.as_tensor(raw["task_id"]).reshape(-1).cpu())
-            b = policy._prepare(corrupt_batch(raw, corruption, rng))
+            b = policy._prepare(corrupt_batch(raw, corruption, rng))  # episodes (EpisodeDataset) become steps
+            instructions.extend(str(s) for s in b["instruction"])
+            task_ids.append(torch.as_tensor(b["task_id"]).reshape(-1).cpu())
             enc = policy._encode(b)
             outputs = policy._action_outputs(policy._fuse(enc))
             s, c, e = _entry_scores(policy, outputs, b)
@@ -232,7 +232,7 @@ def collect_offline_outputs(
                 ins_e.append(lv.float().cpu())
                 pids.append(pair.cpu())
                 _itm_counts(policy, obs_p, lang_p, ov, lv, pair, gen, itm)
-            offset += len(raw["instruction"])
+            offset += len(b["instruction"])
     return OfflineOutputs(
         head_kind=policy.head_kind,
         indices=order,
@@ -272,7 +272,7 @@ def _itm_counts(policy: Any, obs_p: torch.Tensor, lang_p: torch.Tensor, ov: torc
 
 def metrics_from_outputs(out: OfflineOutputs, top_k: Sequence[int] = TOP_K) -> dict[str, float]:
     """The offline metric dict (see :func:`offline_metrics`) from collected outputs."""
-    res: dict[str, float] = {"samples": float(len(out.indices)), "action_entries": float(len(out.entry_error))}
+    res: dict[str, float] = {"samples": float(len(out.instructions)), "action_entries": float(len(out.entry_error))}
     if out.discrete:
         res["action_acc"] = float(out.entry_correct.mean()) if len(out.entry_correct) else float("nan")
     else:
@@ -405,9 +405,12 @@ def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc
         inputs[m], inputs[f"{m}_mask"] = enc[tok], enc[mask]
         absent[m] = {f"{m}_mask": torch.zeros_like(enc[mask])}  # = <m>_present False for every sample
 
-    def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion on (possibly ablated) token features
-        return policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
-                             extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
+    def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion (and memory) on (ablated) token features
+        f = policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
+                          extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
+        if getattr(policy, "memory", None) is not None:  # episodes' steps in order (b["seq"]) through the memory
+            f = policy._remember(f, b.get("seq"))[0]
+        return f
 
     def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive over batches: correct count or summed L1
         _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)

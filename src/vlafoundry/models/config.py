@@ -11,6 +11,7 @@ VISION_KINDS = ("grid", "patch", "none")
 LANGUAGE_KINDS = ("scratch", "pretrained", "none")
 FUSION_KINDS = ("cross_attention", "early", "late", "film")
 HEAD_KINDS = ("auto", "discrete", "continuous", "binned")
+MEMORY_KINDS = ("none", "gru")
 
 
 @dataclass
@@ -44,6 +45,11 @@ class PolicyConfig:
     state_fourier: octaves of fixed Fourier features (:class:`~vlafoundry.nn.FourierFeatures`) added to the
         normalised state before its MLP (0 = raw state only); lets a continuous policy tell apart states a few
         millimetres apart, where a scripted expert switches behaviour.
+    memory: ``gru``: a recurrent memory over the episode. Each step's fused features go through a GRU whose state
+        is carried from the episode's first step (training on whole episodes, ``EpisodeDataset``, with
+        ``train.batch_size`` counting episodes; acting with one hidden state per env, cleared by ``reset``).
+        For what one frame cannot show: where the agent started ("the ball behind you"), rooms seen earlier,
+        a detour already begun. Needs ``history`` 1 and ``chunk`` 1. ``none``: no memory.
     action_selection: how ``select_action`` picks discrete/binned actions: ``greedy`` (argmax) or ``sample`` (from
     the softmax at ``sample_temperature``, with the policy's own generator, re-seeded by ``reset()``, so a rollout
     is reproducible). Sampling breaks the loops a deterministic cloned policy can fall into.
@@ -68,6 +74,7 @@ class PolicyConfig:
     history: int = 1
     anchor_first: bool = False
     chunk: int = 1
+    memory: str = "none"
     num_bins: int = 256
     embed_dim: int = 64
     moe: bool = False
@@ -82,7 +89,8 @@ class PolicyConfig:
     def dataset_view(self) -> dict[str, Any]:
         """The ``DemoDataset`` arguments that must match this policy's inputs (frames per sample, first-frame
         anchor, action chunk), for every place that builds its training or held-out samples."""
-        return {"history": self.history, "anchor_first": self.anchor_first, "chunk": self.chunk}
+        return {"history": self.history, "anchor_first": self.anchor_first, "chunk": self.chunk,
+                "sequence": self.memory != "none"}
 
     def __post_init__(self) -> None:
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
@@ -103,6 +111,10 @@ class PolicyConfig:
         require(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
         require(not self.anchor_first or self.history >= 2, "model.anchor_first",
                 "false, or model.history >= 2 (the first frame plus the latest)", self.anchor_first)
+        require(self.memory in MEMORY_KINDS, "model.memory", f"one of {list(MEMORY_KINDS)}", self.memory)
+        require(self.memory == "none" or (self.history == 1 and self.chunk == 1), "model.memory",
+                f"'none' with model.history={self.history} and model.chunk={self.chunk} (a memory needs both 1)",
+                self.memory)
         require(self.num_bins >= 2, "model.num_bins", "an integer >= 2", self.num_bins)
         require(self.num_experts >= 1, "model.num_experts", "an integer >= 1", self.num_experts)
         require(1 <= self.moe_top_k <= self.num_experts, "model.moe_top_k",

@@ -171,6 +171,13 @@ class VLAPolicy(nn.Module):
         else:
             self.fusion = FiLMFusion(d, num_layers=cfg.num_layers, dropout=cfg.dropout)
 
+        # ---- memory: a GRU over the episode's fused step features (residual, then LayerNorm)
+        self.memory: nn.GRU | None = None
+        if cfg.memory == "gru":
+            self.memory = nn.GRU(d, d, batch_first=True)
+            self.memory_norm = nn.LayerNorm(d)
+        self._memory_h: torch.Tensor | None = None  # (N, D) rollout state, see select_action
+
         # ---- action head
         head = cfg.head
         if head == "auto":
@@ -296,9 +303,17 @@ class VLAPolicy(nn.Module):
 
     # ------------------------------------------------------------------ batch handling
     def _prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Move a batch to the policy's device, add a history axis where missing, validate inputs."""
+        """Move a batch to the policy's device, add a history axis where missing, validate inputs.
+
+        A batch of whole episodes (``seq_mask`` (B, L), from ``EpisodeDataset``) becomes a batch of its N real
+        steps, with ``seq`` = (rows (N,), positions (N,), B, L) so the memory can put them back in order."""
+        seq = None
+        if batch.get("seq_mask") is not None:
+            batch, seq = self._flatten_episodes(batch)
         dev = self.device
-        out: dict[str, Any] = {"instruction": list(batch["instruction"])}
+        out: dict[str, Any] = {"instruction": list(batch["instruction"]), "seq": None}
+        if seq is not None:
+            out["seq"] = (seq[0].to(dev), seq[1].to(dev), seq[2], seq[3])
         b = len(out["instruction"])
         if self.has_image:
             img = batch.get("image")
@@ -339,6 +354,26 @@ class VLAPolicy(nn.Module):
                 out[k] = torch.as_tensor(batch[k]).to(dev, non_blocking=True)
         return out
 
+    @staticmethod
+    def _flatten_episodes(batch: dict[str, Any]) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor, int, int]]:
+        """Episode batch (B, L, ...) -> step batch (N, ...) of the real steps, and (rows, positions, B, L)."""
+        mask = torch.as_tensor(batch["seq_mask"]).bool()
+        check_tensor("seq_mask", mask, ndim=2, floating=False)
+        b, l = mask.shape
+        if len(batch["instruction"]) != b:
+            raise ValueError(f"instruction: expected {b} episodes (seq_mask has {b} rows), got {len(batch['instruction'])}")
+        rows, pos = mask.nonzero(as_tuple=True)  # (N,), row-major: each episode's steps in order
+        out: dict[str, Any] = {"instruction": [batch["instruction"][i] for i in rows.tolist()]}
+        for k, v in batch.items():
+            if k in ("instruction", "seq_mask", "obs_mask") or v is None or not isinstance(v, (torch.Tensor, np.ndarray)):
+                continue
+            v = torch.as_tensor(v)
+            if v.dim() >= 2 and tuple(v.shape[:2]) == (b, l):
+                out[k] = v.to(rows.device)[rows, pos]  # (N, ...) per step
+            elif v.dim() >= 1 and v.shape[0] == b:
+                out[k] = v.to(rows.device)[rows]  # per episode -> per step
+        return out, (rows, pos, b, l)
+
     def _apply_modality_dropout(self, b: dict[str, Any]) -> None:
         md = self.cfg.modality_dropout
         for m in MODALITIES:
@@ -351,7 +386,7 @@ class VLAPolicy(nn.Module):
                 lang_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """All encoders for a prepared batch -> token sequences and masks (absent modalities masked out)."""
         enc: dict[str, Any] = {"vision": None, "vision_mask": None, "state": None, "state_mask": None,
-                               "lang": None, "lang_mask": None, "extras": {}}
+                               "lang": None, "lang_mask": None, "extras": {}, "seq": b.get("seq")}
         if self.has_image:
             frame_mask = b["obs_mask"] & b["image_present"].unsqueeze(1)  # (B, T)
             v, vm, extras = self.encode_image(b["image"], frame_mask, mrm=mrm)
@@ -364,9 +399,36 @@ class VLAPolicy(nn.Module):
             enc["lang"], enc["lang_mask"] = lf, lm & b["instruction_present"].unsqueeze(1)
         return enc
 
-    def _fuse(self, enc: dict[str, Any]) -> torch.Tensor:
-        return self.fusion(enc["vision"], enc["lang"], enc["vision_mask"], enc["lang_mask"],
-                           extra_tokens=enc["state"], extra_mask=enc["state_mask"])  # (B, D)
+    def _fuse(self, enc: dict[str, Any], memory_state: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused features per step (B, D); with a memory, after the GRU (see :meth:`_remember`)."""
+        fused = self.fusion(*self._fusion_inputs(enc))  # (B, D)
+        if self.memory is None:
+            return fused
+        return self._remember(fused, enc.get("seq"), memory_state)[0]
+
+    @staticmethod
+    def _fusion_inputs(enc: dict[str, Any]) -> tuple[Any, ...]:
+        return (enc["vision"], enc["lang"], enc["vision_mask"], enc["lang_mask"], enc["state"], enc["state_mask"])
+
+    def _remember(self, fused: torch.Tensor, seq: tuple[torch.Tensor, torch.Tensor, int, int] | None,
+                  h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory over fused step features (N, D) -> (features (N, D), last hidden state).
+
+        ``seq`` (rows, positions, B, L): the steps are episodes' steps; they are put back as (B, L, D) (right
+        padding never reaches a real step's output) and run from a zero state. Without ``seq`` each row is one
+        step from ``h0`` (N, D) (zeros: an episode's first step), as in ``select_action``."""
+        if seq is None:
+            x = fused.unsqueeze(1)  # (N, 1, D)
+            h = None if h0 is None else h0.unsqueeze(0).to(fused.dtype)  # (1, N, D)
+            out, h_n = self.memory(x, h)
+            out = out[:, 0]  # (N, D)
+        else:
+            rows, pos, b, l = seq
+            x = fused.new_zeros(b, l, fused.shape[-1])  # (B, L, D)
+            x[rows, pos] = fused
+            out, h_n = self.memory(x)  # (B, L, D)
+            out = out[rows, pos]  # (N, D)
+        return self.memory_norm(fused + out), h_n[0]
 
     def _obs_pooled(self, enc: dict[str, Any]) -> torch.Tensor:
         parts, masks = [], []
@@ -500,8 +562,10 @@ class VLAPolicy(nn.Module):
         ``cfg.sample_temperature`` with the policy's generator; otherwise the argmax. Continuous heads are
         deterministic.
         """
-        b = self._prepare(batch)
-        out = self._action_outputs(self._fuse(self._encode(b)))
+        return self._pick(self._action_outputs(self._fuse(self._encode(self._prepare(batch)))), sample)
+
+    def _pick(self, out: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
+        """Head outputs -> actions: continuous as they are; discrete/binned argmax or sampled."""
         if self.head_kind == "continuous":
             return out
         if sample is None:
@@ -516,16 +580,24 @@ class VLAPolicy(nn.Module):
             return idx
         return self.action_tokenizer.decode(idx).to(out.device)
 
+    @property
+    def stateless(self) -> bool:
+        """Whether a row's action depends only on that row's current observation (no history, chunks or memory)."""
+        return self.cfg.history == 1 and self.cfg.chunk == 1 and self.memory is None
+
     def reset(self, env_indices: Any = None) -> None:
-        """Forget observation history and queued actions (all envs, or only ``env_indices``)."""
+        """Forget observation history, memory and queued actions (all envs, or only ``env_indices``)."""
         if env_indices is None or self._history is None:
             self._history = None
+            self._memory_h = None
             self._queue = []
             self._sample_rng.manual_seed(0)
             return
         for i in np.asarray(env_indices, dtype=np.int64).reshape(-1):
             self._hist_valid[i] = False
             self._queue[i] = []
+            if self._memory_h is not None:
+                self._memory_h[i] = 0.0
 
     def _check_observation(self, observation: dict[str, Any]) -> int:
         """Validate a batched observation dict (ValueError naming the key); returns the batch size N."""
@@ -563,6 +635,9 @@ class VLAPolicy(nn.Module):
             self._history = {k: v.unsqueeze(1).repeat(1, t, *([1] * (v.dim() - 1))) for k, v in frames.items()}
             self._hist_valid = torch.zeros(n, t, dtype=torch.bool)
             self._queue = [[] for _ in range(n)]
+            self._memory_h = None
+        if self.memory is not None:  # history 1, chunk 1: one memory step for every env
+            return self._act_with_memory(observation, frames, instr, n)
         first = ~self._hist_valid.any(dim=1)  # (N,) envs on the first step of an episode
         lo = 1 if self.cfg.anchor_first else 0  # with anchor_first, slot 0 keeps the episode's first frame
         for k, v in frames.items():  # shift the window left, append the newest frame
@@ -589,6 +664,29 @@ class VLAPolicy(nn.Module):
                 self._queue[i] = list(chunk[j])
         actions = [self._queue[i].pop(0) for i in range(n)]
         return np.stack(actions).astype(np.int64 if self.head_kind == "discrete" else np.float32)
+
+    def _act_with_memory(self, observation: dict[str, Any], frames: dict[str, torch.Tensor], instr: list[str],
+                         n: int) -> np.ndarray:
+        """One step of every env: fuse the current frame, advance each env's memory state, act."""
+        batch: dict[str, Any] = {k: v.unsqueeze(1) for k, v in frames.items()}  # (N, 1, ...)
+        batch["instruction"] = instr
+        batch.update(_present_flags(observation))
+        b = self._prepare(batch)
+        if self._memory_h is None:
+            self._memory_h = torch.zeros(n, self.cfg.d_model, device=self.device)
+        fused, self._memory_h = self._remember(self.fusion(*self._fusion_inputs(self._encode(b))), None,
+                                               self._memory_h)  # (N, D), (N, D)
+        actions = self._pick(self._action_outputs(fused))[:, 0]  # (N,) | (N, A): chunk is 1 with a memory
+        return actions.cpu().numpy().astype(np.int64 if self.head_kind == "discrete" else np.float32)
+
+
+def _present_flags(observation: dict[str, Any], rows: list[int] | None = None) -> dict[str, np.ndarray]:
+    out = {}
+    for m in MODALITIES:
+        if f"{m}_present" in observation:
+            v = np.asarray(observation[f"{m}_present"])
+            out[f"{m}_present"] = v if rows is None else v[rows]
+    return out
 
 
 def build_policy_from_checkpoint(cfg: PolicyConfig, extra: dict[str, Any]) -> VLAPolicy:

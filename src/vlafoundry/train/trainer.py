@@ -81,11 +81,11 @@ def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = 
 
 
 def load_datasets(cfg: ExperimentConfig, root: Path) -> tuple[Any, Any | None]:
-    from vlafoundry.data import DemoDataset
+    from vlafoundry.data import make_dataset
 
     kw = dict(val_fraction=cfg.data.val_fraction, split_seed=cfg.data.seed, **cfg.model.dataset_view())
-    train = DemoDataset(root, split="train", **kw)
-    val = DemoDataset(root, split="val", **kw) if cfg.data.val_fraction > 0 else None
+    train = make_dataset(root, split="train", **kw)
+    val = make_dataset(root, split="val", **kw) if cfg.data.val_fraction > 0 else None
     if val is not None and len(val) == 0:
         val = None
     return train, val
