@@ -117,7 +117,7 @@ def test_contrastive_bad_inputs():
         ContrastiveLoss(temperature=0.0)
 
 
-def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, out_dir: str, bounds: tuple[int, ...] = (0, 4, 8)) -> None:
     import torch.distributed as dist
 
     # File rendezvous: no TCP port to race for with other processes on the machine.
@@ -125,7 +125,7 @@ def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         v_all, l_all, ids_all = _ddp_data()
-        rows = slice(rank * 4, rank * 4 + 4)
+        rows = slice(bounds[rank], bounds[rank + 1])
         result = {}
         for use_ids in (False, True):
             v = v_all[rows].clone().requires_grad_(True)
@@ -164,6 +164,44 @@ def test_distributed_gather_equals_global_batch():
         assert torch.allclose((r0["loss"] + r1["loss"]) / 2, ref.detach(), atol=ATOL64)
         assert torch.allclose(torch.cat([r0["gv"], r1["gv"]]) / 2, v.grad, atol=ATOL64)
         assert torch.allclose(torch.cat([r0["gl"], r1["gl"]]) / 2, l.grad, atol=ATOL64)
+
+
+def _rows_loss(v: torch.Tensor, l: torch.Tensor, rows: slice, ids: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Brute force: the symmetric InfoNCE of ``rows`` against every column (one rank's loss), mean over its rows."""
+    vn, ln = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(l, dim=-1)
+    idx = torch.arange(v.shape[0])[rows]
+    if ids is None:
+        targets = (idx[:, None] == torch.arange(v.shape[0])[None]).double()
+    else:
+        targets = (ids[idx][:, None] == ids[None]).double()
+    targets = targets / targets.sum(-1, keepdim=True)
+    a = -(targets * torch.log_softmax(scale * vn[idx] @ ln.T, -1)).sum(-1).mean()
+    b = -(targets * torch.log_softmax(scale * ln[idx] @ vn.T, -1)).sum(-1).mean()
+    return 0.5 * (a + b)
+
+
+def test_distributed_gather_with_unequal_rank_batches():
+    """Ranks holding different numbers of rows (3 and 5: the steps of whole episodes): each rank's loss is its rows
+    against all 8 columns, and the gradients reaching each rank's features are those of the summed rank losses
+    (brute force, float64, atol 1e-10)."""
+    import torch.multiprocessing as mp
+
+    bounds = (0, 3, 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ddp_worker, args=(2, tmp, bounds), nprocs=2, join=True)
+        res = [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(2)]
+    v_all, l_all, ids_all = _ddp_data()
+    for use_ids in (False, True):
+        v, l = v_all.clone().requires_grad_(True), l_all.clone().requires_grad_(True)
+        ids = ids_all if use_ids else None
+        parts = [_rows_loss(v, l, slice(bounds[r], bounds[r + 1]), ids, 1 / 0.2) for r in range(2)]
+        sum(parts).backward()
+        for r in range(2):
+            got = res[r][use_ids]
+            rows = slice(bounds[r], bounds[r + 1])
+            assert torch.allclose(got["loss"], parts[r].detach(), atol=ATOL64)
+            assert torch.allclose(got["gv"], v.grad[rows], atol=ATOL64)
+            assert torch.allclose(got["gl"], l.grad[rows], atol=ATOL64)
 
 
 def test_multimodal_contrastive_learning_shapes_and_grads():

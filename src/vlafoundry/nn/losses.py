@@ -33,20 +33,33 @@ def _distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0; gradients flow back to the rank that produced each slice."""
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's row count (ranks may hold different numbers of rows, e.g. the steps of whole episodes)."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(t) for t in sizes]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return x if x.shape[0] == rows else torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])], dim=0)
+
+
+def _gather_with_grad(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (rank r holds ``sizes[r]`` rows); gradients flow back to the
+    rank that produced each slice. Rows are padded to the largest rank for the collective and trimmed after."""
     from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():  # deprecated in favour of a private API in recent torch; still correct
         warnings.simplefilter("ignore", FutureWarning)
-        parts = all_gather(x.contiguous())
-    return torch.cat(parts, dim=0)
+        parts = all_gather(_pad_rows(x.contiguous(), max(sizes)))
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0)
 
 
-def _gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+def _gather_no_grad(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    padded = _pad_rows(x.contiguous(), max(sizes))
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0)
 
 
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -68,7 +81,8 @@ class ContrastiveLoss(nn.Module):
         max_logit_scale: clamp on the learnable scale, ``s <= max_logit_scale`` (CLIP uses 100).
         gather_distributed: when torch.distributed is initialised with world size > 1, gather features (with
             gradient) and pair ids from all ranks and compute the local rows against all columns, so the DDP
-            gradient equals a single process with the global batch. Every rank must hold the same batch size.
+            gradient equals a single process with the global batch. Ranks may hold different batch sizes
+            (rows are padded for the collective and trimmed).
     """
 
     def __init__(
@@ -138,16 +152,19 @@ class ContrastiveLoss(nn.Module):
         l = F.normalize(lang_features, dim=-1)  # (B, D)
         batch = v.shape[0]
         rank, world = _distributed_world()
+        offset = 0  # first row of this rank's samples in the gathered batch
         if self.gather_distributed and world > 1:
-            v_all, l_all = _gather_with_grad(v), _gather_with_grad(l)  # (W*B, D)
-            ids_all = _gather_no_grad(pair_ids) if pair_ids is not None else None
+            sizes = _gather_sizes(batch, v.device)
+            offset = sum(sizes[:rank])
+            v_all, l_all = _gather_with_grad(v, sizes), _gather_with_grad(l, sizes)  # (sum B_r, D)
+            ids_all = _gather_no_grad(pair_ids, sizes) if pair_ids is not None else None
         else:
-            rank, v_all, l_all, ids_all = 0, v, l, pair_ids
+            v_all, l_all, ids_all = v, l, pair_ids
         scale = self.logit_scale.to(v.dtype)
         logits_v2l = scale * (v @ l_all.transpose(0, 1))  # (B, W*B): local images vs all texts
         logits_l2v = scale * (l @ v_all.transpose(0, 1))  # (B, W*B): local texts vs all images
         if pair_ids is None:
-            labels = torch.arange(batch, device=v.device) + rank * batch
+            labels = torch.arange(batch, device=v.device) + offset
             return 0.5 * (F.cross_entropy(logits_v2l, labels) + F.cross_entropy(logits_l2v, labels))
         positives = (pair_ids[:, None] == ids_all[None, :]).to(v.dtype)  # (B, W*B), diagonal always True
         targets = positives / positives.sum(dim=-1, keepdim=True)
