@@ -181,9 +181,9 @@ def _rows_loss(v: torch.Tensor, l: torch.Tensor, rows: slice, ids: torch.Tensor 
 
 
 def test_distributed_gather_with_unequal_rank_batches():
-    """Ranks holding different numbers of rows (3 and 5: the steps of whole episodes): each rank's loss is its rows
-    against all 8 columns, and the gradients reaching each rank's features are those of the summed rank losses
-    (brute force, float64, atol 1e-10)."""
+    """Ranks holding different numbers of rows (3 and 5: the steps of whole episodes): each rank's loss is its rows'
+    summed loss against all 8 columns over the mean rows per rank (4), so the rank losses add up to the global mean
+    and the features' gradients, averaged over ranks as DDP does, equal one process's (brute force, float64)."""
     import torch.multiprocessing as mp
 
     bounds = (0, 3, 8)
@@ -194,7 +194,10 @@ def test_distributed_gather_with_unequal_rank_batches():
     for use_ids in (False, True):
         v, l = v_all.clone().requires_grad_(True), l_all.clone().requires_grad_(True)
         ids = ids_all if use_ids else None
-        parts = [_rows_loss(v, l, slice(bounds[r], bounds[r + 1]), ids, 1 / 0.2) for r in range(2)]
+        parts = [_rows_loss(v, l, slice(bounds[r], bounds[r + 1]), ids, 1 / 0.2) * (bounds[r + 1] - bounds[r]) / 4
+                 for r in range(2)]
+        ref = ContrastiveLoss(temperature=0.2)(v_all, l_all, ids)
+        assert torch.allclose((parts[0] + parts[1]).detach() / 2, ref, atol=ATOL64)  # the global-batch mean
         sum(parts).backward()
         for r in range(2):
             got = res[r][use_ids]

@@ -70,12 +70,17 @@ def _run_cli(args, env_extra=None, timeout=240):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_ddp_two_processes_equal_one(gotolocal_root, tmp_path, tiny_args):
+@pytest.mark.parametrize("memory", ["none", "gru"])
+def test_ddp_two_processes_equal_one(gotolocal_root, tmp_path, tiny_args, memory):
+    """Steps (no memory) or whole episodes (memory: the ranks hold different numbers of steps; the BC and
+    contrastive losses divide by the mean count over ranks, so DDP still equals one process)."""
     common = ["--data", str(gotolocal_root), "--no-resume", *tiny_args, "--train.steps", "4", "--train.batch_size", "16",
-              "--loss.contrastive", "1.0", "--train.eval_every", "100", "--train.checkpoint_every", "100"]
+              "--loss.contrastive", "1.0", "--train.eval_every", "100", "--train.checkpoint_every", "100",
+              "--model.memory", memory]
     one = _run_cli(["-m", "vlafoundry", "train", "--out", str(tmp_path / "one"), *common])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    port = {"none": "29517", "gru": "29518"}[memory]
+    two = _run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                     "-m", "vlafoundry", "train", "--out", str(tmp_path / "two"), *common])
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

@@ -448,6 +448,19 @@ class VLAPolicy(nn.Module):
             return out.view(b, k, a)  # (B, K, A)
         return self.action_head(fused).view(b, k, a, self.cfg.num_bins)  # (B, K, A, bins) logits
 
+    def _loss_denominator(self, w: torch.Tensor) -> torch.Tensor:
+        """Action entries to average the BC loss over. In DDP training: the mean count over ranks, so that DDP's
+        gradient average equals one process's mean over the global batch even when ranks hold different numbers
+        of entries (whole episodes of different lengths)."""
+        n = w.sum()
+        if self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:
+                total = n.detach().clone()
+                torch.distributed.all_reduce(total)
+                n = total / world
+        return n.clamp_min(1)
+
     def bc_loss(self, fused: torch.Tensor, b: dict[str, Any], loss_cfg: Any) -> tuple[torch.Tensor, dict]:
         out = self._action_outputs(fused)
         act, amask = b["action"], b["action_mask"]
@@ -456,21 +469,22 @@ class VLAPolicy(nn.Module):
         if amask.dim() == 1:
             amask = amask.unsqueeze(1)
         w = amask.float()
+        denom = self._loss_denominator(w)
         metrics: dict[str, float] = {}
         if self.head_kind == "discrete":
             ce = F.cross_entropy(out.flatten(0, 1), act.long().flatten(), reduction="none",
                                  label_smoothing=loss_cfg.label_smoothing).view_as(w)
-            loss = (ce * w).sum() / w.sum().clamp_min(1)
+            loss = (ce * w).sum() / denom
             acc = ((out.argmax(-1) == act).float() * w).sum() / w.sum().clamp_min(1)
             metrics["action_acc"] = _f(acc)
         elif self.head_kind == "continuous":
             err = (out - act.float()).abs() if loss_cfg.continuous == "l1" else (out - act.float()) ** 2
-            loss = (err.mean(-1) * w).sum() / w.sum().clamp_min(1)
+            loss = (err.mean(-1) * w).sum() / denom
             metrics["action_l1"] = _f(((out - act).abs().mean(-1) * w).sum() / w.sum().clamp_min(1))
         else:
             bins = self.action_tokenizer.encode(act.float()).to(out.device)  # (B, K, A)
             ce = F.cross_entropy(out.flatten(0, 2), bins.flatten(), reduction="none").view(bins.shape).mean(-1)
-            loss = (ce * w).sum() / w.sum().clamp_min(1)
+            loss = (ce * w).sum() / denom
             pred = self.action_tokenizer.decode(out.argmax(-1)).to(out.device)
             metrics["action_l1"] = float(((pred - act).abs().mean(-1) * w).sum() / w.sum().clamp_min(1))
         return loss, metrics

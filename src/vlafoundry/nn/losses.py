@@ -63,8 +63,8 @@ def _gather_no_grad(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``-sum_j targets_ij * log_softmax(logits)_ij`` (targets rows sum to 1)."""
-    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+    """Sum over rows of ``-sum_j targets_ij * log_softmax(logits)_ij`` (targets rows sum to 1)."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum()
 
 
 class ContrastiveLoss(nn.Module):
@@ -82,7 +82,8 @@ class ContrastiveLoss(nn.Module):
         gather_distributed: when torch.distributed is initialised with world size > 1, gather features (with
             gradient) and pair ids from all ranks and compute the local rows against all columns, so the DDP
             gradient equals a single process with the global batch. Ranks may hold different batch sizes
-            (rows are padded for the collective and trimmed).
+            (rows are padded for the collective and trimmed; each rank divides its summed loss by the mean rows
+            per rank, so DDP's gradient average is the global-batch mean).
     """
 
     def __init__(
@@ -153,9 +154,11 @@ class ContrastiveLoss(nn.Module):
         batch = v.shape[0]
         rank, world = _distributed_world()
         offset = 0  # first row of this rank's samples in the gathered batch
+        denom = float(batch)  # rows this rank's summed loss is divided by
         if self.gather_distributed and world > 1:
             sizes = _gather_sizes(batch, v.device)
             offset = sum(sizes[:rank])
+            denom = sum(sizes) / world  # DDP's gradient average then equals the global-batch mean, sizes unequal too
             v_all, l_all = _gather_with_grad(v, sizes), _gather_with_grad(l, sizes)  # (sum B_r, D)
             ids_all = _gather_no_grad(pair_ids, sizes) if pair_ids is not None else None
         else:
@@ -165,10 +168,12 @@ class ContrastiveLoss(nn.Module):
         logits_l2v = scale * (l @ v_all.transpose(0, 1))  # (B, W*B): local texts vs all images
         if pair_ids is None:
             labels = torch.arange(batch, device=v.device) + offset
-            return 0.5 * (F.cross_entropy(logits_v2l, labels) + F.cross_entropy(logits_l2v, labels))
+            ce = F.cross_entropy(logits_v2l, labels, reduction="sum") + F.cross_entropy(logits_l2v, labels, reduction="sum")
+            return 0.5 * ce / denom
         positives = (pair_ids[:, None] == ids_all[None, :]).to(v.dtype)  # (B, W*B), diagonal always True
         targets = positives / positives.sum(dim=-1, keepdim=True)
-        return 0.5 * (_soft_cross_entropy(logits_v2l, targets) + _soft_cross_entropy(logits_l2v, targets))
+        ce = _soft_cross_entropy(logits_v2l, targets) + _soft_cross_entropy(logits_l2v, targets)
+        return 0.5 * ce / denom
 
 
 class MultimodalContrastiveLearning(nn.Module):

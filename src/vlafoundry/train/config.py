@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,10 @@ from vlafoundry.models.config import PolicyConfig
 
 @dataclass
 class DataConfig:
-    """Where demonstrations come from. ``path`` None: generated (and cached) under ``cache_dir``."""
+    """Where demonstrations come from. ``path`` None: generated (and cached) under ``cache_dir``.
+
+    ``action_noise`` > 0 generates recovery demonstrations (DART: noisy executed actions, the expert's labels;
+    ``vlafoundry data generate --action-noise``)."""
 
     env: str = "babyai/GoToLocal"
     path: str | None = None
@@ -24,6 +28,7 @@ class DataConfig:
     val_fraction: float = 0.05
     loader_workers: int = 0
     cache_dir: str = "~/.cache/vlafoundry/datasets"
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
         require("/" in self.env, "data.env", "a name like 'babyai/GoToLocal' or 'metaworld/mt10'", self.env)
@@ -33,12 +38,15 @@ class DataConfig:
         require(self.image in ("symbolic", "rgb"), "data.image", "one of ['symbolic', 'rgb']", self.image)
         require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "a fraction in [0, 1)", self.val_fraction)
         require(self.loader_workers >= 0, "data.loader_workers", "an integer >= 0", self.loader_workers)
+        require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
+                "a finite number >= 0", self.action_noise)
 
     def dataset_dir(self) -> Path:
         if self.path:
             return Path(self.path).expanduser()
         slug = self.env.replace("/", "-").lower()
-        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}"
+        noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
+        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}"
 
 
 @dataclass

@@ -72,7 +72,7 @@ def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = 
     root = cfg.data.dataset_dir()
     if cfg.data.path is None and dist_info.is_main and not (root / META_FILE).exists():
         generate_dataset(cfg.data.env, cfg.data.episodes, root, workers=cfg.data.workers, seed=cfg.data.seed,
-                         image=cfg.data.image, progress=progress)
+                         image=cfg.data.image, progress=progress, action_noise=cfg.data.action_noise)
     barrier(dist_info)
     if not (root / META_FILE).exists():
         raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}); "
