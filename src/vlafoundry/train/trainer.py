@@ -341,8 +341,10 @@ class Trainer:
                 metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), opt.grad_clip))
             self.optimizer.step()
             self.step += 1
-            samples += len(idx) * self.dist.world_size
-            window_samples += len(idx) * self.dist.world_size
+            # samples are steps; a batch of whole episodes (memory) holds seq_mask.sum() of them (this rank's x world)
+            local = int(batch["seq_mask"].sum()) if batch.get("seq_mask") is not None else len(idx)
+            samples += local * self.dist.world_size
+            window_samples += local * self.dist.world_size
             last = metrics
             if bar is not None:
                 bar.update(1)
@@ -369,7 +371,8 @@ class Trainer:
                    "samples_per_s": samples / max(wall, 1e-9), "stopped_early": stopped_early,
                    "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                    "last": last, "parameters": count_parameters(self.policy),
-                   "train_samples": len(self.train_ds), "world_size": self.dist.world_size}
+                   "train_samples": getattr(self.train_ds, "num_steps", len(self.train_ds)),
+                   "train_episodes": self.train_ds.num_episodes, "world_size": self.dist.world_size}
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if self._writer:
