@@ -1,10 +1,12 @@
 """Training throughput and model FLOP utilisation (MFU) of the default policy on real BabyAI GoToLocal data.
 
-The default policy is ``load_config("babyai-gotolocal").model`` (symbolic 7x7x3 grid -> 49 cell tokens, one
-vision transformer block, scratch text encoder with one block, FiLM fusion, discrete head; d_model=128), built
-with :meth:`VLAPolicy.from_dataset` on ~200 generated GoToLocal episodes (or ``--data DIR``). One training step
-is exactly the trainer's: batch assembly (``DemoDataset.__getitems__``), forward (behaviour-cloning loss with the
-preset's loss weights), backward, gradient clipping and the AdamW step (``build_optimizer``).
+The default policy is ``load_config("babyai-gotolocal").model`` (symbolic 7x7x3 grid -> 49 cell tokens, scratch
+text encoder, FiLM fusion, the preset's recurrent memory, discrete head; d_model=128), built with
+:meth:`VLAPolicy.from_dataset` on ~200 generated GoToLocal episodes (or ``--data DIR``). One training step is the
+trainer's: batch assembly (``DemoDataset.__getitems__``), forward (behaviour-cloning loss with the preset's loss
+weights), backward, gradient clipping and the AdamW step (``build_optimizer``). Batches are ``--batch-size``
+single steps: with the memory each sample is one GRU step from a zero state, the same per-step work (encoders,
+fusion, one GRU step, head) as the trainer's whole-episode batches, at a fixed batch shape.
 
 FLOPs per step: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward + backward (matmuls, linear,
 bmm, convolutions, and attention: torch's SDPA formulas registered for the CPU flash kernel, which the counter
@@ -190,7 +192,7 @@ def best_square_rate(history: dict[int, list[float]]) -> tuple[int, float]:
 def model_summary(cfg: ExperimentConfig) -> str:
     m = cfg.model
     return (f"vision={m.vision} x{m.vision_layers} blocks, language={m.language} x{m.text_layers}, "
-            f"fusion={m.fusion} x{m.num_layers}, d_model={m.d_model}, d_ff={m.d_ff}, history={m.history}")
+            f"fusion={m.fusion} x{m.num_layers}, d_model={m.d_model}, d_ff={m.d_ff}, history={m.history}, memory={m.memory}")
 
 
 def fmt_table(rows: list[tuple[str, str]]) -> str:
