@@ -6,7 +6,12 @@ Data flow for one training batch (B samples, T history frames, K-step action chu
     state (B,T,S)            ──normalise, MLP──────────────────────► (B, T, D)       (extra tokens)
     instruction list[str]    ──TextTokenizer+TextProcessingModule / LanguageEncoder──► (B, L, D)
                              ──fusion (cross_attention | early | late | film)────────► (B, D)
+                             ──[model.memory gru: GRU over the episode's steps]──────► (B, D)
                              ──action head (discrete | continuous chunk | binned)────► loss / actions
+
+With a memory the batch holds whole episodes (``EpisodeDataset``: (B, L, ...) with ``seq_mask``); ``_prepare``
+flattens them to their N real steps for the encoders and fusion, and the GRU puts them back in order. Acting keeps
+one hidden state per env.
 
 Missing modalities: every sample carries ``image_present`` / ``instruction_present`` / ``state_present``; a
 missing modality's tokens are masked out and the fusion module substitutes its learned placeholder. Training
