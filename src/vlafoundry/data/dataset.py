@@ -192,11 +192,13 @@ class DemoDataset(Dataset):
         return action * self._action_std + self._action_mean
 
     # ------------------------------------------------------------------------------------- gathering
-    def _check_indices(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    def _check_indices(self, indices: Sequence[int] | np.ndarray | torch.Tensor, n: int | None = None,
+                       what: str = "index out of range for a dataset of {n} steps") -> np.ndarray:
+        """Indices as int64, negative ones counted from the end; IndexError outside [-n, n) (n: the step count)."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
-        n = len(self._steps)
+        n = len(self._steps) if n is None else n
         if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for a dataset of {n} steps")
+            raise IndexError(what.format(n=n))
         return np.where(idx < 0, idx + n, idx)
 
     def _gather(self, idx: np.ndarray, history: int, chunk: int) -> dict[str, Any]:
@@ -347,21 +349,15 @@ class EpisodeDataset(DemoDataset):
     def __len__(self) -> int:
         return self.num_episodes
 
-    def _check_episode_ids(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
-        idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
-        n = self.num_episodes
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"episode index out of range for a split of {n} episodes")
-        return np.where(idx < 0, idx + n, idx)
-
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        ids = self._check_episode_ids(indices)
+        ids = self._check_indices(indices, self.num_episodes, "episode index out of range for a split of {n} episodes")
         lengths = self._split_len[ids]  # (B,)
         b, l_max = len(ids), int(lengths.max()) if len(ids) else 0
+        starts = np.cumsum(lengths) - lengths  # (B,) row of each episode's first step in the flat batch
         rows = np.repeat(np.arange(b), lengths)  # (N,) episode row of every step
-        pos = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) position in episode
+        pos = np.arange(len(rows)) - np.repeat(starts, lengths)  # (N,) position in episode
         flat = self._gather(self._split_first[ids][rows] + pos, 1, self.chunk)  # per-step batch, N rows
-        firsts = torch.as_tensor(np.cumsum(lengths) - lengths)  # (B,) row of each episode's first step
+        firsts = torch.as_tensor(starts)
         r, p = torch.as_tensor(rows), torch.as_tensor(pos)
         out: dict[str, Any] = {}
         for key, v in flat.items():

@@ -408,9 +408,7 @@ def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc
     def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion (and memory) on (ablated) token features
         f = policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
                           extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
-        if getattr(policy, "memory", None) is not None:  # episodes' steps in order (b["seq"]) through the memory
-            f = policy._remember(f, b.get("seq"))[0]
-        return f
+        return policy._apply_memory(f, b.get("seq"))  # episodes' steps, in order, through the memory if any
 
     def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive over batches: correct count or summed L1
         _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)

@@ -404,12 +404,14 @@ class VLAPolicy(nn.Module):
             enc["lang"], enc["lang_mask"] = lf, lm & b["instruction_present"].unsqueeze(1)
         return enc
 
-    def _fuse(self, enc: dict[str, Any], memory_state: torch.Tensor | None = None) -> torch.Tensor:
-        """Fused features per step (B, D); with a memory, after the GRU (see :meth:`_remember`)."""
-        fused = self.fusion(*self._fusion_inputs(enc))  # (B, D)
-        if self.memory is None:
-            return fused
-        return self._remember(fused, enc.get("seq"), memory_state)[0]
+    def _fuse(self, enc: dict[str, Any]) -> torch.Tensor:
+        """Fused features per step (B, D); with a memory, after the GRU (see :meth:`_apply_memory`)."""
+        return self._apply_memory(self.fusion(*self._fusion_inputs(enc)), enc.get("seq"))
+
+    def _apply_memory(self, fused: torch.Tensor, seq: tuple[torch.Tensor, torch.Tensor, int, int] | None) -> torch.Tensor:
+        """Fusion output (N, D) -> the features the heads read: unchanged without a memory, else after the GRU
+        over the episodes' steps (``seq``) or, without ``seq``, each row as an episode's first step."""
+        return fused if self.memory is None else self._remember(fused, seq)[0]
 
     @staticmethod
     def _fusion_inputs(enc: dict[str, Any]) -> tuple[Any, ...]:
