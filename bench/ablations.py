@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlafoundry.data.format import write_json_atomic
+
 FUSIONS = ("film", "cross_attention", "early", "late")
 ATOMS = ("baseline", *FUSIONS, "no_pretrain", "moe", "modality_dropout")
 DEFAULT_VARIANTS = "film,cross_attention,early,late,no_pretrain,moe,modality_dropout"
@@ -190,12 +192,6 @@ def _phase_done(run: Path, steps: int) -> bool:
     return (int(s.get("step", 0)) >= steps or bool(s.get("stopped_early"))) and (run / "checkpoints").is_dir()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], timing_path: Path,
          init_from: Path | None = None) -> None:
     from vlafoundry.train.trainer import Trainer
@@ -209,7 +205,7 @@ def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], 
     timing[f"{phase}_loop_s"] = timing.get(f"{phase}_loop_s", 0.0) + float(summary["wall_s"])
     timing[f"{phase}_loop_steps"] = timing.get(f"{phase}_loop_steps", 0) + int(summary["step"]) - start
     timing[f"{phase}_steps"] = int(summary["step"])
-    _write_json(timing_path, timing)
+    write_json_atomic(timing_path, timing)
 
 
 def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +231,7 @@ def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
             raise RunFolderMismatch(f"{run} holds a run with different settings ({', '.join(diff[:8])}); use another "
                                "--out or delete that folder")  # fmt: skip
     else:
-        _write_json(ident_path, ident)
+        write_json_atomic(ident_path, ident, default=str)
     result_path = run / "result.json"
     if result_path.exists():
         row = json.loads(result_path.read_text())
@@ -272,7 +268,7 @@ def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
                           workers=ctx["workers"], seed_start=EVAL_SEED_START, training_seeds=ctx["training_seeds"],
                           env_kwargs=ctx["env_kwargs"])  # fmt: skip
     eval_s = time.perf_counter() - t0
-    _write_json(run / "eval.json", rows)
+    write_json_atomic(run / "eval.json", rows, default=str)
 
     full = rows[0]
     row: dict[str, Any] = {
@@ -300,7 +296,7 @@ def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
         "eval_wall_s": round(eval_s, 1), "threads": ctx["threads"], "overrides": " ".join(ctx["base"] + v.overrides),
         "run_dir": str(run),
     })  # fmt: skip
-    _write_json(result_path, row)
+    write_json_atomic(result_path, row, default=str)
     return row
 
 

@@ -312,3 +312,18 @@ def test_episode_dataset_serves_whole_episodes_matching_the_step_dataset(babyai_
         eps.__getitems__([6])
     with pytest.raises(ValueError, match="history == 1"):
         make_dataset(babyai_root, sequence=True, history=2)
+
+
+def test_write_json_atomic_keeps_the_old_file_when_encoding_fails(tmp_path: Path) -> None:
+    from vlafoundry.data.format import read_json, write_json_atomic
+
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert path.read_text().index('"a"') < path.read_text().index('"b"')  # sorted keys: deterministic files
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json_atomic(path, {"p": tmp_path})  # a Path without a default hook
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    assert read_json(path) == {"a": [1, 2], "b": 1}  # the old content survives the failed write
+    write_json_atomic(path, {"p": tmp_path}, default=str)
+    assert read_json(path) == {"p": str(tmp_path)}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind

@@ -88,14 +88,14 @@ def test_crash_mid_checkpoint_write_keeps_previous_and_resumes(rel_dataset, tiny
                                                                monkeypatch):
     """The third checkpoint (step 15) dies after its tensors are written but before its JSON files."""
     run = tmp_path / "run"
-    real_write_json = ckpt._write_json
+    real_write_json = ckpt.write_json_atomic
 
     def die_in_step_15(path, obj):
         if ".tmp-" in path.parent.name and path.parent.name.startswith("step_0000015"):
             raise KeyboardInterrupt("simulated kill inside a checkpoint write")
         return real_write_json(path, obj)
 
-    monkeypatch.setattr(ckpt, "_write_json", die_in_step_15)
+    monkeypatch.setattr(ckpt, "write_json_atomic", die_in_step_15)
     with pytest.raises(KeyboardInterrupt):
         Trainer(tiny_cfg(), run, dataset_root=rel_dataset).fit()
     monkeypatch.undo()

@@ -92,7 +92,7 @@ def test_write_failure_keeps_previous(tmp_path, monkeypatch):
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_json", disk_full)
+    monkeypatch.setattr(ckpt, "write_json_atomic", disk_full)
     with pytest.raises(ckpt.CheckpointError, match="No space left"):
         ckpt.save_checkpoint(ck / "step_0000002", model_state=m.state_dict(), config={"v": 2})
     monkeypatch.undo()

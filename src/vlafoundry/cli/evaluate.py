@@ -11,7 +11,6 @@ Writes ``eval.json``, ``report.md``, ``report.html`` and ``report_assets/`` into
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -77,6 +76,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from vlafoundry.data.format import write_json_atomic
     from vlafoundry.eval.paraphrase import load_paraphrases
     from vlafoundry.eval.report import GifSpec, ReportInputs, write_report
     from vlafoundry.eval.robustness import run_robustness
@@ -189,7 +189,7 @@ def run_eval(args: argparse.Namespace) -> int:
         payload["alignment"] = alignment
     if offline is not None:
         payload["offline"] = offline
-    (out / "eval.json").write_text(json.dumps(payload, indent=1, default=_json_default), encoding="utf-8")
+    write_json_atomic(out / "eval.json", payload, default=_json_default)
     paths = write_report(
         out,
         ReportInputs(

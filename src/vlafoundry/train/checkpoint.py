@@ -28,6 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vlafoundry.data.format import write_json_atomic
+
 MARKER = "COMPLETE"
 
 
@@ -46,13 +48,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -159,10 +154,10 @@ def save_checkpoint(
             rng_tensors, rng_meta = capture_rng()
             _save_tensors(tmp / "rng.safetensors", rng_tensors)
             state["rng"] = rng_meta
-        _write_json(tmp / "state.json", state)
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "extra.json", extra or {})
-        _write_json(tmp / MARKER, {"files": sorted(p.name for p in tmp.iterdir())})
+        write_json_atomic(tmp / "state.json", state)
+        write_json_atomic(tmp / "config.json", config)
+        write_json_atomic(tmp / "extra.json", extra or {})
+        write_json_atomic(tmp / MARKER, {"files": sorted(p.name for p in tmp.iterdir())})
         _fsync_dir(tmp)
         if directory.exists():
             old = directory.with_name(directory.name + f".old-{os.getpid()}")

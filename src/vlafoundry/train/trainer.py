@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from vlafoundry.config import dump_yaml, from_dict, to_dict
+from vlafoundry.data.format import write_json_atomic
 from vlafoundry.models.policy import VLAPolicy, build_policy_from_checkpoint, count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
@@ -374,7 +375,7 @@ class Trainer:
                    "train_samples": getattr(self.train_ds, "num_steps", len(self.train_ds)),
                    "train_episodes": self.train_ds.num_episodes, "world_size": self.dist.world_size}
         if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_json_atomic(self.run_dir / "summary.json", summary)
         if self._writer:
             self._writer.close()
         return summary
