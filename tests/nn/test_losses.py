@@ -11,7 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlafoundry.nn.losses import ContrastiveLoss, MultimodalContrastiveLearning, MultimodalPretrainingTask
+from vlafoundry.nn.losses import (
+    ContrastiveLoss,
+    MultimodalContrastiveLearning,
+    MultimodalPretrainingTask,
+    mean_count_over_ranks,
+)
 
 # float64 throughout the equivalence tests: brute force and vectorised agree to rounding (atol 1e-10).
 ATOL64 = 1e-10
@@ -363,3 +368,82 @@ def test_mask_patches_and_mrm_loss_only_masked():
         task.mrm_loss(pred, torch.randn(2, 4, 8), mask)
     with pytest.raises(ValueError, match="patch_mask"):
         task.mrm_loss(pred, tgt, mask.float())
+
+
+# ---------------------------------------------------------------- per-term losses and DDP normalisation
+
+
+def test_reduction_none_gives_per_term_losses_whose_mean_is_the_loss():
+    torch.manual_seed(0)
+    task = MultimodalPretrainingTask(d_model=8, vocab_size=37, patch_dim=5)
+    feats = torch.randn(3, 6, 8)
+    labels = torch.full((3, 6), -100)
+    labels[0, 1], labels[1, 4], labels[2, 0] = 5, 36, 0
+    per = task.mlm_loss(feats, labels, reduction="none")
+    assert per.shape == (3,)
+    torch.testing.assert_close(per.mean(), task.mlm_loss(feats, labels), rtol=0, atol=1e-6)
+    empty = task.mlm_loss(feats.requires_grad_(True), torch.full((3, 6), -100), reduction="none")
+    assert empty.shape == (0,) and empty.sum().requires_grad
+    pred, tgt = torch.randn(2, 4, 8), torch.randn(2, 4, 5)
+    mask = torch.tensor([[True, False, False, True], [False, False, True, False]])
+    per = task.mrm_loss(pred, tgt, mask, reduction="none")
+    assert per.shape == (3,)
+    torch.testing.assert_close(per.mean(), task.mrm_loss(pred, tgt, mask), rtol=0, atol=1e-6)
+    v, l, sim = torch.randn(6, 8), torch.randn(6, 8), torch.randn(6, 6)
+    per, acc = task.itm_loss(v, l, sim, generator=torch.Generator().manual_seed(3), reduction="none")
+    mean, acc2 = task.itm_loss(v, l, sim, generator=torch.Generator().manual_seed(3))
+    assert per.shape == (18,) and acc == acc2  # 6 positives + 6 + 6 mined negatives
+    torch.testing.assert_close(per.mean(), mean, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        task.mlm_loss(feats, labels, reduction="sum")
+    assert mean_count_over_ranks(torch.tensor(0)).item() == 1.0  # no process group: the count, at least 1
+    assert mean_count_over_ranks(torch.tensor(7)).item() == 7.0
+
+
+def _mlm_rank_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, 4, 8) features per rank and labels with 1 masked token on rank 0, 5 on rank 1."""
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 2, 4, 8, generator=g, dtype=torch.float64)
+    labels = torch.full((2, 2, 4), -100)
+    labels[0, 0, 2] = 3
+    labels[1, 0, :3] = torch.tensor([1, 4, 6])
+    labels[1, 1, 1:3] = torch.tensor([0, 2])
+    return feats, labels
+
+
+def _mlm_ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank,
+                            world_size=world)  # fmt: skip
+    try:
+        torch.manual_seed(0)
+        task = MultimodalPretrainingTask(d_model=8, vocab_size=7).double()
+        feats, labels = _mlm_rank_data()
+        per = task.mlm_loss(feats[rank], labels[rank], reduction="none")
+        loss = per.sum() / mean_count_over_ranks(torch.tensor(per.numel()))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": task.mlm_head.weight.grad}, os.path.join(out_dir, f"r{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_summed_loss_over_mean_count_equals_the_global_mean_under_ddp():
+    """2 gloo ranks holding 1 and 5 masked tokens: each rank's summed MLM loss over the mean count over ranks (3)
+    makes DDP's averaged gradient (and the mean of the rank losses) equal to one process's mean over all 6 tokens;
+    a per-rank mean would weight rank 0's single token 5x (float64, atol 1e-10)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_mlm_ddp_worker, args=(2, tmp), nprocs=2, join=True)
+        res = [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(2)]
+    torch.manual_seed(0)
+    task = MultimodalPretrainingTask(d_model=8, vocab_size=7).double()
+    feats, labels = _mlm_rank_data()
+    ref = task.mlm_loss(feats.flatten(0, 1), labels.flatten(0, 1))  # one process, the global batch
+    ref.backward()
+    assert torch.allclose((res[0]["loss"] + res[1]["loss"]) / 2, ref.detach(), atol=ATOL64)
+    assert torch.allclose((res[0]["grad"] + res[1]["grad"]) / 2, task.mlm_head.weight.grad, atol=ATOL64)
+    per_rank_means = [task.mlm_loss(feats[r], labels[r]) for r in range(2)]
+    assert not torch.allclose(sum(per_rank_means) / 2, ref, atol=1e-3)  # what the old per-rank mean gave

@@ -40,7 +40,7 @@ from vlafoundry.nn.blocks import TransformerEncoderBlock
 from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.fusion import EarlyFusion, FiLMFusion, LateFusion, VisionLanguageFusion, masked_mean_pool
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer
-from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
+from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask, mean_count_over_ranks
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import SymbolicGridEncoder, VisionEncoder, get_1d_sincos_pos_embed
 
@@ -455,18 +455,18 @@ class VLAPolicy(nn.Module):
             return out.view(b, k, a)  # (B, K, A)
         return self.action_head(fused).view(b, k, a, self.cfg.num_bins)  # (B, K, A, bins) logits
 
-    def _loss_denominator(self, w: torch.Tensor) -> torch.Tensor:
-        """Action entries to average the BC loss over. In DDP training: the mean count over ranks, so that DDP's
-        gradient average equals one process's mean over the global batch even when ranks hold different numbers
-        of entries (whole episodes of different lengths)."""
-        n = w.sum()
-        if self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                total = n.detach().clone()
-                torch.distributed.all_reduce(total)
-                n = total / world
-        return n.clamp_min(1)
+    def _loss_denominator(self, count: torch.Tensor) -> torch.Tensor:
+        """How many loss terms (action entries, masked tokens / patches, ITM pairs) to average a summed loss over.
+        In DDP training: the mean count over ranks, so that DDP's gradient average equals one process's mean over
+        the global batch even when ranks hold different numbers of terms (whole episodes of different lengths,
+        random masks). Otherwise this rank's count."""
+        if self.training:
+            return mean_count_over_ranks(count)
+        return count.detach().float().clamp_min(1)
+
+    def _global_mean(self, losses: torch.Tensor) -> torch.Tensor:
+        """(M,) per-term losses -> scalar: their sum over :meth:`_loss_denominator` (zero, with graph, when M = 0)."""
+        return losses.sum() / self._loss_denominator(torch.tensor(losses.numel(), device=losses.device))
 
     def bc_loss(self, fused: torch.Tensor, b: dict[str, Any], loss_cfg: Any) -> tuple[torch.Tensor, dict]:
         out = self._action_outputs(fused)
@@ -476,7 +476,7 @@ class VLAPolicy(nn.Module):
         if amask.dim() == 1:
             amask = amask.unsqueeze(1)
         w = amask.float()
-        denom = self._loss_denominator(w)
+        denom = self._loss_denominator(w.sum())
         metrics: dict[str, float] = {}
         if self.head_kind == "discrete":
             ce = F.cross_entropy(out.flatten(0, 1), act.long().flatten(), reduction="none",
@@ -539,16 +539,18 @@ class VLAPolicy(nn.Module):
             if lc.itm > 0:
                 with torch.no_grad():
                     sim = self.contrastive.similarity(ov, lv)
-                itm, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids)
+                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none")
+                itm = self._global_mean(itm_terms)
                 total = total + lc.itm * itm
                 metrics.update(itm=_f(itm), itm_acc=_f(itm_acc))
         if want_mlm:
-            mlm = self.pretrain_heads.mlm_loss(enc["lang"], mlm_labels)
+            mlm = self._global_mean(self.pretrain_heads.mlm_loss(enc["lang"], mlm_labels, reduction="none"))
             total = total + lc.mlm * mlm
             metrics["mlm"] = _f(mlm)
         if want_mrm:
             ex = enc["extras"]
-            mrm = self.pretrain_heads.mrm_loss(ex["mrm_pred"], ex["mrm_target"], ex["mrm_mask"])
+            mrm = self._global_mean(self.pretrain_heads.mrm_loss(ex["mrm_pred"], ex["mrm_target"], ex["mrm_mask"],
+                                                                 reduction="none"))
             total = total + lc.mrm * mrm
             metrics["mrm"] = _f(mrm)
         aux = self.moe_aux_loss()

@@ -21,7 +21,7 @@ from torch import nn
 
 from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor
 
-__all__ = ["ContrastiveLoss", "MultimodalContrastiveLearning", "MultimodalPretrainingTask"]
+__all__ = ["ContrastiveLoss", "MultimodalContrastiveLearning", "MultimodalPretrainingTask", "mean_count_over_ranks"]
 
 IGNORE_INDEX = -100
 
@@ -31,6 +31,28 @@ def _distributed_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def mean_count_over_ranks(count: torch.Tensor) -> torch.Tensor:
+    """The number of loss terms to divide a rank's *summed* loss by so that DDP's gradient average equals one
+    process's mean over the global batch: the mean of ``count`` over ranks (ranks may hold different numbers of
+    masked tokens, patches, pairs or steps). Outside a world > 1 process group: ``count``. Clamped to >= 1; no
+    gradient. Every rank must call it at the same point (it is a collective)."""
+    n = count.detach().to(torch.float32 if not count.is_floating_point() else count.dtype).clone()
+    _, world = _distributed_world()
+    if world > 1:
+        dist.all_reduce(n)
+        n = n / world
+    return n.clamp_min(1)
+
+
+def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``'mean'`` (an empty set gives a zero that keeps the graph) or ``'none'`` (the per-term losses)."""
+    if reduction == "none":
+        return losses
+    if reduction != "mean":
+        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
+    return losses.mean() if losses.numel() else losses.sum() * 0.0
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -293,10 +315,12 @@ class MultimodalPretrainingTask(nn.Module):
         masked = torch.where(to_random, random_ids.to(ids.dtype), masked)
         return masked, labels
 
-    def mlm_loss(self, lang_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def mlm_loss(self, lang_features: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy of ``mlm_head`` over masked positions only (labels != -100): (B, L, D), (B, L) -> scalar.
 
         The head runs on the selected rows only. With no masked position the loss is a zero that keeps the graph.
+        ``reduction='none'``: the (M,) per-token losses of the M masked positions (to normalise them yourself, e.g.
+        by :func:`mean_count_over_ranks` under DDP).
         """
         check_tensor("lang_features", lang_features, ndim=3, last_dim=self.d_model)
         check_tensor("labels", labels, ndim=2, floating=False)
@@ -305,9 +329,7 @@ class MultimodalPretrainingTask(nn.Module):
         sel = labels != IGNORE_INDEX  # (B, L)
         feats = lang_features[sel]  # (M, D)
         logits = self.mlm_head(feats)  # (M, V)
-        if feats.shape[0] == 0:
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels[sel])
+        return _reduce(F.cross_entropy(logits, labels[sel], reduction="none"), reduction)  # (M,) or scalar
 
     # ------------------------------------------------------------------ ITM
     @staticmethod
@@ -348,12 +370,14 @@ class MultimodalPretrainingTask(nn.Module):
         similarity: torch.Tensor,
         pair_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-text matching on B positives plus hard negatives in both directions -> (loss, accuracy).
 
         Pairs: (v_i, l_i) labelled 1; (v_i, l_{n(i)}) with n mined from ``similarity`` rows (image -> text) and
         (v_{m(j)}, l_j) with m mined from ``similarity`` columns (text -> image), labelled 0. ``similarity`` is
         (B_vision, B_lang), e.g. :meth:`ContrastiveLoss.similarity`. Rows without any negative are skipped.
+        ``reduction='none'``: the (P,) per-pair losses (B positives, then the negatives).
         """
         check_tensor("v_pooled", v_pooled, ndim=2, last_dim=self.d_model)
         check_tensor("l_pooled", l_pooled, ndim=2, last_dim=self.d_model)
@@ -374,7 +398,7 @@ class MultimodalPretrainingTask(nn.Module):
              torch.zeros(int(ok_t.sum()) + int(ok_i.sum()), dtype=torch.long, device=rows.device)]
         )
         logits = self.itm_logits(v_pooled[v_idx], l_pooled[l_idx])  # (P, 2)
-        loss = F.cross_entropy(logits, target)
+        loss = _reduce(F.cross_entropy(logits, target, reduction="none"), reduction)  # (P,) or scalar
         accuracy = (logits.argmax(dim=-1) == target).float().mean().detach()
         return loss, accuracy
 
@@ -400,10 +424,13 @@ class MultimodalPretrainingTask(nn.Module):
         predicted_patch_features: torch.Tensor,
         target_patch_features: torch.Tensor,
         patch_mask: torch.Tensor,
+        reduction: str = "mean",
     ) -> torch.Tensor:
         """MSE between ``mrm_head(predicted)`` and the targets over masked patches only.
 
         (B, N, D), (B, N, patch_dim), patch_mask (B, N) bool with True = masked patch -> scalar.
+        ``reduction='none'``: the (M,) per-patch squared errors (mean over patch_dim) of the M masked patches; their
+        mean is the scalar loss.
         """
         check_tensor("predicted_patch_features", predicted_patch_features, ndim=3, last_dim=self.d_model)
         check_tensor("target_patch_features", target_patch_features, ndim=3, last_dim=self.patch_dim)
@@ -414,9 +441,8 @@ class MultimodalPretrainingTask(nn.Module):
             )
         check_mask("patch_mask", patch_mask, (b, n))
         pred = self.mrm_head(predicted_patch_features[patch_mask])  # (M, patch_dim)
-        if pred.shape[0] == 0:
-            return pred.sum() * 0.0
-        return F.mse_loss(pred, target_patch_features[patch_mask].to(pred.dtype))
+        err = (pred - target_patch_features[patch_mask].to(pred.dtype)).pow(2).mean(dim=-1)  # (M,)
+        return _reduce(err, reduction)
 
     # ------------------------------------------------------------------ heads
     def forward(
