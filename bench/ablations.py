@@ -3,7 +3,7 @@
     python bench/ablations.py --preset babyai-gotolocal --data DIR --seeds 0,1 [--episodes 500]
         [--variants film,cross_attention,early,late,no_pretrain,moe,modality_dropout] [--steps N]
         [--pretrain-steps N] [--out bench/results/ablations/gotolocal] [--threads 1] [--workers 0]
-        [--override KEY=VALUE ...] [--section.key VALUE ...] [--dry-run]
+        [--override KEY=VALUE ...] [--section.key VALUE ...] [--dry-run | --table-only]
 
 The *baseline* is the preset as shipped, with its alignment pretraining. Every variant changes one thing from it:
 
@@ -27,8 +27,10 @@ For every (variant, seed): alignment pretraining (unless off) and behaviour clon
 with seeds from 10^9 (disjoint from the demonstrations) with full input and with each modality the model has removed
 at test time (``vlafoundry.eval.robustness.run_robustness``). Everything is resumable: finished phases and runs are
 skipped, interrupted phases resume from their last checkpoint, and several processes may work on different seeds
-or variants of one ``--out`` at once (rerun with every seed afterwards to write the combined table; finished runs
-are only read).
+or variants of one ``--out`` at once. Two processes must not work on the same (variant, seed) at the same time, and
+the baseline is part of every invocation: give each process its own seeds, or let one process finish the baseline's
+seed before the others start on it. ``--table-only`` trains nothing and writes the combined table from the runs
+finished so far, listing the others as not finished.
 
 Writes ``<out>/ablations.csv`` (one row per (variant, seed)), ``<out>/ablations.md`` (one row per variant: success
 averaged over seeds, each seed's 95% Wilson interval, the interval of the pooled episodes, the spread over seeds,
@@ -85,6 +87,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    "(repeatable; --section.key VALUE works too)")  # fmt: skip
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     p.add_argument("--dry-run", action="store_true", help="check and list the variants, train nothing")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write the tables from the (variant, seed) runs already finished; the others "
+                   "are listed as not finished")  # fmt: skip
     return p.parse_known_args(argv)
 
 
@@ -208,16 +213,13 @@ def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], 
     write_json_atomic(timing_path, timing)
 
 
-def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Pretrain (unless off), train and evaluate one (variant, seed); cached in the run's result.json."""
-    from vlafoundry.eval.robustness import run_robustness
-    from vlafoundry.eval.rollout import ObservationCorruption
-    from vlafoundry.models import load_policy
+def _run_identity(v: Variant, seed: int, ctx: dict[str, Any]) -> tuple[Any, Path, dict[str, Any]]:
+    """(config, run folder, identity record) of one (variant, seed); raises RunFolderMismatch when the folder holds
+    a run made with other settings."""
     from vlafoundry.train.config import load_config, to_dict
 
     cfg = load_config(ctx["preset"], ctx["base"] + v.overrides + ["--train.seed", str(seed)])
     run = ctx["out"] / "runs" / f"{v.name}-s{seed}"
-    run.mkdir(parents=True, exist_ok=True)
     conf = json.loads(json.dumps(to_dict(cfg), default=str))
     for k in IGNORED_KEYS:  # settings that do not change what is trained
         conf.get("train", {}).pop(k, None)
@@ -230,14 +232,36 @@ def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
             diff += _dict_diff(old.get("config", {}), ident["config"])
             raise RunFolderMismatch(f"{run} holds a run with different settings ({', '.join(diff[:8])}); use another "
                                "--out or delete that folder")  # fmt: skip
-    else:
+    return cfg, run, ident
+
+
+def finished_result(run: Path, episodes: int) -> dict[str, Any] | None:
+    """The result of a finished run evaluated on ``episodes`` episodes per task, else None."""
+    f = run / "result.json"
+    if not f.exists():
+        return None
+    row = json.loads(f.read_text())
+    return row if row.get("episodes_per_task") == episodes else None
+
+
+def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Pretrain (unless off), train and evaluate one (variant, seed); cached in the run's result.json."""
+    from vlafoundry.eval.robustness import run_robustness
+    from vlafoundry.eval.rollout import ObservationCorruption
+    from vlafoundry.models import load_policy
+
+    cfg, run, ident = _run_identity(v, seed, ctx)
+    run.mkdir(parents=True, exist_ok=True)
+    ident_path = run / "variant.json"
+    if not ident_path.exists():
         write_json_atomic(ident_path, ident, default=str)
     result_path = run / "result.json"
+    row = finished_result(run, ctx["episodes"])
+    if row is not None:
+        print(f"[{v.name} seed {seed}] finished earlier: {result_path}", flush=True)
+        return row
     if result_path.exists():
         row = json.loads(result_path.read_text())
-        if row.get("episodes_per_task") == ctx["episodes"]:
-            print(f"[{v.name} seed {seed}] finished earlier: {result_path}", flush=True)
-            return row
         print(f"[{v.name} seed {seed}] evaluated earlier on {row.get('episodes_per_task')} episodes per task; "
               f"evaluating again on {ctx['episodes']}", flush=True)  # fmt: skip
 
@@ -545,6 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             t0 = time.perf_counter()
             try:
+                if args.table_only:
+                    row = finished_result(_run_identity(v, seed, ctx)[1], args.episodes)
+                    if row is None:
+                        print(f"[{v.name} seed {seed}] not finished: left out of the table", flush=True)
+                        continue
+                    results[(v.name, seed)] = row
+                    continue
                 results[(v.name, seed)] = run_one(v, seed, ctx)
             except RunFolderMismatch as exc:
                 print(f"error: {exc}", file=sys.stderr)

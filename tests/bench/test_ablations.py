@@ -84,6 +84,16 @@ def test_ablations_end_to_end(ablations, capsys, dataset: Path, tmp_path: Path) 
     assert rc == 0 and "finished earlier" in text and "behaviour cloning, 3 steps" not in text
     assert again["summary"] == summary["summary"]
 
+    # --table-only: the finished runs go into the table, an unfinished (variant, seed) is listed, nothing trains
+    rc, table, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain", "--seeds", "0,1",
+                           "--table-only")  # fmt: skip
+    assert rc == 0 and "[no_pretrain seed 1] not finished: left out of the table" in text
+    assert "behaviour cloning, 3 steps" not in text and not (out / "runs" / "no_pretrain-s1").exists()
+    assert [s["per_seed"] for s in table["summary"]] == [s["per_seed"] for s in summary["summary"]]
+    with open(out / "ablations.csv") as f:
+        status = {(r["variant"], r["seed"]): r["status"] for r in csv.DictReader(f)}
+    assert status[("no_pretrain", "0")] == "ok" and status[("no_pretrain", "1")] == "not finished"
+
 
 def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
     """A model without an image input (as on Meta-World) gets '-' in the 'no image' columns."""
