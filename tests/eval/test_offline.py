@@ -274,6 +274,18 @@ def test_cli_offline(data, tmp_path, capsys):
     md = (tmp_path / "e1" / "report.md").read_text()
     assert "Offline metrics (held-out split" in md and "Modality balance" in md and "ITM accuracy" in md
     assert (tmp_path / "e1" / "report_assets" / "modality_balance.png").is_file()
+    assert payload["action_selection"] == {"mode": "sample", "sample_temperature": 1.0}  # the preset's
+
+    # inference overrides are recorded with the results; a bad temperature is refused before any rollout
+    assert run_eval("--no-offline", "--action-selection", "sample", "--sample-temperature", "0.5",
+                    "--out", str(tmp_path / "e2")) == 0  # fmt: skip
+    sel = json.loads((tmp_path / "e2" / "eval.json").read_text())["action_selection"]
+    assert sel == {"mode": "sample", "sample_temperature": 0.5}
+    capsys.readouterr()
+    for bad in ("0", "-1", "nan"):
+        assert run_eval("--sample-temperature", bad, "--out", str(tmp_path / "e4")) == 2
+        assert "--sample-temperature: expected a number > 0, got" in capsys.readouterr().err
+    assert not (tmp_path / "e4").exists()
 
     notes: list[str] = []
     assert _offline_dataset(cfg, False, notes) is None and notes == []  # --no-offline: skipped silently

@@ -11,6 +11,7 @@ Writes ``eval.json``, ``report.md``, ``report.html`` and ``report_assets/`` into
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
     p.add_argument("--action-selection", choices=["greedy", "sample"], default=None,
                    help="override how discrete actions are picked (default: the checkpoint's model.action_selection)")
+    p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
+                   help="override the softmax temperature of sampled actions (> 0; < 1 sharpens; default: the "
+                   "checkpoint's model.sample_temperature)")  # fmt: skip
     p.set_defaults(handler=run_eval)
 
 
@@ -105,9 +109,15 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.offline_samples < 1:
         print(f"error: --offline-samples: expected >= 1, got {args.offline_samples}", file=sys.stderr)
         return 2
+    temperature = getattr(args, "sample_temperature", None)
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        print(f"error: --sample-temperature: expected a number > 0, got {temperature}", file=sys.stderr)
+        return 2
     policy, cfg = load_policy(ckpt, device=args.device)
     if getattr(args, "action_selection", None):
         policy.cfg.action_selection = args.action_selection
+    if temperature is not None:
+        policy.cfg.sample_temperature = float(temperature)
     notes: list[str] = []
     try:
         offline_ds = _offline_dataset(cfg, args.offline, notes)
@@ -181,6 +191,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     payload = result.to_dict()
     payload["checkpoint"] = str(ckpt)
+    pcfg = getattr(policy, "cfg", None)
+    if getattr(pcfg, "action_selection", None) is not None:  # how discrete actions were picked in these rollouts
+        payload["action_selection"] = {"mode": pcfg.action_selection, "sample_temperature": pcfg.sample_temperature}
     if para is not None:
         payload["paraphrase"] = para.to_dict()
     if robustness is not None:
