@@ -370,8 +370,7 @@ def generate_dataset(
         raise ValueError(f"workers: expected > 0, got {workers}")
     if image not in ("symbolic", "rgb"):
         raise ValueError(f"image: expected 'symbolic' or 'rgb', got {image!r}")
-    if not (action_noise >= 0 and math.isfinite(action_noise)):
-        raise ValueError(f"action_noise: expected a finite number >= 0, got {action_noise}")
+    check_action_noise(action_noise)  # the env-independent part, before any env is built
     name = canonical_name(env)
     expand_env_names(name)  # validates the name early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,

@@ -47,12 +47,12 @@ def wall_clock_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def check_action_noise(action_noise: float, spec: Any) -> None:
+def check_action_noise(action_noise: float, spec: Any | None = None) -> None:
     """``action_noise``: a finite number >= 0 (continuous: the noise scale), and <= 1 for discrete actions (a
-    probability)."""
+    probability). Without the env's ``spec`` only the first part is checked (before building an env)."""
     if not (action_noise >= 0 and math.isfinite(action_noise)):
         raise ValueError(f"action_noise: expected a finite number >= 0, got {action_noise}")
-    if spec.action_type == "discrete" and action_noise > 1:
+    if spec is not None and spec.action_type == "discrete" and action_noise > 1:
         raise ValueError(
             f"action_noise: expected a probability in [0, 1] for {spec.name}'s discrete actions, got {action_noise}"
         )
