@@ -153,7 +153,7 @@ def test_memory_policy_trains_on_whole_episodes_resumes_exactly_and_acts(gotoloc
     from vlafoundry.envs import make_env
 
     ov = ("--model.memory", "gru", "--model.vision_layers", "0", "--train.batch_size", "8", "--train.lr", "3e-3",
-          "--train.steps", "12", "--loss.contrastive", "0.5")
+          "--train.steps", "12", "--loss.contrastive", "0.5", "--data.augment", "colour")
     Trainer(tiny_cfg(*ov), tmp_path / "full", dataset_root=gotolocal_root).fit()
     Trainer(tiny_cfg(*ov), tmp_path / "cut", dataset_root=gotolocal_root).fit(stop_after=5)
     tr = Trainer(tiny_cfg(*ov), tmp_path / "cut", dataset_root=gotolocal_root)
@@ -172,3 +172,40 @@ def test_memory_policy_trains_on_whole_episodes_resumes_exactly_and_acts(gotoloc
         act = policy.select_action({k: [v] if k == "instruction" else v[None] for k, v in obs.items() if k != "task"})
         obs, *_ = env.step(act[0])
     assert policy._memory_h is not None and policy._memory_h.abs().sum() > 0
+
+
+def test_colour_augmentation_is_applied_and_validated(gotolocal_root, tiny_cfg, tmp_path):
+    """data.augment colour: every training batch is relabelled (the run differs from one without it, with the same
+    data order), validation batches are not; non-BabyAI or RGB data is refused with the reason."""
+    from vlafoundry.config import ConfigError
+
+    ov = ("--train.steps", "3", "--loss.contrastive", "0.5")
+    plain = Trainer(tiny_cfg(*ov), tmp_path / "plain", dataset_root=gotolocal_root)
+    aug = Trainer(tiny_cfg(*ov, "--data.augment", "colour"), tmp_path / "aug", dataset_root=gotolocal_root)
+    seen: list[list[str]] = []
+    real = aug.policy.forward
+
+    def spy(batch, loss_cfg=None):
+        seen.append(list(batch["instruction"]))
+        return real(batch, loss_cfg)
+
+    aug.policy.forward = spy
+    plain.fit()
+    aug.fit()
+    raw = [aug.train_ds.__getitems__(idx)["instruction"] for idx in _replay_sampler(aug)]
+    assert any(s != r for s, r in zip(seen, raw)), "no batch was relabelled"
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "aug")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert aug._augment is not None and plain._augment is None
+    with pytest.raises(ConfigError, match="data.augment: expected 'none' unless data.env is a BabyAI level"):
+        tiny_cfg("--data.augment", "colour", "--data.image", "rgb")
+    with pytest.raises(ConfigError, match=r"data.augment: expected one of \['none', 'colour'\], got 'flip'"):
+        tiny_cfg("--data.augment", "flip")
+
+
+def _replay_sampler(tr):
+    """The batch indices a fresh sampler with the trainer's settings serves (the order the run used)."""
+    from vlafoundry.train.sampler import ResumableBatchSampler
+
+    s = ResumableBatchSampler(len(tr.train_ds), tr.opt_cfg.batch_size, seed=tr.cfg.train.seed)
+    return [s.next_batch() for _ in range(tr.opt_cfg.steps)]

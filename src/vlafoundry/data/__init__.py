@@ -4,10 +4,11 @@ from vlafoundry.data.collate import collate
 from vlafoundry.data.dataset import DemoDataset, EpisodeDataset, PairDataset, make_dataset, split_episodes
 from vlafoundry.data.format import META_FILE, SCHEMA_VERSION, dataset_id_for
 from vlafoundry.data.generate import GenerationResult, generate_dataset
-from vlafoundry.data.transforms import ModalityDropout
+from vlafoundry.data.transforms import ColourPermutation, ModalityDropout, stable_text_id
 from vlafoundry.data.verify import inspect_dataset, load_minari, verify_dataset
 
 __all__ = [
+    "ColourPermutation",
     "DemoDataset",
     "EpisodeDataset",
     "GenerationResult",
@@ -22,5 +23,6 @@ __all__ = [
     "load_minari",
     "make_dataset",
     "split_episodes",
+    "stable_text_id",
     "verify_dataset",
 ]

@@ -25,6 +25,18 @@ def babyai_levels() -> list[str]:
     return sorted(k[len("BabyAI-") : -len("-v0")] for k in gym.registry if k.startswith("BabyAI-") and k.endswith("-v0"))
 
 
+def colour_permutation() -> Any:
+    """The :class:`~vlafoundry.data.ColourPermutation` augmentation for BabyAI's symbolic grid: Minigrid's six
+    colours (channel 1, ids in ``COLOR_TO_IDX`` order) relabelled on doors, keys, balls and boxes, whose colours
+    are the only thing BabyAI's instructions say about colour; walls, floor, goal and lava keep theirs."""
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    from vlafoundry.data.transforms import ColourPermutation
+
+    names = [c for c, _ in sorted(COLOR_TO_IDX.items(), key=lambda kv: kv[1])]
+    return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")])
+
+
 def direction_one_hot(direction: int) -> np.ndarray:
     state = np.zeros(NUM_DIRECTIONS, dtype=np.float32)  # (4,)
     state[int(direction)] = 1.0

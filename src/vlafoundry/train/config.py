@@ -17,7 +17,9 @@ class DataConfig:
     """Where demonstrations come from. ``path`` None: generated (and cached) under ``cache_dir``.
 
     ``action_noise`` > 0 generates recovery demonstrations (DART: noisy executed actions, the expert's labels;
-    ``vlafoundry data generate --action-noise``)."""
+    ``vlafoundry data generate --action-noise``). ``augment``: ``colour`` relabels object colours at random in every
+    training batch, consistently in the grid and the instruction (BabyAI, symbolic images; see
+    :class:`~vlafoundry.data.ColourPermutation`); ``none``: the demonstrations as recorded."""
 
     env: str = "babyai/GoToLocal"
     path: str | None = None
@@ -29,6 +31,7 @@ class DataConfig:
     loader_workers: int = 0
     cache_dir: str = "~/.cache/vlafoundry/datasets"
     action_noise: float = 0.0
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         require("/" in self.env, "data.env", "a name like 'babyai/GoToLocal' or 'metaworld/mt10'", self.env)
@@ -40,6 +43,12 @@ class DataConfig:
         require(self.loader_workers >= 0, "data.loader_workers", "an integer >= 0", self.loader_workers)
         require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
                 "a finite number >= 0", self.action_noise)
+        require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
+        if self.augment == "colour":
+            require(self.env.startswith("babyai/") and self.image == "symbolic", "data.augment",
+                    "'none' unless data.env is a BabyAI level with data.image 'symbolic' (colour permutation "
+                    f"relabels the symbolic grid's colour channel; data.env={self.env!r}, data.image={self.image!r})",
+                    self.augment)
 
     def dataset_dir(self) -> Path:
         if self.path:

@@ -165,8 +165,19 @@ class Trainer:
                 part.compile(dynamic=True)
         self.autocast_dtype = self._autocast_dtype()
         self._writer = None
+        self._augment = None
+        if cfg.data.augment == "colour":
+            from vlafoundry.envs.babyai import colour_permutation
+
+            self._augment = colour_permutation()
 
     # ------------------------------------------------------------------ set-up helpers
+    def _augment_generator(self) -> torch.Generator:
+        """The augmentation's random stream for this step: a function of (train.seed, rank, step) only, so a
+        resumed run draws what the uninterrupted one drew."""
+        seed = np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, self.step]).generate_state(2, np.uint32)
+        return torch.Generator().manual_seed(int(seed[0]) << 32 | int(seed[1]))
+
     def _check_loss_config(self) -> None:
         lc, p = self.loss_cfg, self.policy
         if lc.mlm > 0 and p.cfg.language != "scratch":
@@ -329,7 +340,10 @@ class Trainer:
         last: dict[str, float] = {}
         while self.step < end:
             idx = self.sampler.next_batch()
-            batch = _batch_to_device(self.train_ds.__getitems__(idx), self.device)  # (B_local, ...)
+            batch = self.train_ds.__getitems__(idx)  # (B_local, ...)
+            if self._augment is not None:
+                batch = self._augment(batch, self._augment_generator())
+            batch = _batch_to_device(batch, self.device)
             lr = opt.lr * lr_factor(self.step, opt)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
