@@ -213,20 +213,32 @@ def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], 
     write_json_atomic(timing_path, timing)
 
 
+def _comparable(cfg: Any) -> dict[str, Any]:
+    """A config as JSON data, without the settings that do not change what is trained."""
+    from vlafoundry.train.config import to_dict
+
+    conf = json.loads(json.dumps(to_dict(cfg), default=str))
+    for k in IGNORED_KEYS:
+        conf.get("train", {}).pop(k, None)
+    return conf
+
+
 def _run_identity(v: Variant, seed: int, ctx: dict[str, Any]) -> tuple[Any, Path, dict[str, Any]]:
     """(config, run folder, identity record) of one (variant, seed); raises RunFolderMismatch when the folder holds
     a run made with other settings."""
-    from vlafoundry.train.config import load_config, to_dict
+    from vlafoundry.config import from_dict
+    from vlafoundry.train.config import ExperimentConfig, load_config
 
     cfg = load_config(ctx["preset"], ctx["base"] + v.overrides + ["--train.seed", str(seed)])
     run = ctx["out"] / "runs" / f"{v.name}-s{seed}"
-    conf = json.loads(json.dumps(to_dict(cfg), default=str))
-    for k in IGNORED_KEYS:  # settings that do not change what is trained
-        conf.get("train", {}).pop(k, None)
-    ident = {"variant": v.name, "seed": seed, "pretrain": v.pretrain, "config": conf}
+    ident = {"variant": v.name, "seed": seed, "pretrain": v.pretrain, "config": _comparable(cfg)}
     ident_path = run / "variant.json"
     if ident_path.exists():
         old = json.loads(ident_path.read_text())
+        try:  # through today's config class: a setting added since (with its default) is no difference
+            old["config"] = _comparable(from_dict(ExperimentConfig, old.get("config", {})))
+        except Exception:  # noqa: BLE001 - an unreadable record is a mismatch, reported below
+            pass
         if old != ident:
             diff = ["pretrain"] if old.get("pretrain") != ident["pretrain"] else []
             diff += _dict_diff(old.get("config", {}), ident["config"])

@@ -48,6 +48,15 @@ def _run(ablations, capsys, dataset: Path, out: Path, *extra: str) -> tuple[int,
     return rc, json.loads(text.strip().splitlines()[-1]), text
 
 
+def _run_err(ablations, capsys, dataset: Path, out: Path, *extra: str) -> tuple[int, str]:
+    """(exit code, stderr) of a run expected to stop early."""
+    argv = ["--preset", "babyai-gotolocal", "--data", str(dataset), "--seeds", "0", "--steps", "3",
+            "--pretrain-steps", "2", "--episodes", "4", "--out", str(out), *TINY, *extra]  # fmt: skip
+    capsys.readouterr()
+    rc = ablations.main(argv)
+    return rc, capsys.readouterr().err
+
+
 def test_ablations_end_to_end(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc, summary, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain,moe")
@@ -83,6 +92,20 @@ def test_ablations_end_to_end(ablations, capsys, dataset: Path, tmp_path: Path) 
     rc, again, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain,moe")
     assert rc == 0 and "finished earlier" in text and "behaviour cloning, 3 steps" not in text
     assert again["summary"] == summary["summary"]
+
+    # a run recorded before a config setting existed (the setting at its default) is the same run; another value is not
+    ident = out / "runs" / "baseline-s0" / "variant.json"
+    record = json.loads(ident.read_text())
+    del record["config"]["data"]["augment"]
+    ident.write_text(json.dumps(record))
+    rc, _, text = _run(ablations, capsys, dataset, out, "--variants", "film")
+    assert rc == 0 and "[baseline seed 0] finished earlier" in text
+    record["config"]["data"]["augment"] = "colour"
+    ident.write_text(json.dumps(record))
+    rc, err = _run_err(ablations, capsys, dataset, out, "--variants", "film")
+    assert rc == 2 and "holds a run with different settings (data.augment)" in err
+    del record["config"]["data"]["augment"]
+    ident.write_text(json.dumps(record))
 
     # --table-only: the finished runs go into the table, an unfinished (variant, seed) is listed, nothing trains
     rc, table, text = _run(ablations, capsys, dataset, out, "--variants", "film,no_pretrain", "--seeds", "0,1",
