@@ -1,13 +1,15 @@
 """Success against number of bot demonstrations on a BabyAI level, next to the published BabyAI record.
 
     python bench/babyai_sample_efficiency.py GoToLocal --demos 1000,2000,5000 [--seeds 0,1] [--episodes 1000]
-        [--out bench/results/sample_efficiency] [--section.key VALUE ...]
+        [--out bench/results/sample_efficiency] [--compare OTHER.csv=LABEL ...] [--section.key VALUE ...]
 
 For each demonstration count N (and each training seed) it generates (or reuses, from the dataset cache) N bot
 episodes with seeds 0..N-1, trains the level's preset (``babyai-<level>``; extra dotted overrides are passed on),
 evaluates closed-loop on ``--episodes`` episodes with seeds from 10^9 (disjoint from the demonstrations, the BabyAI
 protocol) and writes ``<out>/<level>.csv`` (one row per run) and ``<out>/<level>.png`` (success vs demonstrations,
 log scale, 95% Wilson intervals, the spread over training seeds, and the published points on the same axes).
+Sizes and seeds already in the CSV are not trained again; ``--compare`` draws other runs' CSVs on the same axes
+(e.g. the same preset without an augmentation), so a rerun with only finished sizes just redraws the figure.
 """
 
 from __future__ import annotations
@@ -43,7 +45,29 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--preset", default=None, help="preset (default babyai-<level lower-case>)")
     p.add_argument("--workers", type=int, default=2, help="generation/evaluation worker processes")
     p.add_argument("--out", default="bench/results/sample_efficiency")
+    p.add_argument("--compare", action="append", default=[], metavar="CSV=LABEL",
+                   help="also draw the curve of another run of this script (its CSV), e.g. "
+                   "bench/results/sample_efficiency_memory/GoToLocal.csv='memory, no augmentation' (repeatable)")
     return p.parse_known_args(argv)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV this script wrote, with numbers as numbers."""
+    with open(path) as f:
+        return [dict(r, demos=int(r["demos"]), train_seed=int(r["train_seed"]), success_rate=float(r["success_rate"]),
+                     ci_low=float(r["ci_low"]), ci_high=float(r["ci_high"])) for r in csv.DictReader(f)]
+
+
+def parse_compare(specs: list[str]) -> list[tuple[str, list[dict]]]:
+    """``CSV=LABEL`` (or ``CSV``: labelled by its file's folder) -> [(label, rows)]."""
+    out = []
+    for spec in specs:
+        path, _, label = spec.partition("=")
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"--compare: no such CSV: {p}")
+        out.append((label or p.parent.name, read_rows(p)))
+    return out
 
 
 def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, workers: int, out: Path,
@@ -75,7 +99,7 @@ def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, worke
             "eval_wall_s": round(result.elapsed_s, 1), "preset": preset, "overrides": " ".join(overrides)}
 
 
-def plot(level: str, rows: list[dict], path: Path) -> None:
+def plot(level: str, rows: list[dict], path: Path, compare: list[tuple[str, list[dict]]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +117,13 @@ def plot(level: str, rows: list[dict], path: Path) -> None:
     if len({r["train_seed"] for r in rows}) > 1:
         mean = [np.mean([r["success_rate"] for r in rows if r["demos"] == d]) for d in demos]
         ax.plot(demos, mean, "k--", lw=1, label="vlafoundry mean over seeds")
+    for j, (label, other) in enumerate(compare):  # other runs: mean over seeds, envelope of their intervals
+        ds = sorted({r["demos"] for r in other})
+        y = np.array([np.mean([r["success_rate"] for r in other if r["demos"] == d]) for d in ds])
+        lo = np.array([min(r["ci_low"] for r in other if r["demos"] == d) for d in ds])
+        hi = np.array([max(r["ci_high"] for r in other if r["demos"] == d) for d in ds])
+        ax.errorbar(np.array(ds) * (0.97 - 0.03 * j), y, yerr=[y - lo, hi - y], marker="^", ls=":", capsize=3,
+                    color=str(0.35 + 0.2 * j), label=f"vlafoundry: {label}")
     for label, pts in PUBLISHED.get(level, {}).items():
         xs, ys = zip(*pts)
         style = "-" if len(pts) > 1 else ""
@@ -117,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{level}.csv"
-    rows: list[dict] = []
-    if csv_path.exists():  # keep finished runs: the script can be rerun to add sizes or seeds
-        with open(csv_path) as f:
-            rows = [dict(r, demos=int(r["demos"]), train_seed=int(r["train_seed"]),
-                         success_rate=float(r["success_rate"]), ci_low=float(r["ci_low"]),
-                         ci_high=float(r["ci_high"])) for r in csv.DictReader(f)]
+    try:
+        compare = parse_compare(args.compare)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # keep finished runs: the script can be rerun to add sizes or seeds
+    rows: list[dict] = read_rows(csv_path) if csv_path.exists() else []
     done = {(r["demos"], r["train_seed"]) for r in rows}
     for demos in [int(x) for x in args.demos.split(",")]:
         for seed in [int(x) for x in args.seeds.split(",")]:
@@ -136,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 w = csv.DictWriter(f, fieldnames=list(rows[-1].keys()))
                 w.writeheader()
                 w.writerows(rows)
-            plot(level, rows, out / f"{level}.png")
+            plot(level, rows, out / f"{level}.png", compare)
+    if rows:
+        plot(level, rows, out / f"{level}.png", compare)  # also when every size was finished earlier
     print(f"wrote {csv_path} and {out / (level + '.png')}")
     return 0
 
