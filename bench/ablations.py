@@ -27,9 +27,9 @@ For every (variant, seed): alignment pretraining (unless off) and behaviour clon
 with seeds from 10^9 (disjoint from the demonstrations) with full input and with each modality the model has removed
 at test time (``vlafoundry.eval.robustness.run_robustness``). Everything is resumable: finished phases and runs are
 skipped, interrupted phases resume from their last checkpoint, and several processes may work on different seeds
-or variants of one ``--out`` at once. Two processes must not work on the same (variant, seed) at the same time, and
-the baseline is part of every invocation: give each process its own seeds, or let one process finish the baseline's
-seed before the others start on it. ``--table-only`` trains nothing and writes the combined table from the runs
+or variants of one ``--out`` at once: a process takes an exclusive lock on a run folder (``<run>/.lock``, POSIX
+``flock``) before working on it, so a second process asking for the same (variant, seed) -- the baseline is part of
+every invocation -- waits for the first and then finds it finished. ``--table-only`` trains nothing and writes the combined table from the runs
 finished so far, listing the others as not finished.
 
 Writes ``<out>/ablations.csv`` (one row per (variant, seed)), ``<out>/ablations.md`` (one row per variant: success
@@ -40,6 +40,7 @@ success with each modality removed, training wall time) and prints the table and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,14 +258,42 @@ def finished_result(run: Path, episodes: int) -> dict[str, Any] | None:
     return row if row.get("episodes_per_task") == episodes else None
 
 
+@contextlib.contextmanager
+def run_lock(run: Path, label: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the run folder ``run`` (``run/.lock``); wait, saying so, while another
+    process holds it. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(run / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{label} another process is working on {run}: waiting for it", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_one(v: Variant, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Pretrain (unless off), train and evaluate one (variant, seed); cached in the run's result.json."""
+    """Pretrain (unless off), train and evaluate one (variant, seed), holding the run folder's lock; cached in the
+    run's result.json."""
+    cfg, run, ident = _run_identity(v, seed, ctx)
+    with run_lock(run, f"[{v.name} seed {seed}]"):
+        return _run_one_locked(v, seed, ctx, cfg, run, ident)
+
+
+def _run_one_locked(v: Variant, seed: int, ctx: dict[str, Any], cfg: Any, run: Path,
+                    ident: dict[str, Any]) -> dict[str, Any]:
     from vlafoundry.eval.robustness import run_robustness
     from vlafoundry.eval.rollout import ObservationCorruption
     from vlafoundry.models import load_policy
 
-    cfg, run, ident = _run_identity(v, seed, ctx)
-    run.mkdir(parents=True, exist_ok=True)
     ident_path = run / "variant.json"
     if not ident_path.exists():
         write_json_atomic(ident_path, ident, default=str)

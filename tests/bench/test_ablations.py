@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,32 @@ def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: P
     assert summary["summary"][0]["no_image"] is None
     md_row = next(line for line in (out / "ablations.md").read_text().splitlines() if line.startswith("| baseline"))
     assert md_row.split(" | ")[7] == "-"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks are POSIX")
+def test_run_lock_serialises_processes_on_one_run(ablations, capsys, tmp_path: Path) -> None:
+    """A second worker on the same (variant, seed) waits for the first instead of training the run twice."""
+    import threading
+
+    run = tmp_path / "runs" / "baseline-s0"
+    events: list[str] = []
+    held = threading.Event()
+
+    def first() -> None:
+        with ablations.run_lock(run, "[first]"):
+            events.append("first in")
+            held.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert held.wait(5)
+    with ablations.run_lock(run, "[second]"):  # a separate open file description: blocks like another process
+        events.append("second in")
+    t.join()
+    assert events == ["first in", "first out", "second in"]
+    assert "[second] another process is working on" in capsys.readouterr().out
+    with ablations.run_lock(run, "[third]"):  # free again: no waiting message
+        pass
+    assert "waiting" not in capsys.readouterr().out
