@@ -6,7 +6,8 @@
 #   BUDGET_S=540 EPISODES=16000 bash bench/bosslevel_gpu.sh      # results under $OUT (default runs/bosslevel-gpu)
 #
 # Stages (each logged with its wall time to $OUT/log.txt):
-#   1. the CUDA tests of the suite (pytest -k cuda);
+#   1. the CUDA tests of the suite (pytest -k cuda; CUDA_TESTS=0 skips them), and SMOKE_DATA (64 episodes) generated
+#      unless it exists;
 #   2. EPISODES BossLevel bot demonstrations on (nproc - 2) worker processes, in the background;
 #   3. meanwhile a smoke run of the full-size preset on the GPU (SMOKE_DATA, a few episodes): pretrain and train,
 #      which also measures pretraining and training steps/s; bf16 autocast, fp32 if bf16 fails;
@@ -27,13 +28,15 @@ EVAL_S=${EVAL_S:-95}
 EVAL_EPISODES=${EVAL_EPISODES:-1000}
 EVAL_ENVS=${EVAL_ENVS:-250}
 EVAL_DEVICE=${EVAL_DEVICE:-cuda}
-SMOKE_DATA=${SMOKE_DATA:-.devdata/boss64}
 WORK=${WORK:-/tmp/bosslevel-gpu}
+SMOKE_DATA=${SMOKE_DATA:-$WORK/smoke-data}
 SMOKE_PRE_STEPS=${SMOKE_PRE_STEPS:-8}
 SMOKE_TRAIN_STEPS=${SMOKE_TRAIN_STEPS:-40}
 MIN_PRE_STEPS=${MIN_PRE_STEPS:-20}
 MIN_STEPS=${MIN_STEPS:-50}
-NPROC=$(nproc)
+OVERRIDES=${OVERRIDES:-}      # extra dotted overrides for every pretrain/train command (word-split)
+CUDA_TESTS=${CUDA_TESTS:-1}
+NPROC=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")   # not nproc: it honours OMP_NUM_THREADS
 GEN_WORKERS=${GEN_WORKERS:-$(( NPROC > 4 ? NPROC - 2 : 1 ))}
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/log.txt"
@@ -46,7 +49,12 @@ VF="${VF:-python3 -m vlafoundry}"
 say "host: $NPROC CPUs; $(nvidia-smi -L 2>/dev/null | head -1); $(python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())')"
 
 # 1. CUDA tests
-python3 -m pytest -q -p no:cacheprovider -k cuda tests/nn 2>&1 | tail -3 | tee -a "$LOG"
+if [ "$CUDA_TESTS" = 1 ]; then python3 -m pytest -q -p no:cacheprovider -k cuda tests/nn 2>&1 | tail -3 | tee -a "$LOG"; fi
+if [ ! -d "$SMOKE_DATA" ]; then
+    say "generating 64 smoke episodes -> $SMOKE_DATA"
+    $VF data generate babyai/BossLevel --episodes 64 --workers 2 --seed 5000000 --out "$SMOKE_DATA" --no-progress \
+        >> "$LOG" 2>&1 || { say "smoke data generation FAILED"; exit 1; }
+fi
 
 # 2. demonstrations in the background
 DATA="$WORK/bosslevel-$EPISODES"
@@ -60,10 +68,10 @@ PREC=""
 for p in auto fp32; do
     rm -rf "$WORK/smoke"
     if $VF pretrain --preset babyai-bosslevel --data "$SMOKE_DATA" --out "$WORK/smoke/pre" \
-            --pretrain.steps $SMOKE_PRE_STEPS --pretrain.warmup_steps 1 --train.precision $p >> "$WORK/smoke.log" 2>&1 \
+            --pretrain.steps $SMOKE_PRE_STEPS --pretrain.warmup_steps 1 --train.precision $p $OVERRIDES >> "$WORK/smoke.log" 2>&1 \
         && $VF train --preset babyai-bosslevel --data "$SMOKE_DATA" --out "$WORK/smoke/train" \
             --init-from "$WORK/smoke/pre" --train.steps $SMOKE_TRAIN_STEPS --train.warmup_steps 1 --train.eval_every 1000 \
-            --train.checkpoint_every 1000 --train.precision $p >> "$WORK/smoke.log" 2>&1; then
+            --train.checkpoint_every 1000 --train.precision $p $OVERRIDES >> "$WORK/smoke.log" 2>&1; then
         PREC=$p; break
     fi
     say "smoke with precision $p FAILED:"; tail -25 "$WORK/smoke.log" | tee -a "$LOG"
@@ -71,7 +79,7 @@ done
 if [ -z "$PREC" ]; then kill $GEN_PID 2>/dev/null; say "no precision worked; stopping"; exit 1; fi
 PRE_RATE=$(rate "$WORK/smoke/pre/summary.json")
 TRAIN_RATE=$(rate "$WORK/smoke/train/summary.json")
-say "smoke OK (precision $PREC): pretrain $PRE_RATE steps/s, train $TRAIN_RATE steps/s (batch 32 episodes, with the generator running)"
+say "smoke OK (precision $PREC): pretrain $PRE_RATE steps/s, train $TRAIN_RATE steps/s (with the generator running)"
 wait $GEN_PID
 if [ "$(cat "$WORK/generate.rc")" != 0 ]; then say "generation FAILED:"; tail -20 "$WORK/generate.log" | tee -a "$LOG"; exit 1; fi
 say "$(tail -1 "$WORK/generate.log")"
@@ -80,7 +88,7 @@ say "$(tail -1 "$WORK/generate.log")"
 PRE_STEPS=$(python3 -c "print(max($MIN_PRE_STEPS, int($PRETRAIN_S * $PRE_RATE)))")
 say "pretraining $PRE_STEPS steps"
 $VF pretrain --preset babyai-bosslevel --data "$DATA" --out "$WORK/pre" --pretrain.steps "$PRE_STEPS" \
-    --pretrain.warmup_steps $(( PRE_STEPS / 10 + 1 )) --train.precision $PREC > "$WORK/pretrain.log" 2>&1 \
+    --pretrain.warmup_steps $(( PRE_STEPS / 10 + 1 )) --train.precision $PREC $OVERRIDES > "$WORK/pretrain.log" 2>&1 \
     || { say "pretrain FAILED"; tail -20 "$WORK/pretrain.log" | tee -a "$LOG"; exit 1; }
 say "pretrain done: $(json "$WORK/pre/summary.json" "['wall_s']") s"
 LEFT=$(( BUDGET_S - $(el) - RESERVE_S - 25 ))   # 25 s: process start, data loading, final validation
@@ -89,7 +97,7 @@ EVERY=$(( STEPS / 5 > 0 ? STEPS / 5 : 1 ))
 say "training $STEPS steps (~${LEFT}s at the smoke rate)"
 $VF train --preset babyai-bosslevel --data "$DATA" --out "$WORK/train" --init-from "$WORK/pre" \
     --train.steps "$STEPS" --train.warmup_steps $(( STEPS / 20 + 1 )) --train.eval_every $EVERY \
-    --train.checkpoint_every "$STEPS" --train.precision $PREC > "$WORK/train.log" 2>&1 \
+    --train.checkpoint_every "$STEPS" --train.precision $PREC $OVERRIDES > "$WORK/train.log" 2>&1 \
     || { say "train FAILED"; tail -20 "$WORK/train.log" | tee -a "$LOG"; }
 say "train done: $(json "$WORK/train/summary.json" "" 2>/dev/null | head -c 600)"
 
