@@ -201,12 +201,20 @@ def _phase_done(run: Path, steps: int) -> bool:
 
 def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], timing_path: Path,
          init_from: Path | None = None) -> None:
-    from vlafoundry.train.trainer import Trainer
+    from vlafoundry.train.trainer import Trainer, fit_phase
 
     t0 = time.perf_counter()
-    tr = Trainer(cfg, run, phase=phase, init_from=init_from, dataset_root=root)
-    start = tr.step
-    summary = tr.fit()
+    if phase == "train" and cfg.train.restarts:
+        # several cosine cycles: count the cycles this attempt ran, not those recorded by an earlier attempt
+        rec = run / "cycles.json"
+        earlier = json.loads(rec.read_text()) if rec.exists() else []
+        summary, _ = fit_phase(cfg, run, phase=phase, init_from=init_from, dataset_root=root)
+        summary = dict(summary, wall_s=summary["wall_s"] - sum(float(r["wall_s"]) for r in earlier))
+        start = sum(int(r["step"]) for r in earlier)
+    else:
+        tr = Trainer(cfg, run, phase=phase, init_from=init_from, dataset_root=root)
+        start = tr.step
+        summary = tr.fit()
     # accumulated over resumed attempts; the loop time and steps give the time per step
     timing[f"{phase}_s"] = timing.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
     timing[f"{phase}_loop_s"] = timing.get(f"{phase}_loop_s", 0.0) + float(summary["wall_s"])

@@ -76,14 +76,13 @@ def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, worke
 
     from vlafoundry.eval.rollout import evaluate_policy
     from vlafoundry.train.config import load_config
-    from vlafoundry.train.trainer import Trainer
+    from vlafoundry.train.trainer import fit_phase
 
     cfg = load_config(preset, ["--data.env", f"babyai/{level}", "--data.episodes", str(demos),
                                "--data.workers", str(workers), "--train.seed", str(seed), *overrides])
     run_dir = out / "runs" / f"{level}-n{demos}-s{seed}"
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, run_dir)
-    summary = trainer.fit()
+    summary, trainer = fit_phase(cfg, run_dir)  # with the preset's train.restarts, if any
     train_s = time.perf_counter() - t0
     policy = trainer.policy.eval()
     threads = torch.get_num_threads()

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from vlafoundry.train import checkpoint as ckpt
-from vlafoundry.train.trainer import Trainer, policy_from_checkpoint
+from vlafoundry.config import ConfigError
+from vlafoundry.train.trainer import Trainer, cycle_configs, fit_phase, policy_from_checkpoint
 
 
 def _weights(run):
@@ -62,6 +63,65 @@ def test_pretrain_then_train_init_from(gotolocal_root, tiny_cfg, tmp_path):
     for k, v in tr.policy.state_dict().items():
         assert torch.equal(pre[k], v), k
     tr.fit()
+
+
+def test_restarts_equal_chained_init_from_runs_and_resume_exactly(gotolocal_root, tiny_cfg, tmp_path, monkeypatch):
+    """train.restarts [3, 2]: the computation of three chained `train --init-from` commands, in one call."""
+    ov = ("--train.steps", "4", "--train.warmup_steps", "2", "--model.dropout", "0.1")
+    cfg = tiny_cfg(*ov, "--train.restarts", "[3, 2]", "--train.restart_warmup_steps", "1")
+    summary, tr = fit_phase(cfg, tmp_path / "cycles", dataset_root=gotolocal_root)
+    assert [c.train.steps for c in cycle_configs(cfg)] == [4, 3, 2]
+    assert [c.train.warmup_steps for c in cycle_configs(cfg)] == [2, 1, 1]
+    assert summary["step"] == summary["steps"] == 9 and len(summary["cycles"]) == 3
+    assert [c["step"] for c in summary["cycles"]] == [4, 3, 2]
+    assert summary["wall_s"] == pytest.approx(sum(c["wall_s"] for c in summary["cycles"]))
+    assert json.loads((tmp_path / "cycles" / "cycles.json").read_text()) == summary["cycles"]
+    assert (tmp_path / "cycles" / "cycles" / "cycle_1" / "checkpoints").is_dir()
+    assert "restarts:\n  - 3\n  - 2" in (tmp_path / "cycles" / "config.yaml").read_text()
+
+    # the same by hand: each cycle a fresh trainer (fresh AdamW, schedule from 0) from the previous weights
+    Trainer(tiny_cfg(*ov), tmp_path / "c1", dataset_root=gotolocal_root).fit()
+    Trainer(tiny_cfg(*ov, "--train.steps", "3", "--train.warmup_steps", "1"), tmp_path / "c2",
+            init_from=tmp_path / "c1", dataset_root=gotolocal_root).fit()
+    Trainer(tiny_cfg(*ov, "--train.steps", "2", "--train.warmup_steps", "1"), tmp_path / "c3",
+            init_from=tmp_path / "c2", dataset_root=gotolocal_root).fit()
+    a, b = _weights(tmp_path / "cycles"), _weights(tmp_path / "c3")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k, v in tr.policy.state_dict().items():
+        assert torch.equal(a[k], v), k
+
+    # interrupted one step into the second cycle, then the same call again: ends with the same weights
+    real_fit, calls = Trainer.fit, []
+
+    def interrupted(self, stop_after=None):
+        calls.append(self.run_dir)
+        if len(calls) == 2:
+            real_fit(self, stop_after=1)
+            raise KeyboardInterrupt
+        return real_fit(self, stop_after)
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit_phase(cfg, tmp_path / "cut", dataset_root=gotolocal_root)
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert len(json.loads((tmp_path / "cut" / "cycles.json").read_text())) == 1
+    again, _ = fit_phase(cfg, tmp_path / "cut", dataset_root=gotolocal_root)
+    assert again["step"] == 9
+    c = _weights(tmp_path / "cut")
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    # a rerun of the finished command trains nothing and keeps the record
+    rerun, _ = fit_phase(cfg, tmp_path / "cut", dataset_root=gotolocal_root)
+    assert rerun == again
+
+
+def test_restarts_are_validated(tiny_cfg):
+    with pytest.raises(ConfigError, match="train.restarts"):
+        tiny_cfg("--train.restarts", "[3, 0]")
+    with pytest.raises(ConfigError, match="train.restart_warmup_steps"):
+        tiny_cfg("--train.restarts", "[3]", "--train.restart_warmup_steps", "-1")
 
 
 def _run_cli(args, env_extra=None, timeout=240):

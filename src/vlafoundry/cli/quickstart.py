@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from vlafoundry.config import ConfigError
     from vlafoundry.train.config import load_config
     from vlafoundry.train.distributed import init_distributed
-    from vlafoundry.train.trainer import Trainer, ensure_dataset
+    from vlafoundry.train.trainer import Trainer, ensure_dataset, fit_phase
 
     try:
         cfg = load_config(args.preset, list(getattr(args, "overrides", []) or []))
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         init_from = out / "pretrain"
         stage += 1
     _stage(stage, total, f"behaviour cloning ({cfg.train.steps} steps)")
-    tr = Trainer(cfg, out / "train", phase="train", init_from=init_from, dataset_root=root, dist_info=dist)
-    summary = tr.fit()
+    summary, tr = fit_phase(cfg, out / "train", phase="train", init_from=init_from, dataset_root=root,
+                            dist_info=dist)
     print(f"trained {summary['step']} steps in {summary['wall_s']:.0f} s ({summary['samples_per_s']:,.0f} samples/s)")
     stage += 1
     _stage(stage, total, "closed-loop evaluation on seeds disjoint from the demonstrations")

@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace, phase: str) -> int:
     from vlafoundry.config import ConfigError
     from vlafoundry.train.config import list_presets, load_config
     from vlafoundry.train.distributed import barrier, cleanup
-    from vlafoundry.train.trainer import Trainer
+    from vlafoundry.train.trainer import fit_phase
 
     if args.list_presets:
         print("\n".join(list_presets()))
@@ -50,14 +50,16 @@ def _run(args: argparse.Namespace, phase: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/{cfg.name}{'-pretrain' if phase == 'pretrain' else ''}")
-    trainer = Trainer(cfg, out, phase=phase, init_from=args.init_from, resume=not args.no_resume)
+    if phase == "train" and cfg.train.restarts:
+        print(f"{1 + len(cfg.train.restarts)} cosine cycles: {cfg.train.steps} steps, then "
+              f"{', '.join(map(str, cfg.train.restarts))} (earlier cycles under {out / 'cycles'})")
     try:
-        summary = trainer.fit()
+        summary, trainer = fit_phase(cfg, out, phase=phase, init_from=args.init_from, resume=not args.no_resume)
         barrier(trainer.dist)  # every rank done before the group goes away
     finally:
         # Tear the process group down before interpreter exit: a gloo/NCCL group left alive can abort a rank at
         # shutdown ("terminate called without an active exception") and fail a finished torchrun job.
-        cleanup(trainer.dist)
+        cleanup()
     if trainer.dist.is_main:
         print(json.dumps({k: summary[k] for k in ("phase", "step", "wall_s", "samples_per_s", "stopped_early")}))
         print(f"checkpoint: {out / 'checkpoints'}")

@@ -123,6 +123,11 @@ class TrainConfig(OptimConfig):
     early_stopping_patience: int = 0
     check_finite: bool = False
     progress: bool = True
+    # Further cosine cycles after the first (``steps``/``warmup_steps``): one per entry, of that many steps with
+    # ``restart_warmup_steps`` of warm-up, each a fresh AdamW started from the previous cycle's weights -- exactly
+    # ``vlafoundry train --init-from PREVIOUS --train.steps N --train.warmup_steps W`` run once per entry.
+    restarts: tuple[int, ...] = ()
+    restart_warmup_steps: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,6 +140,10 @@ class TrainConfig(OptimConfig):
         require(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0",
                 self.early_stopping_patience)
         require(self.threads >= 0, "train.threads", "an integer >= 0 (0 = torch default)", self.threads)
+        require(all(n >= 1 for n in self.restarts), "train.restarts", "a list of step counts >= 1 (one per extra "
+                "cosine cycle)", self.restarts)
+        require(self.restart_warmup_steps >= 0, "train.restart_warmup_steps", "an integer >= 0",
+                self.restart_warmup_steps)
 
 
 @dataclass

@@ -72,6 +72,7 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def cleanup(info: DistInfo | None = None) -> None:
+    """Destroy the process group (of ``info``, or whichever this process initialised)."""
+    if (info is None or info.enabled) and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -9,6 +9,12 @@ and weights in ``cfg.pretrain``). A run directory holds::
     tb/                    TensorBoard event files
     checkpoints/step_XXXXXXX/ + checkpoints/latest     (see vlafoundry.train.checkpoint)
     summary.json           final step, losses, wall time, samples/s
+    cycles/cycle_K/        with ``train.restarts``: the earlier cosine cycles, each a run directory like this one
+    cycles.json            with ``train.restarts``: one summary per finished cycle
+
+``fit_phase`` runs the behaviour-cloning cycles (``train.steps``, then one fresh-optimiser cycle per
+``train.restarts`` entry, each from the previous cycle's weights; the last cycle in the run directory itself, so
+``vlafoundry eval RUN_DIR`` evaluates the final weights).
 
 Resume is exact: a run stopped after a checkpoint and started again with the same command ends with the same
 weights as one never stopped (weights, AdamW moments, schedule position, RNG states and data order are saved).
@@ -17,6 +23,7 @@ weights as one never stopped (weights, AdamW moments, schedule position, RNG sta
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -329,6 +336,10 @@ class Trainer:
             dump_yaml(self.cfg, self.run_dir / "config.yaml")
         opt, total_steps = self.opt_cfg, self.opt_cfg.steps
         end = total_steps if stop_after is None else min(total_steps, self.step + stop_after)
+        previous = self.run_dir / "summary.json"
+        if self.step >= total_steps and previous.exists():
+            # finished earlier (a rerun of the same command): keep the record of the run that did the work
+            return json.loads(previous.read_text())
         self.policy.train()
         bar = None
         if self.cfg.train.progress and self.dist.is_main:
@@ -406,10 +417,86 @@ class Trainer:
         return broadcast_flag(stop, self.dist)
 
 
+def cycle_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The behaviour-cloning cosine cycles of ``cfg``: the first as configured, then one per ``train.restarts``
+    entry (that many steps, ``train.restart_warmup_steps`` of warm-up); each copy has no restarts of its own."""
+    cycles = []
+    for k, steps in enumerate((cfg.train.steps, *cfg.train.restarts)):
+        c = copy.deepcopy(cfg)
+        c.train.restarts = ()
+        if k > 0:
+            c.train.steps, c.train.warmup_steps = steps, cfg.train.restart_warmup_steps
+        cycles.append(c)
+    return cycles
+
+
+def cycle_dirs(run_dir: str | Path, n: int) -> list[Path]:
+    """Where the ``n`` cycles of a run live: the earlier ones under ``run_dir/cycles``, the last in ``run_dir``."""
+    run_dir = Path(run_dir)
+    return [run_dir / "cycles" / f"cycle_{k}" for k in range(1, n)] + [run_dir]
+
+
+def _finished_cycle(record: dict[str, Any], steps: int) -> bool:
+    return int(record.get("step", 0)) >= steps or bool(record.get("stopped_early"))
+
+
+def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
+              init_from: str | Path | None = None, resume: bool = True, dist_info: DistInfo | None = None,
+              dataset_root: str | Path | None = None) -> tuple[dict[str, Any], Trainer]:
+    """Train one phase, with ``train.restarts`` as further cosine cycles for ``phase="train"``.
+
+    Cycle k+1 is ``Trainer(cycle config, its dir, init_from=cycle k's dir)``: the computation of the chained
+    ``vlafoundry train --init-from`` commands, in one command, resumable cycle by cycle (finished cycles are
+    skipped, an interrupted one resumes from its checkpoint). Returns the summary (for several cycles: total
+    steps and loop time, with each cycle's summary under ``"cycles"``) and the last cycle's trainer.
+    """
+    if phase != "train" or not cfg.train.restarts:
+        tr = Trainer(cfg, run_dir, phase=phase, init_from=init_from, resume=resume, dist_info=dist_info,
+                     dataset_root=dataset_root)
+        return tr.fit(), tr
+    run_dir = Path(run_dir)
+    configs = cycle_configs(cfg)
+    dirs = cycle_dirs(run_dir, len(configs))
+    record_path = run_dir / "cycles.json"
+    done: list[dict[str, Any]] = []
+    if resume and record_path.exists():
+        done = json.loads(record_path.read_text())
+    records: list[dict[str, Any]] = []
+    prev, dist, tr = init_from, dist_info, None
+    for k, (c, d) in enumerate(zip(configs, dirs, strict=True)):
+        earlier = done[k] if k < len(done) and done[k].get("dir") == str(d) else None
+        finished = earlier is not None and _finished_cycle(earlier, c.train.steps)
+        if finished and k < len(configs) - 1:
+            records.append(earlier)  # skip: its checkpoint is the next cycle's start
+        else:
+            tr = Trainer(c, d, phase="train", init_from=prev, resume=resume, dist_info=dist,
+                         dataset_root=dataset_root)
+            dist = tr.dist
+            s = tr.fit()
+            records.append(earlier if finished else dict(s, cycle=k + 1, dir=str(d)))
+            if tr.dist.is_main:
+                write_json_atomic(record_path, records)
+            barrier(tr.dist)
+        prev = d
+    assert tr is not None
+    last = records[-1]
+    wall = sum(float(r["wall_s"]) for r in records)
+    samples = sum(float(r["samples_per_s"]) * float(r["wall_s"]) for r in records)
+    summary = dict(last, step=sum(int(r["step"]) for r in records), steps=sum(c.train.steps for c in configs),
+                   wall_s=wall, samples_per_s=samples / max(wall, 1e-9),
+                   best_val_loss=last.get("best_val_loss"), cycles=records)
+    summary.pop("cycle", None)
+    summary.pop("dir", None)
+    if tr.dist.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+        dump_yaml(cfg, run_dir / "config.yaml")  # the whole recipe (each cycle's checkpoint holds its own)
+    return summary, tr
+
+
 def run_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train", init_from: str | Path | None = None,
               resume: bool = True) -> dict[str, Any]:
-    return Trainer(cfg, run_dir, phase=phase, init_from=init_from, resume=resume).fit()
+    return fit_phase(cfg, run_dir, phase=phase, init_from=init_from, resume=resume)[0]
 
 
-__all__ = ["Trainer", "run_phase", "policy_from_checkpoint", "lr_factor", "build_optimizer", "NonFiniteError",
-           "ensure_dataset", "load_datasets"]
+__all__ = ["Trainer", "run_phase", "fit_phase", "cycle_configs", "cycle_dirs", "policy_from_checkpoint", "lr_factor",
+           "build_optimizer", "NonFiniteError", "ensure_dataset", "load_datasets"]
