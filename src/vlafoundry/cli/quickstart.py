@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         Trainer(cfg, out / "pretrain", phase="pretrain", dataset_root=root, dist_info=dist).fit()
         init_from = out / "pretrain"
         stage += 1
-    _stage(stage, total, f"behaviour cloning ({cfg.train.steps} steps)")
+    cycles = f", then restarts of {', '.join(map(str, cfg.train.restarts))}" if cfg.train.restarts else ""
+    _stage(stage, total, f"behaviour cloning ({cfg.train.steps} steps{cycles})")
     summary, tr = fit_phase(cfg, out / "train", phase="train", init_from=init_from, dataset_root=root,
                             dist_info=dist)
     print(f"trained {summary['step']} steps in {summary['wall_s']:.0f} s ({summary['samples_per_s']:,.0f} samples/s)")
