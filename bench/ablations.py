@@ -29,8 +29,8 @@ at test time (``vlafoundry.eval.robustness.run_robustness``). Everything is resu
 skipped, interrupted phases resume from their last checkpoint, and several processes may work on different seeds
 or variants of one ``--out`` at once: a process takes an exclusive lock on a run folder (``<run>/.lock``, POSIX
 ``flock``) before working on it, so a second process asking for the same (variant, seed) -- the baseline is part of
-every invocation -- waits for the first and then finds it finished. ``--table-only`` trains nothing and writes the combined table from the runs
-finished so far, listing the others as not finished.
+every invocation -- waits for the first and then finds it finished. ``--table-only`` trains nothing and writes the
+combined table from the runs finished so far, listing the others as not finished.
 
 Writes ``<out>/ablations.csv`` (one row per (variant, seed)), ``<out>/ablations.md`` (one row per variant: success
 averaged over seeds, each seed's 95% Wilson interval, the interval of the pooled episodes, the spread over seeds,

@@ -132,6 +132,19 @@ def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: P
     assert md_row.split(" | ")[7] == "-"
 
 
+def test_ablations_with_restarts(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
+    """A preset with train.restarts trains every cycle in each run (3 steps, then a 2-step cycle)."""
+    out = tmp_path / "out"
+    rc, _, _ = _run(ablations, capsys, dataset, out, "--variants", "baseline", "--override", "train.restarts=[2]")
+    assert rc == 0
+    with open(out / "ablations.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok" and int(row["train_steps"]) == 5
+    run = out / "runs" / "baseline-s0" / "train"
+    assert (run / "cycles" / "cycle_1" / "checkpoints").is_dir()
+    assert [c["step"] for c in json.loads((run / "summary.json").read_text())["cycles"]] == [3, 2]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks are POSIX")
 def test_run_lock_serialises_processes_on_one_run(ablations, capsys, tmp_path: Path) -> None:
     """A second worker on the same (variant, seed) waits for the first instead of training the run twice."""

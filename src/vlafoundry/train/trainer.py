@@ -483,8 +483,7 @@ def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
     wall = sum(float(r["wall_s"]) for r in records)
     samples = sum(float(r["samples_per_s"]) * float(r["wall_s"]) for r in records)
     summary = dict(last, step=sum(int(r["step"]) for r in records), steps=sum(c.train.steps for c in configs),
-                   wall_s=wall, samples_per_s=samples / max(wall, 1e-9),
-                   best_val_loss=last.get("best_val_loss"), cycles=records)
+                   wall_s=wall, samples_per_s=samples / max(wall, 1e-9), cycles=records)
     summary.pop("cycle", None)
     summary.pop("dir", None)
     if tr.dist.is_main:
