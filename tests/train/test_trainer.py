@@ -133,10 +133,11 @@ def _run_cli(args, env_extra=None, timeout=240):
 @pytest.mark.parametrize("memory", ["none", "gru"])
 def test_ddp_two_processes_equal_one(gotolocal_root, tmp_path, tiny_args, memory):
     """Steps (no memory) or whole episodes (memory: the ranks hold different numbers of steps; the BC and
-    contrastive losses divide by the mean count over ranks, so DDP still equals one process)."""
+    contrastive losses divide by the mean count over ranks, so DDP still equals one process). The memory case also
+    runs a second cosine cycle (train.restarts): the ranks move from cycle to cycle together."""
     common = ["--data", str(gotolocal_root), "--no-resume", *tiny_args, "--train.steps", "4", "--train.batch_size", "16",
               "--loss.contrastive", "1.0", "--train.eval_every", "100", "--train.checkpoint_every", "100",
-              "--model.memory", memory]
+              "--model.memory", memory, *(["--train.restarts", "[2]"] if memory == "gru" else [])]
     one = _run_cli(["-m", "vlafoundry", "train", "--out", str(tmp_path / "one"), *common])
     assert one.returncode == 0, one.stderr[-3000:]
     port = {"none": "29517", "gru": "29518"}[memory]
@@ -145,6 +146,7 @@ def test_ddp_two_processes_equal_one(gotolocal_root, tmp_path, tiny_args, memory
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2
+    assert summary["step"] == (6 if memory == "gru" else 4)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in a:
         # Attention q/k biases get gradients near zero at initialisation (softmax is shift-invariant), and Adam's
