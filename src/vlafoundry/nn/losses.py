@@ -378,6 +378,10 @@ class MultimodalPretrainingTask(nn.Module):
         (v_{m(j)}, l_j) with m mined from ``similarity`` columns (text -> image), labelled 0. ``similarity`` is
         (B_vision, B_lang), e.g. :meth:`ContrastiveLoss.similarity`. Rows without any negative are skipped.
         ``reduction='none'``: the (P,) per-pair losses (B positives, then the negatives).
+
+        Under DDP the negatives are mined within each rank's batch (as ALBEF does), unlike the contrastive loss,
+        which gathers every rank's features: with the trainer's batches of whole episodes a rank still holds
+        hundreds of candidate negatives, and the loss stays an average over the global batch's pairs.
         """
         check_tensor("v_pooled", v_pooled, ndim=2, last_dim=self.d_model)
         check_tensor("l_pooled", l_pooled, ndim=2, last_dim=self.d_model)
