@@ -17,6 +17,10 @@
 #      records packed into $OUT (the model split in 15 MB parts: the device tool returns files of at most 16 MiB), to
 #      evaluate again elsewhere:
 #        cat model.safetensors.part* > CKPT/model.safetensors; vlafoundry eval CKPT --episodes 1000 --no-offline
+#
+# Needs vlafoundry importable (installed, or PYTHONPATH=src with VF="python3 -m vlafoundry") and its dependencies;
+# on a stock PyTorch GPU image without network, the ones usually missing travel as wheels: minigrid, gymnasium,
+# farama-notifications, pygame-ce (imported by minigrid) and minari (checked on a copy of such an image's package set).
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-runs/bosslevel-gpu}
