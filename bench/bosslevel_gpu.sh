@@ -107,7 +107,7 @@ say "train done: $(json "$WORK/train/summary.json" "" 2>/dev/null | head -c 600)
 
 # 5. closed-loop evaluation on the GPU (many env slots: one batched forward serves them all), then pack
 timeout "$EVAL_S" $VF eval "$WORK/train" --episodes "$EVAL_EPISODES" --num-envs "$EVAL_ENVS" --workers "$GEN_WORKERS" --device "$EVAL_DEVICE" \
-    --no-offline > "$WORK/eval.log" 2>&1 && say "eval: $(grep -m1 success "$WORK/eval.log" | tr -s ' ')" \
+    --no-offline --gifs 0 > "$WORK/eval.log" 2>&1 && say "eval: $(grep -m1 success "$WORK/eval.log" | tr -s ' ')" \
     || { say "eval FAILED or timed out after ${EVAL_S}s:"; tail -8 "$WORK/eval.log" | tee -a "$LOG"; }
 CK=$(ls -d "$WORK"/train/checkpoints/step_* 2>/dev/null | tail -1)
 if [ -n "$CK" ]; then

@@ -26,9 +26,9 @@ def test_bosslevel_gpu_script_on_cpu(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, OUT=str(out), WORK=str(work), EPISODES="12", BUDGET_S="90", PRETRAIN_S="1",
                RESERVE_S="5", SMOKE_PRE_STEPS="1", SMOKE_TRAIN_STEPS="2", MIN_PRE_STEPS="2", MIN_STEPS="3",
-               CUDA_TESTS="0", EVAL_DEVICE="cpu", EVAL_EPISODES="2", EVAL_ENVS="2", EVAL_S="300",
+               CUDA_TESTS="0", EVAL_DEVICE="cpu", EVAL_EPISODES="2", EVAL_ENVS="2", EVAL_S="600",
                GEN_WORKERS="1", OVERRIDES=TINY, VF=f"{sys.executable} -m vlafoundry", OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     log = (out / "log.txt").read_text()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in ("generating 64 smoke episodes", r"smoke OK \(precision auto\)", "wrote 12 episodes",
