@@ -187,11 +187,11 @@ import vlafoundry.train.checkpoint as c
 from vlafoundry.cli.main import main
 mode = sys.argv[1]
 if mode == "slow-write":          # widen the window inside a checkpoint write
-    real = c._write_json
-    def slow(path, obj):
+    real = c.write_json_atomic
+    def slow(path, obj, **kw):
         time.sleep(0.15)
-        return real(path, obj)
-    c._write_json = slow
+        return real(path, obj, **kw)
+    c.write_json_atomic = slow
 elif mode == "slow-latest":       # widen the window between a checkpoint's rename and the latest update
     real_text = c.write_atomic_text
     def slow_text(path, text):
