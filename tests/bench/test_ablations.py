@@ -119,13 +119,19 @@ def test_ablations_end_to_end(ablations, capsys, dataset: Path, tmp_path: Path) 
     assert status[("no_pretrain", "0")] == "ok" and status[("no_pretrain", "1")] == "not finished"
 
 
-def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
-    """A model without an image input (as on Meta-World) gets '-' in the 'no image' columns."""
-    out = tmp_path / "out"
-    rc, summary, _ = _run(ablations, capsys, dataset, out, "--variants", "baseline", "--override", "model.vision=none")
+def _baseline_only(ablations, capsys, dataset: Path, out: Path, override: str) -> tuple[dict, dict]:
+    """Run the baseline alone with one override: (the final JSON summary, its one CSV row)."""
+    rc, summary, _ = _run(ablations, capsys, dataset, out, "--variants", "baseline", "--override", override)
     assert rc == 0
     with open(out / "ablations.csv") as f:
         (row,) = list(csv.DictReader(f))
+    return summary, row
+
+
+def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
+    """A model without an image input (as on Meta-World) gets '-' in the 'no image' columns."""
+    out = tmp_path / "out"
+    summary, row = _baseline_only(ablations, capsys, dataset, out, "model.vision=none")
     assert row["no_image_success_rate"] == "-" and row["no_state_success_rate"] != "-"
     assert summary["summary"][0]["no_image"] is None
     md_row = next(line for line in (out / "ablations.md").read_text().splitlines() if line.startswith("| baseline"))
@@ -135,10 +141,7 @@ def test_ablations_absent_modality(ablations, capsys, dataset: Path, tmp_path: P
 def test_ablations_with_restarts(ablations, capsys, dataset: Path, tmp_path: Path) -> None:
     """A preset with train.restarts trains every cycle in each run (3 steps, then a 2-step cycle)."""
     out = tmp_path / "out"
-    rc, _, _ = _run(ablations, capsys, dataset, out, "--variants", "baseline", "--override", "train.restarts=[2]")
-    assert rc == 0
-    with open(out / "ablations.csv") as f:
-        (row,) = list(csv.DictReader(f))
+    _, row = _baseline_only(ablations, capsys, dataset, out, "train.restarts=[2]")
     assert row["status"] == "ok" and int(row["train_steps"]) == 5
     run = out / "runs" / "baseline-s0" / "train"
     assert (run / "cycles" / "cycle_1" / "checkpoints").is_dir()
