@@ -189,6 +189,8 @@ def preflight(cfg: Any, pretrain: bool, root: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- one run
 def _phase_done(run: Path, steps: int) -> bool:
+    from vlafoundry.train.trainer import phase_finished
+
     f = run / "summary.json"
     if not f.exists():
         return False
@@ -196,7 +198,7 @@ def _phase_done(run: Path, steps: int) -> bool:
         s = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (int(s.get("step", 0)) >= steps or bool(s.get("stopped_early"))) and (run / "checkpoints").is_dir()
+    return phase_finished(s, steps) and (run / "checkpoints").is_dir()
 
 
 def _fit(cfg: Any, run: Path, phase: str, root: Path, timing: dict[str, float], timing_path: Path,

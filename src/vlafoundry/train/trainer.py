@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vlafoundry.config import dump_yaml, from_dict, to_dict
-from vlafoundry.data.format import write_json_atomic
+from vlafoundry.data.format import read_json, write_json_atomic
 from vlafoundry.models.policy import VLAPolicy, build_policy_from_checkpoint, count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
@@ -339,7 +339,7 @@ class Trainer:
         previous = self.run_dir / "summary.json"
         if self.step >= total_steps and previous.exists():
             # finished earlier (a rerun of the same command): keep the record of the run that did the work
-            return json.loads(previous.read_text())
+            return read_json(previous)
         self.policy.train()
         bar = None
         if self.cfg.train.progress and self.dist.is_main:
@@ -436,8 +436,10 @@ def cycle_dirs(run_dir: str | Path, n: int) -> list[Path]:
     return [run_dir / "cycles" / f"cycle_{k}" for k in range(1, n)] + [run_dir]
 
 
-def _finished_cycle(record: dict[str, Any], steps: int) -> bool:
-    return int(record.get("step", 0)) >= steps or bool(record.get("stopped_early"))
+def phase_finished(summary: dict[str, Any], steps: int) -> bool:
+    """Whether a run's summary (``summary.json``, or a ``cycles.json`` record) says it trained ``steps`` steps or
+    stopped early."""
+    return int(summary.get("step", 0)) >= steps or bool(summary.get("stopped_early"))
 
 
 def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
@@ -460,12 +462,12 @@ def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
     record_path = run_dir / "cycles.json"
     done: list[dict[str, Any]] = []
     if resume and record_path.exists():
-        done = json.loads(record_path.read_text())
+        done = read_json(record_path)
     records: list[dict[str, Any]] = []
     prev, dist, tr = init_from, dist_info, None
     for k, (c, d) in enumerate(zip(configs, dirs, strict=True)):
         earlier = done[k] if k < len(done) and done[k].get("dir") == str(d) else None
-        finished = earlier is not None and _finished_cycle(earlier, c.train.steps)
+        finished = earlier is not None and phase_finished(earlier, c.train.steps)
         if finished and k < len(configs) - 1:
             records.append(earlier)  # skip: its checkpoint is the next cycle's start
         else:
@@ -497,5 +499,6 @@ def run_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train", 
     return fit_phase(cfg, run_dir, phase=phase, init_from=init_from, resume=resume)[0]
 
 
-__all__ = ["Trainer", "run_phase", "fit_phase", "cycle_configs", "cycle_dirs", "policy_from_checkpoint", "lr_factor",
-           "build_optimizer", "NonFiniteError", "ensure_dataset", "load_datasets"]
+__all__ = ["Trainer", "run_phase", "fit_phase", "cycle_configs", "cycle_dirs", "phase_finished",
+           "policy_from_checkpoint", "lr_factor", "build_optimizer", "NonFiniteError", "ensure_dataset",
+           "load_datasets"]
