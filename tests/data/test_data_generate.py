@@ -279,3 +279,57 @@ def test_dart_action_noise_validated(tmp_path: Path) -> None:
     assert res.metadata["generation"]["action_noise"] == 0.2
     res = generate_dataset("babyai/GoToLocal", 2, tmp_path / "d", action_noise=0.2, progress=False)
     assert res.metadata["generation"]["action_noise"] == 0.2
+
+
+def test_env_whose_expert_never_succeeds_stops_early_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # like BabyAIBot on KeyInBox or PutNextS6N3Carrying: an assertion on every seed
+    tried: list[int] = []
+
+    def broken(env, seed, timeout_s=None, action_noise=0.0):
+        tried.append(seed)
+        return None, "error: AssertionError: nothing left to explore"
+
+    monkeypatch.setattr(gen, "run_expert_episode", broken)
+    with pytest.raises(RuntimeError, match=r"solved none of the \d+ seeds tried .*AssertionError: nothing left"):
+        generate_dataset("babyai/GoToLocal", 1000, tmp_path / "ds", progress=False)
+    # stopped after FAIL_FAST_SEEDS-ish seeds, not after max(2N, N + 1000) = 2000
+    assert gen.FAIL_FAST_SEEDS <= len(tried) < gen.FAIL_FAST_SEEDS + 25  # one shard (25 seeds) past the limit at most
+    err = capsys.readouterr().err
+    assert err.count("expert failed on seed") == gen.LISTED_FAILURES and "counted, not listed" in err
+
+
+def test_low_success_rate_gives_up_after_max_attempts_with_the_reasons(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    real = gen.run_expert_episode
+    tried: list[int] = []
+
+    def rare(env, seed, timeout_s=None, action_noise=0.0):  # one success in 50 seeds
+        tried.append(seed)
+        return real(env, seed, timeout_s, action_noise) if seed % 50 == 0 else (None, f"not solved in {seed} steps")
+
+    monkeypatch.setattr(gen, "run_expert_episode", rare)
+    with pytest.raises(RuntimeError, match=r"succeeded on only \d+ of 1\d\d\d seeds \(\d+ x not solved in N steps\)"):
+        generate_dataset("babyai/GoToLocal", 40, tmp_path / "ds", shard_size=10, progress=False)
+    assert len(tried) <= 1040  # max(2N, N + 1000), rounded up to a shard
+
+
+def test_rounds_are_sized_by_the_success_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 shards of 2 seeds gave 4 of 8 episodes (rate 1/2): the next round asks for 4 * 1.1 / 0.5 = 8.8 seeds, 5 shards
+    assert gen._next_round_shards(4, 2, have=4, n_needed=8, max_attempts=1008) == 9
+    assert gen._next_round_shards(10, 10, have=99, n_needed=100, max_attempts=1100) == 11  # one missing: one shard
+    assert gen._next_round_shards(4, 2, have=0, n_needed=8, max_attempts=1008) == 4 + 88  # none yet: rate 5%, 176 seeds
+    assert gen._next_round_shards(100, 10, have=10, n_needed=1000, max_attempts=2000) == 200  # capped
+    # end to end: half the seeds fail, two rounds (9 shards) suffice where +25% rounds needed three
+    real = gen.run_expert_episode
+    real_shard = gen._run_shard
+    shards: list[int] = []
+
+    def half(env, seed, timeout_s=None, action_noise=0.0):
+        return real(env, seed, timeout_s, action_noise) if seed % 2 == 0 else (None, "timeout")
+
+    monkeypatch.setattr(gen, "run_expert_episode", half)
+    monkeypatch.setattr(gen, "_run_shard", lambda job: shards.append(job[1]) or real_shard(job))
+    result = generate_dataset("babyai/GoToLocal", 8, tmp_path / "ds", shard_size=2, progress=False)
+    assert result.metadata["counts"]["episodes"] == 8 and result.metadata["counts"]["seeds_used"] == 15
+    assert shards == list(range(9))

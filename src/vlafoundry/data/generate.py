@@ -13,10 +13,12 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,10 @@ from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, w
 
 log = logging.getLogger(__name__)
 PLAN_FILE = "plan.json"
+# an env whose expert solves none of this many seeds has no demonstrations to give: stop instead of trying
+# max(2N, N + 1000) seeds
+FAIL_FAST_SEEDS = 200
+LISTED_FAILURES = 20  # failed seeds named on stderr (all of them are in the dataset's metadata)
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,7 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
         tmp.unlink()
     n_needed = cfg.episodes
     max_attempts = max(2 * n_needed, n_needed + 1000)
+    reasons: Counter[str] = Counter()  # why the expert failed, over the seeds run by this call
     num_shards = math.ceil(n_needed / shard_size)
     ok: dict[int, int] = {}
     reused = 0
@@ -206,21 +213,52 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
                     steps += res["steps"]
                     episodes += res["ok"]
                     for seed, reason in res["failed"]:
-                        bar.write(f"expert failed on seed {seed} ({reason}); skipped", file=sys.stderr)
+                        reasons[_reason_kind(reason)] += 1
+                        listed = sum(reasons.values())
+                        if listed <= LISTED_FAILURES:
+                            more = "; further failures are counted, not listed" if listed == LISTED_FAILURES else ""
+                            bar.write(f"expert failed on seed {seed} ({reason}); skipped{more}", file=sys.stderr)
                     bar.update(min(res["ok"], max(0, n_needed - bar.n)))
+                    failed = sum(reasons.values())
+                    if failed >= FAIL_FAST_SEEDS and not any(ok.values()):
+                        raise RuntimeError(
+                            f"the expert of {cfg.env} solved none of the {failed} seeds tried ({_top_reasons(reasons)}): "
+                            "it cannot make demonstrations of this env; pick another level or task"
+                        )
             have = sum(ok[k] for k in range(num_shards))
             if have >= n_needed:
                 return num_shards, steps, episodes, reused
-            if num_shards * shard_size >= max_attempts:
+            tried = num_shards * shard_size
+            if tried >= max_attempts:
                 raise RuntimeError(
-                    f"the expert succeeded on only {have} of {num_shards * shard_size} seeds; giving up before {n_needed}"
+                    f"the expert succeeded on only {have} of {tried} seeds ({_top_reasons(reasons)}); "
+                    f"giving up before {n_needed}"
                 )
-            num_shards += math.ceil((n_needed - have) * 1.25 / shard_size)
+            num_shards = _next_round_shards(num_shards, shard_size, have, n_needed, max_attempts)
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def _next_round_shards(num_shards: int, shard_size: int, have: int, n_needed: int, max_attempts: int) -> int:
+    """Shards after the next round: enough seeds for the missing episodes at the success rate seen so far (10%
+    spare, the rate taken as >= 5%), never past ``max_attempts`` seeds."""
+    rate = max(have / (num_shards * shard_size), 0.05)
+    more = math.ceil((n_needed - have) * 1.1 / rate / shard_size)
+    return min(num_shards + more, math.ceil(max_attempts / shard_size))
+
+
+def _reason_kind(reason: str) -> str:
+    """A failure reason without its numbers ("not solved in 64 steps" -> "not solved in N steps")."""
+    return re.sub(r"\d+", "N", reason)
+
+
+def _top_reasons(reasons: Counter[str], k: int = 3) -> str:
+    if not reasons:
+        return "no failure recorded by this call"
+    return "; ".join(f"{n} x {r}" for r, n in reasons.most_common(k))
 
 
 def _collect(cfg: GenerationConfig, shard_dir: Path, num_shards: int) -> tuple[list[Episode], list[tuple[int, str]]]:
