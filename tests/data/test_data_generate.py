@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import vlafoundry.data.generate as gen
+import vlafoundry.data.rollout as rollout
 from vlafoundry.data import DemoDataset, generate_dataset, load_minari, verify_dataset
 from vlafoundry.data.format import SHARD_DIR
-from vlafoundry.data.rollout import EpisodeTimeout, run_expert_episode, wall_clock_limit
+from vlafoundry.data.rollout import EpisodeTimeout, run_expert_episode, time_limit
 from vlafoundry.envs import make_env
 
 N_EPISODES = 8  # as in conftest.babyai_root
@@ -173,26 +174,57 @@ def test_failed_episodes_are_dropped_counted_and_replaced(tmp_path: Path, monkey
 
 
 class _LoopingEnv:
-    """An env whose expert never returns (like BabyAIBot on a few Unlock seeds)."""
+    """An env whose expert never returns (like BabyAIBot on a few Unlock seeds): it spins, or, with ``block``, sleeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: bool = False) -> None:
         self.spec = make_env("babyai/GoToLocal").spec
+        self.block = block
 
     def reset(self, seed=None):
         return {"image": np.zeros((7, 7, 3), np.uint8), "state": np.zeros(4, np.float32), "instruction": "x", "task": "t"}
 
     def expert_action(self):
         while True:
-            time.sleep(0.01)
+            if self.block:
+                time.sleep(0.01)
 
 
-def test_episode_wall_clock_cap() -> None:
+def test_episode_time_cap_counts_cpu_time() -> None:
     t0 = time.perf_counter()
     ep, reason = run_expert_episode(_LoopingEnv(), seed=0, timeout_s=0.2)
     assert ep is None and reason == "timeout" and time.perf_counter() - t0 < 5
-    with pytest.raises(EpisodeTimeout):
-        with wall_clock_limit(0.05):
+    # a blocked expert uses no CPU: the wall-clock backstop stops it
+    with pytest.raises(EpisodeTimeout, match="wall"):
+        with time_limit(10.0, wall_seconds=0.1):
             time.sleep(1)
+    # sleeping does not count against the CPU cap; computing does
+    with time_limit(0.1, wall_seconds=5.0):
+        time.sleep(0.3)
+    with pytest.raises(EpisodeTimeout, match="cpu"):
+        with time_limit(0.1, wall_seconds=5.0):
+            while True:
+                pass
+    assert rollout.wall_backstop(10.0) == 300.0 and rollout.wall_backstop(0.5) == 60.0
+
+
+def test_episode_time_cap_does_not_depend_on_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the episode is timed by the CPU it uses: a run that waits (a loaded machine) keeps its seeds
+    real = gen._get_env
+
+    class Slow:
+        def __init__(self, env):
+            self._env = env
+
+        def __getattr__(self, name):
+            return getattr(self._env, name)
+
+        def step(self, action):
+            time.sleep(0.05)  # the process is descheduled: wall time passes, CPU time does not
+            return self._env.step(action)
+
+    monkeypatch.setattr(gen, "_get_env", lambda *a: Slow(real(*a)))
+    ep, reason = run_expert_episode(gen._get_env("babyai/GoToLocal", "symbolic", None), seed=3, timeout_s=0.1)
+    assert reason == "ok" and len(ep["action"]) * 0.05 > 0.1  # longer than the cap in wall clock, still recorded
 
 
 def test_generate_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     gen.add_argument("--image", choices=("symbolic", "rgb"), default="symbolic", help="BabyAI image observation")
     gen.add_argument("--max-steps", type=int, default=None, help="episode step cap (default: the env's)")
-    gen.add_argument("--episode-timeout", type=float, default=10.0, help="wall-clock cap per episode in seconds")
+    gen.add_argument("--episode-timeout", type=float, default=10.0, help="cap on the expert's CPU time per episode, seconds (the wall-clock backstop is 30x, >= 60 s)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
                      help="DART: execute noisy actions, record the expert's clean ones. Continuous (Meta-World): "

@@ -1,7 +1,9 @@
-"""Run the expert for one episode, with a step cap and a wall-clock cap.
+"""Run the expert for one episode, with a step cap and a time cap.
 
-The BabyAI bot can loop forever inside ``replan()`` on a few seeds of Unlock / GoToImpUnlock, so a step
-cap alone is not enough: a POSIX interval timer raises inside the loop after ``timeout_s`` seconds.
+The BabyAI bot can loop forever inside ``replan()`` on a few seeds of Unlock / GoToImpUnlock, so a step cap alone is
+not enough: a POSIX interval timer raises inside the loop. The cap counts the process's **CPU time**, not the wall
+clock, so which seeds time out does not depend on how loaded the machine is (a dataset generated on a busy machine
+has the same bytes); a wall-clock backstop, far longer, catches an expert that blocks without computing.
 """
 
 from __future__ import annotations
@@ -17,34 +19,52 @@ import numpy as np
 
 from vlafoundry.data.episodes import Episode
 
+WALL_BACKSTOP_FACTOR = 30.0  # wall-clock backstop = max(60 s, this x the CPU-time cap)
+
 
 class EpisodeTimeout(Exception):
-    """Raised inside an episode that exceeded its wall-clock budget."""
+    """Raised inside an episode that exceeded its time budget; ``args[0]`` says which ("cpu" or "wall")."""
 
 
-def _raise_timeout(signum: int, frame: Any) -> None:
-    raise EpisodeTimeout()
+def _raise_cpu_timeout(signum: int, frame: Any) -> None:
+    raise EpisodeTimeout("cpu")
+
+
+def _raise_wall_timeout(signum: int, frame: Any) -> None:
+    raise EpisodeTimeout("wall")
+
+
+def wall_backstop(cpu_seconds: float) -> float:
+    return max(60.0, WALL_BACKSTOP_FACTOR * cpu_seconds)
 
 
 @contextlib.contextmanager
-def wall_clock_limit(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`EpisodeTimeout` after ``seconds`` (main thread on POSIX only; otherwise no limit)."""
+def time_limit(cpu_seconds: float | None, wall_seconds: float | None = None) -> Iterator[None]:
+    """Raise :class:`EpisodeTimeout` once this process has used ``cpu_seconds`` of CPU time (``SIGPROF``) or
+    ``wall_seconds`` of wall clock (``SIGALRM``; default :func:`wall_backstop`) inside the block. Main thread on
+    POSIX only; elsewhere no limit."""
     usable = (
-        seconds is not None
-        and seconds > 0
+        cpu_seconds is not None
+        and cpu_seconds > 0
         and hasattr(signal, "setitimer")
         and threading.current_thread() is threading.main_thread()
     )
     if not usable:
         yield
         return
-    old = signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))  # type: ignore[arg-type]
+    assert cpu_seconds is not None
+    wall = wall_backstop(cpu_seconds) if wall_seconds is None else wall_seconds
+    old_prof = signal.signal(signal.SIGPROF, _raise_cpu_timeout)
+    old_alrm = signal.signal(signal.SIGALRM, _raise_wall_timeout)
+    signal.setitimer(signal.ITIMER_PROF, float(cpu_seconds))
+    signal.setitimer(signal.ITIMER_REAL, float(wall))
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0.0)
         signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGPROF, old_prof)
+        signal.signal(signal.SIGALRM, old_alrm)
 
 
 def check_action_noise(action_noise: float, spec: Any | None = None) -> None:
@@ -71,7 +91,8 @@ def run_expert_episode(
     into and show how the expert recovers from them. The noise is drawn from a generator seeded by ``seed``, so an
     episode's bytes do not depend on the worker that ran it.
 
-    Returns ``(episode, "ok")`` on success, else ``(None, reason)`` with reason ``"timeout"``,
+    ``timeout_s`` caps the episode's CPU time (see :func:`time_limit`). Returns ``(episode, "ok")`` on success, else
+    ``(None, reason)`` with reason ``"timeout"`` (CPU time), ``"timeout (wall clock)"`` (the backstop),
     ``"not solved in N steps"`` or ``"error: ..."``.
     """
     check_action_noise(action_noise, env.spec)
@@ -91,7 +112,7 @@ def run_expert_episode(
     truncs: list[bool] = []
     success = False
     try:
-        with wall_clock_limit(timeout_s):
+        with time_limit(timeout_s):
             obs = env.reset(seed=seed)
             instruction = obs["instruction"]
             has_image = "image" in obs
@@ -115,8 +136,8 @@ def run_expert_episode(
                 if terminated or truncated:
                     success = bool(info.get("success", False))
                     break
-    except EpisodeTimeout:
-        return None, "timeout"
+    except EpisodeTimeout as exc:
+        return None, "timeout (wall clock)" if exc.args == ("wall",) else "timeout"
     except Exception as exc:  # an expert crash is a failed demonstration, not a failed run
         return None, f"error: {type(exc).__name__}: {exc}"
     if not success:
