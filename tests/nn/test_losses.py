@@ -17,6 +17,7 @@ from vlafoundry.nn.losses import (
     MultimodalPretrainingTask,
     mean_count_over_ranks,
 )
+from vlafoundry.train.distributed import cleanup
 
 # float64 throughout the equivalence tests: brute force and vectorised agree to rounding (atol 1e-10).
 ATOL64 = 1e-10
@@ -141,7 +142,7 @@ def _ddp_worker(rank: int, world: int, out_dir: str, bounds: tuple[int, ...] = (
         torch.save(result, os.path.join(out_dir, f"r{rank}.pt"))
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        cleanup()  # destroy the group and free it before shutdown (see vlafoundry.train.distributed.cleanup)
 
 
 def _ddp_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -426,7 +427,7 @@ def _mlm_ddp_worker(rank: int, world: int, out_dir: str) -> None:
         torch.save({"loss": loss.detach(), "grad": task.mlm_head.weight.grad}, os.path.join(out_dir, f"r{rank}.pt"))
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        cleanup()  # destroy the group and free it before shutdown (see vlafoundry.train.distributed.cleanup)
 
 
 def test_summed_loss_over_mean_count_equals_the_global_mean_under_ddp():

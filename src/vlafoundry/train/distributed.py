@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -76,3 +77,8 @@ def cleanup(info: DistInfo | None = None) -> None:
     """Destroy the process group (of ``info``, or whichever this process initialised)."""
     if (info is None or info.enabled) and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # Free what still holds the group's C++ objects (e.g. autograd graphs of gathered features) while the
+        # interpreter is alive: left to interpreter shutdown, Gloo's worker threads were destroyed unjoined and the
+        # process died with SIGABRT ("terminate called without an active exception") after finishing its work --
+        # 7 of 100 two-rank runs on a loaded 2-core machine, 0 of 220 with this collection.
+        gc.collect()
