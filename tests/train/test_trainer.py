@@ -140,8 +140,8 @@ def test_ddp_two_processes_equal_one(gotolocal_root, tmp_path, tiny_args, memory
               "--model.memory", memory, *(["--train.restarts", "[2]"] if memory == "gru" else [])]
     one = _run_cli(["-m", "vlafoundry", "train", "--out", str(tmp_path / "one"), *common])
     assert one.returncode == 0, one.stderr[-3000:]
-    port = {"none": "29517", "gru": "29518"}[memory]
-    two = _run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    # --standalone: torchrun's rendezvous on a free local port (no fixed port to collide with another job)
+    two = _run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "vlafoundry", "train", "--out", str(tmp_path / "two"), *common])
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
