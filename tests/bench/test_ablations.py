@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 import time
@@ -13,7 +12,6 @@ import pytest
 
 from vlafoundry.data import generate_dataset
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ablations.py"
 TINY = [
     "--override", "model.d_model=32", "--override", "model.d_ff=64", "--override", "model.num_heads=2",
     "--override", "model.num_layers=1", "--override", "model.embed_dim=16", "--override", "train.batch_size=32",
@@ -23,15 +21,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def ablations():
-    spec = importlib.util.spec_from_file_location("bench_ablations", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+def ablations(load_bench):
+    return load_bench("ablations.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "babyai_bot_sweep.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_babyai_bot_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sweep_finds_the_level_the_bot_cannot_play(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = _load()
+def test_sweep_finds_the_level_the_bot_cannot_play(load_bench, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = load_bench("babyai_bot_sweep.py")
     assert sweep.main(["--seeds", "2", "--levels", "GoToLocal,KeyInBox", "--json", str(tmp_path / "s.json")]) == 0
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["not_all_solved"] == ["KeyInBox"]

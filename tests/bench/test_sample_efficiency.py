@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "babyai_sample_efficiency.py"
 FIELDS = ["level", "demos", "train_seed", "episodes", "successes", "success_rate", "ci_low", "ci_high"]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_sample_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+def bench(load_bench):
+    return load_bench("babyai_sample_efficiency.py")
 
 
 def _write(path: Path, rows: list[tuple[int, int, float]]) -> None:
