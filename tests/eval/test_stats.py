@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vlafoundry.eval.stats import wilson_interval
+from vlafoundry.eval.stats import mcnemar_exact, wilson_interval
 
 
 def test_wilson_known_value():
@@ -39,3 +39,18 @@ def test_wilson_bad_inputs():
         wilson_interval(0, -1)
     with pytest.raises(ValueError, match="z"):
         wilson_interval(1, 2, z=0)
+
+
+@pytest.mark.parametrize("a,b", [(48, 40), (0, 7), (3, 3), (1, 0), (20, 5), (100, 130)])
+def test_mcnemar_exact_equals_scipy_binomial_test(a, b):
+    """Against scipy's two-sided exact binomial test of a successes in a + b trials at p = 1/2 (rel 1e-9)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert mcnemar_exact(a, b) == pytest.approx(scipy_stats.binomtest(a, a + b, 0.5).pvalue, rel=1e-9)
+
+
+def test_mcnemar_exact_edges():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert round(mcnemar_exact(48, 40), 4) == 0.4557
+    assert mcnemar_exact(5, 9) == mcnemar_exact(9, 5)
+    with pytest.raises(ValueError, match="discordant"):
+        mcnemar_exact(-1, 3)
