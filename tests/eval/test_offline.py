@@ -148,10 +148,10 @@ def test_ablation_equals_marking_the_modality_absent(policy, data):
             assert bal["metric_ablated"][m] == pytest.approx(ablated["action_acc"], abs=1e-6), m
             assert bal["loss_ablated"][m] == pytest.approx(ablated["bc"], rel=1e-5), m
     # the gradient norm against autograd through the whole split at once
-    b = policy._prepare(batch)
-    enc = policy._encode(b)
+    b = policy.prepare(batch)
+    enc = policy.encode(b)
     leaf = enc["state"].detach().requires_grad_(True)
-    loss, _ = policy.bc_loss(policy._fuse({**enc, "state": leaf}), b, _loss_cfg())
+    loss, _ = policy.bc_loss(policy.features({**enc, "state": leaf}), b, _loss_cfg())
     (g,) = torch.autograd.grad(loss, leaf)
     assert bal["gradient_norm"]["state"] == pytest.approx(float(g.norm()), rel=1e-4)
 

@@ -188,9 +188,9 @@ def test_memory_acting_step_by_step_equals_the_episode_forward():
     p.cfg.action_selection = "greedy"
     b = episode_batch()
     with torch.no_grad():
-        pb = p._prepare(b)
+        pb = p.prepare(b)
         rows, pos = pb["seq"][0], pb["seq"][1]
-        full = p._action_outputs(p._fuse(p._encode(pb)))[:, 0]  # (N, 7) logits of every real step
+        full = p.action_outputs(p.features(p.encode(pb)))[:, 0]  # (N, 7) logits of every real step
     n, lengths = 3, b["seq_mask"].sum(1)
     p.reset()
     for t in range(int(lengths.max())):
@@ -221,7 +221,7 @@ def test_memory_learns_what_only_the_first_frame_shows_and_every_parameter_learn
             opt.step()
         test = episode_batch(lengths=(6,) * 64, seed=1)
         with torch.no_grad():
-            pred = policy._action_outputs(policy._fuse(policy._encode(policy._prepare(test))))[:, 0].argmax(-1)
+            pred = policy.action_outputs(policy.features(policy.encode(policy.prepare(test))))[:, 0].argmax(-1)
         pred = pred.view(64, 6)[:, 1:]  # steps after the first (rows are episode-major)
         return float((pred == test["action"][:, 1:, 0]).float().mean())
 

@@ -130,9 +130,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print("error: --env: the checkpoint does not say which environment it was trained on; pass --env",
               file=sys.stderr)  # fmt: skip
         return 2
-    env_kwargs: dict[str, Any] = {}
-    if str(env).startswith("babyai/"):
-        env_kwargs["image"] = _cfg_get(cfg, "data", "image", default="symbolic")
+    from vlafoundry.envs import get_family
+
+    env_kwargs: dict[str, Any] = get_family(env).env_kwargs(cfg.data)
     train_seed, train_eps = _cfg_get(cfg, "data", "seed"), _cfg_get(cfg, "data", "episodes")
     training_seeds = [(int(train_seed), int(train_seed) + int(train_eps))] if train_eps else None
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
@@ -413,7 +413,7 @@ def _attention_for(policy: Any, o: dict[str, Any], modules: list[Any], torch: An
         return np.asarray(policy.attention_maps(batch)[0], dtype=float)
     h, w = o["image"].shape[:2]
     n_tokens = getattr(policy, "num_image_tokens", h * w)
-    grid = policy._grid_hw(torch.as_tensor(o["image"][None, None])) if hasattr(policy, "_grid_hw") else (h, w)
+    grid = policy.grid_hw(torch.as_tensor(o["image"][None, None])) if hasattr(policy, "grid_hw") else (h, w)
     if grid[0] * grid[1] != n_tokens:
         return None
     for m in modules:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vlafoundry.envs.babyai_missions import mission_subgroups
+from vlafoundry.envs.family import EnvFamily, register_family
 from vlafoundry.envs.spec import EnvSpec
 
 NUM_DIRECTIONS = 4
@@ -157,3 +159,40 @@ class BabyAIEnv:
 
     def close(self) -> None:
         self._env.close()
+
+
+# ---------------------------------------------------------------------------------------------- the family adapter
+class BabyAIFamily(EnvFamily):
+    """``babyai/<Level>``: any BabyAI level of the installed minigrid, with the BabyAIBot expert."""
+
+    name = "babyai"
+    subgroup_keys = ("template", "object", "colour", "task")
+    augmentations = ("colour",)
+    image_modes = ("symbolic", "rgb")
+
+    def validate(self, rest: str) -> None:
+        if not rest:
+            raise ValueError("env name: expected 'babyai/<Level>', e.g. 'babyai/GoToLocal', got 'babyai/'")
+
+    def make_env(self, rest: str, **kwargs: Any) -> BabyAIEnv:
+        return BabyAIEnv(rest, **kwargs)
+
+    def env_kwargs(self, data_cfg: Any) -> dict[str, Any]:
+        return {"image": data_cfg.image}
+
+    def validate_data(self, data_cfg: Any) -> None:
+        super().validate_data(data_cfg)
+        if data_cfg.augment == "colour" and data_cfg.image != "symbolic":
+            raise ValueError("data.augment: expected 'none' with data.image 'rgb' (colour permutation relabels the "
+                             f"symbolic grid's colour channel), got {data_cfg.augment!r}")
+
+    def instruction_subgroups(self, instruction: str, task: str | None = None) -> dict[str, str]:
+        return mission_subgroups(instruction, task)
+
+    def augmentation(self, kind: str, data_cfg: Any) -> Any:
+        if kind == "colour":
+            return colour_permutation()
+        return super().augmentation(kind, data_cfg)
+
+
+register_family(BabyAIFamily())

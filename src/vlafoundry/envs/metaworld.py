@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vlafoundry.envs.family import EnvFamily, register_family
 from vlafoundry.envs.metaworld_instructions import INSTRUCTIONS
 from vlafoundry.envs.spec import EnvSpec
 
@@ -150,3 +151,34 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         self._env.close()
+
+
+# ---------------------------------------------------------------------------------------------- the family adapter
+class MetaWorldFamily(EnvFamily):
+    """``metaworld/<task>`` (v3 tasks, scripted experts) and the suites ``metaworld/mt10`` / ``metaworld/mt50``.
+
+    ``data.image`` ``symbolic`` here means the 39-D state vector without a camera."""
+
+    name = "metaworld"
+    subgroup_keys = ("task",)
+
+    def canonical(self, rest: str) -> str:
+        rest = rest.lower()
+        return rest[: -len("-v3")] if rest.endswith("-v3") else rest
+
+    def suites(self) -> dict[str, tuple[str, ...]]:
+        return {"mt10": MT10_TASKS, "mt50": METAWORLD_TASKS}
+
+    def validate(self, rest: str) -> None:
+        if rest not in METAWORLD_TASKS:
+            raise ValueError(f"unknown Meta-World task {rest!r}; expected one of {', '.join(METAWORLD_TASKS)} "
+                             f"or a suite {[f'metaworld/{s}' for s in self.suites()]}")
+
+    def make_env(self, rest: str, **kwargs: Any) -> MetaWorldEnv:
+        image = kwargs.pop("image", "symbolic")
+        if image not in self.image_modes:
+            raise ValueError(f"image: expected one of {list(self.image_modes)} for Meta-World, got {image!r}")
+        return MetaWorldEnv(rest, **kwargs)
+
+
+register_family(MetaWorldFamily())

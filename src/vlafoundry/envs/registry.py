@@ -1,56 +1,39 @@
-"""Environment names: ``babyai/<Level>``, ``metaworld/<task>`` and the ``metaworld/mt10`` suite."""
+"""Environment names -> envs, through the env-family registry (:mod:`vlafoundry.envs.family`).
+
+Names are ``<family>/<task>`` (``babyai/GoToLocal``, ``metaworld/push``) or ``<family>/<suite>``
+(``metaworld/mt10``); each family owns its spelling, suites and env construction.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
-from vlafoundry.envs.babyai import BabyAIEnv
-from vlafoundry.envs.metaworld import MT10_TASKS, METAWORLD_TASKS, MetaWorldEnv
-
-Env = Union[BabyAIEnv, MetaWorldEnv]
-
-SUITES: dict[str, tuple[str, ...]] = {
-    "metaworld/mt10": tuple(f"metaworld/{t}" for t in MT10_TASKS),
-    "metaworld/mt50": tuple(f"metaworld/{t}" for t in METAWORLD_TASKS),
-}
+from vlafoundry.envs.family import Env, get_family, split_name
 
 
 def env_family(name: str) -> str:
-    """``"babyai"`` or ``"metaworld"`` for an env or suite name."""
-    family = name.split("/", 1)[0].lower()
-    if family not in ("babyai", "metaworld") or "/" not in name:
-        raise ValueError(f"env name: expected 'babyai/<Level>' or 'metaworld/<task>', got {name!r}")
-    return family
+    """The family name (``"babyai"``, ``"metaworld"``, ...) of an env or suite name."""
+    if "/" not in str(name):
+        raise ValueError(f"env name: expected '<family>/<task>' such as 'babyai/GoToLocal' or 'metaworld/push', "
+                         f"got {name!r}")
+    return get_family(name).name
 
 
 def canonical_name(name: str) -> str:
     """Normalise spelling: ``metaworld/push-v3`` -> ``metaworld/push``, ``MetaWorld/MT10`` -> ``metaworld/mt10``."""
-    family = env_family(name)
-    rest = name.split("/", 1)[1]
-    if family == "metaworld":
-        rest = rest.lower()
-        if rest.endswith("-v3"):
-            rest = rest[: -len("-v3")]
-    return f"{family}/{rest}"
+    fam, rest = split_name(name)
+    return f"{fam.name}/{rest}"
 
 
 def expand_env_names(name: str) -> list[str]:
-    """A suite name -> its task names; a single env name -> ``[name]`` (canonicalised)."""
-    name = canonical_name(name)
-    if name in SUITES:
-        return list(SUITES[name])
-    family, rest = name.split("/", 1)
-    if family == "metaworld" and rest not in METAWORLD_TASKS:
-        raise ValueError(f"unknown Meta-World task {rest!r}; expected one of {', '.join(METAWORLD_TASKS)} or a suite {list(SUITES)}")
-    return [name]
+    """A suite name -> its task names; a single env name -> ``[name]`` (canonicalised and validated)."""
+    fam, rest = split_name(name)
+    return fam.expand(rest)
 
 
-def make_env(name: str, image: str = "symbolic", max_steps: int | None = None, **kwargs: Any) -> Env:
-    """Build one environment by name (``image`` applies to BabyAI only; Meta-World has no image)."""
-    name = canonical_name(name)
-    if name in SUITES:
-        raise ValueError(f"{name!r} is a suite; call expand_env_names() and make one env per task")
-    family, rest = name.split("/", 1)
-    if family == "babyai":
-        return BabyAIEnv(rest, image=image, max_steps=max_steps, **kwargs)
-    return MetaWorldEnv(rest, max_steps=max_steps, **kwargs)
+def make_env(name: str, **kwargs: Any) -> Env:
+    """Build one environment by name; ``kwargs`` go to the family (e.g. ``image="rgb"`` for BabyAI)."""
+    fam, rest = split_name(name)
+    if rest in fam.suites():
+        raise ValueError(f"{fam.name}/{rest!r} is a suite; call expand_env_names() and make one env per task")
+    return fam.make_env(rest, **kwargs)

@@ -38,7 +38,6 @@ from vlafoundry.eval.evaluator import MultimodalEvaluator
 from vlafoundry.eval.rollout import ObservationCorruption
 from vlafoundry.eval.stats import wilson_interval
 from vlafoundry.eval.subgroups import mission_subgroups
-from vlafoundry.nn.fusion import masked_mean_pool
 
 __all__ = [
     "ROBUSTNESS_KEYS",
@@ -55,7 +54,7 @@ __all__ = [
 ]
 
 TOP_K: tuple[int, ...] = (1, 5, 10)
-# Policy encoder outputs (VLAPolicy._encode keys) of each modality: (tokens, mask).
+# Policy encoder outputs (VLAPolicy.encode keys) of each modality: (tokens, mask).
 _ENC_KEYS: dict[str, tuple[str, str]] = {
     "image": ("vision", "vision_mask"),
     "instruction": ("lang", "lang_mask"),
@@ -214,18 +213,18 @@ def collect_offline_outputs(
     offset = 0
     with _EvalMode(policy, seed):
         for raw in _batches(dataset, order, batch_size):
-            b = policy._prepare(corrupt_batch(raw, corruption, rng))  # episodes (EpisodeDataset) become steps
+            b = policy.prepare(corrupt_batch(raw, corruption, rng))  # episodes (EpisodeDataset) become steps
             instructions.extend(str(s) for s in b["instruction"])
             task_ids.append(torch.as_tensor(b["task_id"]).reshape(-1).cpu())
-            enc = policy._encode(b)
-            outputs = policy._action_outputs(policy._fuse(enc))
+            enc = policy.encode(b)
+            outputs = policy.action_outputs(policy.features(enc))
             s, c, e = _entry_scores(policy, outputs, b)
             ent_s.append(s.cpu() + offset)
             ent_c.append(c.cpu())
             ent_e.append(e.cpu())
             if align:
-                obs_p = policy._obs_pooled(enc)  # (B, D)
-                lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])  # (B, D)
+                obs_p = policy.pooled_observation(enc)  # (B, D)
+                lang_p = policy.pooled_instruction(enc)  # (B, D)
                 ov, lv = policy.obs_embed(obs_p), policy.instr_embed(lang_p)  # (B, E)
                 pair = b["instruction_id"].long().reshape(-1)
                 obs_e.append(ov.float().cpu())
@@ -367,7 +366,7 @@ def modality_balance(
     acc = _BalanceSums(mods)
     with _EvalMode(policy, seed):
         for raw in _batches(dataset, order, batch_size):
-            _balance_batch(policy, policy._prepare(raw), mods, lc, acc)
+            _balance_batch(policy, policy.prepare(raw), mods, lc, acc)
     if acc.entries == 0:
         raise ValueError("dataset: no valid action entries in the selected samples")
     return _balance_summary(acc, policy.head_kind == "discrete", len(order))
@@ -397,7 +396,7 @@ def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc
     if w == 0:
         return
     with torch.no_grad():
-        enc = policy._encode(b)
+        enc = policy.encode(b)
     inputs: dict[str, Any] = {}
     absent: dict[str, Any] = {}
     for m in mods:
@@ -408,10 +407,10 @@ def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc
     def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion (and memory) on (ablated) token features
         f = policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
                           extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
-        return policy._apply_memory(f, b.get("seq"))  # episodes' steps, in order, through the memory if any
+        return policy.apply_memory(f, b.get("seq"))  # episodes' steps, in order, through the memory if any
 
     def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive over batches: correct count or summed L1
-        _, correct, err = _entry_scores(policy, policy._action_outputs(fused), b)
+        _, correct, err = _entry_scores(policy, policy.action_outputs(fused), b)
         return correct.sum().float() if policy.head_kind == "discrete" else err.sum()
 
     def bc(fused: torch.Tensor) -> torch.Tensor:  # batch-mean behaviour-cloning loss
@@ -481,9 +480,11 @@ def _balance_summary(acc: _BalanceSums, discrete: bool, samples: int) -> dict[st
 
 
 def subgroup_keys(env_name: str) -> tuple[str, ...]:
-    """Subgroup labellings for an environment: BabyAI missions parse into template / object / colour (and task);
-    other suites (Meta-World) group by task."""
-    return ("template", "object", "colour", "task") if str(env_name).startswith("babyai") else ("task",)
+    """Subgroup labellings for an environment, from its family (BabyAI missions parse into template / object /
+    colour and task; Meta-World groups by task)."""
+    from vlafoundry.envs import get_family
+
+    return tuple(get_family(env_name).subgroup_keys)
 
 
 def offline_bias(

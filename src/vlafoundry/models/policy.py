@@ -9,7 +9,7 @@ Data flow for one training batch (B samples, T history frames, K-step action chu
                              ──[model.memory gru: GRU over the episode's steps]──────► (B, D)
                              ──action head (discrete | continuous chunk | binned)────► loss / actions
 
-With a memory the batch holds whole episodes (``EpisodeDataset``: (B, L, ...) with ``seq_mask``); ``_prepare``
+With a memory the batch holds whole episodes (``EpisodeDataset``: (B, L, ...) with ``seq_mask``); ``prepare``
 flattens them to their N real steps for the encoders and fusion, and the GRU puts them back in order. Acting keeps
 one hidden state per env.
 
@@ -258,7 +258,7 @@ class VLAPolicy(nn.Module):
         extras: dict[str, torch.Tensor] = {}
         if mrm:
             patch_mask = self.pretrain_heads.mask_patches(b * t, n, 0.15, device=tokens.device)  # (B*T, N)
-            pos = self.vision_encoder.pos_cache.get(*self._grid_hw(image), tokens.device, tokens.dtype)
+            pos = self.vision_encoder.pos_cache.get(*self.grid_hw(image), tokens.device, tokens.dtype)
             pos = pos.expand(b * t, -1, -1)
             extras["mrm_target"] = tokens.detach()
             extras["mrm_mask"] = patch_mask
@@ -271,7 +271,7 @@ class VLAPolicy(nn.Module):
         tokens = tokens.reshape(b, t, n, -1) + self.temporal_pos[-t:].view(1, t, 1, -1)  # (B, T, N, D)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
 
-    def _grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
+    def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
         h, w = image.shape[2], image.shape[3]
         if self.cfg.vision == "grid":
             return h, w
@@ -307,7 +307,7 @@ class VLAPolicy(nn.Module):
         return self.text_encoder(ids, mask), mask
 
     # ------------------------------------------------------------------ batch handling
-    def _prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move a batch to the policy's device, add a history axis where missing, validate inputs.
 
         A batch of whole episodes (``seq_mask`` (B, L), from ``EpisodeDataset``) becomes a batch of its N real
@@ -387,7 +387,7 @@ class VLAPolicy(nn.Module):
                 keep = torch.rand(b[f"{m}_present"].shape, device=self.device) >= p
                 b[f"{m}_present"] = b[f"{m}_present"] & keep
 
-    def _encode(self, b: dict[str, Any], mrm: bool = False, lang_ids: torch.Tensor | None = None,
+    def encode(self, b: dict[str, Any], mrm: bool = False, lang_ids: torch.Tensor | None = None,
                 lang_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """All encoders for a prepared batch -> token sequences and masks (absent modalities masked out)."""
         enc: dict[str, Any] = {"vision": None, "vision_mask": None, "state": None, "state_mask": None,
@@ -404,11 +404,11 @@ class VLAPolicy(nn.Module):
             enc["lang"], enc["lang_mask"] = lf, lm & b["instruction_present"].unsqueeze(1)
         return enc
 
-    def _fuse(self, enc: dict[str, Any]) -> torch.Tensor:
-        """Fused features per step (B, D); with a memory, after the GRU (see :meth:`_apply_memory`)."""
-        return self._apply_memory(self.fusion(*self._fusion_inputs(enc)), enc.get("seq"))
+    def features(self, enc: dict[str, Any]) -> torch.Tensor:
+        """Fused features per step (B, D); with a memory, after the GRU (see :meth:`apply_memory`)."""
+        return self.apply_memory(self.fusion(*self._fusion_inputs(enc)), enc.get("seq"))
 
-    def _apply_memory(self, fused: torch.Tensor, seq: tuple[torch.Tensor, torch.Tensor, int, int] | None) -> torch.Tensor:
+    def apply_memory(self, fused: torch.Tensor, seq: tuple[torch.Tensor, torch.Tensor, int, int] | None) -> torch.Tensor:
         """Fusion output (N, D) -> the features the heads read: unchanged without a memory, else after the GRU
         over the episodes' steps (``seq``) or, without ``seq``, each row as an episode's first step."""
         return fused if self.memory is None else self._remember(fused, seq)[0]
@@ -437,7 +437,13 @@ class VLAPolicy(nn.Module):
             out = out[rows, pos]  # (N, D)
         return self.memory_norm(fused + out), h_n[0]
 
-    def _obs_pooled(self, enc: dict[str, Any]) -> torch.Tensor:
+    @staticmethod
+    def pooled_instruction(enc: dict[str, Any]) -> torch.Tensor:
+        """(B, D): the mean of the instruction's token features (masked)."""
+        return masked_mean_pool(enc["lang"], enc["lang_mask"])
+
+    def pooled_observation(self, enc: dict[str, Any]) -> torch.Tensor:
+        """(B, D): the mean of the observation's image and state tokens (masked)."""
         parts, masks = [], []
         for k in ("vision", "state"):
             if enc[k] is not None:
@@ -446,7 +452,7 @@ class VLAPolicy(nn.Module):
         return masked_mean_pool(torch.cat(parts, 1), torch.cat(masks, 1))  # (B, D)
 
     # ------------------------------------------------------------------ heads
-    def _action_outputs(self, fused: torch.Tensor) -> torch.Tensor:
+    def action_outputs(self, fused: torch.Tensor) -> torch.Tensor:
         b, k, a = fused.shape[0], self.cfg.chunk, self.spec.action_dim
         if self.head_kind == "discrete":
             return self.action_head(fused).view(b, k, self.spec.num_actions)  # (B, K, n_actions) logits
@@ -469,7 +475,7 @@ class VLAPolicy(nn.Module):
         return losses.sum() / self._loss_denominator(torch.tensor(losses.numel(), device=losses.device))
 
     def bc_loss(self, fused: torch.Tensor, b: dict[str, Any], loss_cfg: Any) -> tuple[torch.Tensor, dict]:
-        out = self._action_outputs(fused)
+        out = self.action_outputs(fused)
         act, amask = b["action"], b["action_mask"]
         if act.dim() == 1:
             act = act.unsqueeze(1)
@@ -507,7 +513,7 @@ class VLAPolicy(nn.Module):
         from vlafoundry.train.config import LossConfig
 
         lc = loss_cfg or LossConfig()
-        b = self._prepare(batch)
+        b = self.prepare(batch)
         if self.training:
             self._apply_modality_dropout(b)
         want_mrm = lc.mrm > 0 and self.has_image and self.training
@@ -518,19 +524,19 @@ class VLAPolicy(nn.Module):
             lang_ids, mlm_labels = self.pretrain_heads.mask_tokens(
                 ids, mask, self.tokenizer.mask_id, self.tokenizer.vocab_size, self.tokenizer.special_ids)
             lang_mask = mask
-        enc = self._encode(b, mrm=want_mrm, lang_ids=lang_ids, lang_mask=lang_mask)
+        enc = self.encode(b, mrm=want_mrm, lang_ids=lang_ids, lang_mask=lang_mask)
         total = torch.zeros((), device=self.device)
         metrics: dict[str, float] = {}
         if lc.bc > 0:
-            fused = self._fuse(enc)
+            fused = self.features(enc)
             bc, m = self.bc_loss(fused, b, lc)
             total = total + lc.bc * bc
             metrics.update(m, bc=_f(bc))
         need_align = (lc.contrastive > 0 or lc.itm > 0) and self.has_language
         if need_align:
             pair_ids = self._pair_ids(b)
-            obs_p = self._obs_pooled(enc)
-            lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])
+            obs_p = self.pooled_observation(enc)
+            lang_p = self.pooled_instruction(enc)
             ov, lv = self.obs_embed(obs_p), self.instr_embed(lang_p)
             if lc.contrastive > 0:
                 con = self.contrastive(ov, lv, pair_ids)
@@ -571,10 +577,10 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Alignment embeddings (observation (B,E), instruction (B,E)) for retrieval metrics."""
-        b = self._prepare(batch)
-        enc = self._encode(b)
-        obs_p = self._obs_pooled(enc)
-        lang_p = masked_mean_pool(enc["lang"], enc["lang_mask"])
+        b = self.prepare(batch)
+        enc = self.encode(b)
+        obs_p = self.pooled_observation(enc)
+        lang_p = self.pooled_instruction(enc)
         return self.obs_embed(obs_p), self.instr_embed(lang_p)
 
     @torch.no_grad()
@@ -585,7 +591,7 @@ class VLAPolicy(nn.Module):
         ``cfg.sample_temperature`` with the policy's generator; otherwise the argmax. Continuous heads are
         deterministic.
         """
-        return self._pick(self._action_outputs(self._fuse(self._encode(self._prepare(batch)))), sample)
+        return self._pick(self.action_outputs(self.features(self.encode(self.prepare(batch)))), sample)
 
     def _pick(self, out: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
         """Head outputs -> actions: continuous as they are; discrete/binned argmax or sampled."""
@@ -694,12 +700,12 @@ class VLAPolicy(nn.Module):
         batch: dict[str, Any] = {k: v.unsqueeze(1) for k, v in frames.items()}  # (N, 1, ...)
         batch["instruction"] = instr
         batch.update(_present_flags(observation))
-        b = self._prepare(batch)
+        b = self.prepare(batch)
         if self._memory_h is None:
             self._memory_h = torch.zeros(n, self.cfg.d_model, device=self.device)
-        fused, self._memory_h = self._remember(self.fusion(*self._fusion_inputs(self._encode(b))), None,
+        fused, self._memory_h = self._remember(self.fusion(*self._fusion_inputs(self.encode(b))), None,
                                                self._memory_h)  # (N, D), (N, D)
-        actions = self._pick(self._action_outputs(fused))[:, 0]  # (N,) | (N, A): chunk is 1 with a memory
+        actions = self._pick(self.action_outputs(fused))[:, 0]  # (N,) | (N, A): chunk is 1 with a memory
         return actions.cpu().numpy().astype(np.int64 if self.head_kind == "discrete" else np.float32)
 
 

@@ -44,11 +44,9 @@ class DataConfig:
         require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
                 "a finite number >= 0", self.action_noise)
         require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
-        if self.augment == "colour":
-            require(self.env.startswith("babyai/") and self.image == "symbolic", "data.augment",
-                    "'none' unless data.env is a BabyAI level with data.image 'symbolic' (colour permutation "
-                    f"relabels the symbolic grid's colour channel; data.env={self.env!r}, data.image={self.image!r})",
-                    self.augment)
+        from vlafoundry.envs import get_family
+
+        get_family(self.env).validate_data(self)
 
     def dataset_dir(self) -> Path:
         if self.path:

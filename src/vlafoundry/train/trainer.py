@@ -173,10 +173,10 @@ class Trainer:
         self.autocast_dtype = self._autocast_dtype()
         self._writer = None
         self._augment = None
-        if cfg.data.augment == "colour":
-            from vlafoundry.envs.babyai import colour_permutation
+        if cfg.data.augment != "none":
+            from vlafoundry.envs import get_family
 
-            self._augment = colour_permutation()
+            self._augment = get_family(cfg.data.env).augmentation(cfg.data.augment, cfg.data)
 
     # ------------------------------------------------------------------ set-up helpers
     def _augment_generator(self) -> torch.Generator:
