@@ -302,7 +302,7 @@ def _run_one_locked(v: Variant, seed: int, ctx: dict[str, Any], cfg: Any, run: P
                     ident: dict[str, Any]) -> dict[str, Any]:
     from vlafoundry.eval.robustness import run_robustness
     from vlafoundry.eval.rollout import ObservationCorruption
-    from vlafoundry.models import load_policy
+    from vlafoundry.train import load_run
 
     ident_path = run / "variant.json"
     if not ident_path.exists():
@@ -333,7 +333,7 @@ def _run_one_locked(v: Variant, seed: int, ctx: dict[str, Any], cfg: Any, run: P
         _fit(cfg, run / "train", "train", root, timing, timing_path,
              init_from=run / "pretrain" if v.pretrain else None)
 
-    policy, _ = load_policy(run / "train", device="cpu")
+    policy, _, _ = load_run(run / "train", device="cpu")
     present = [m for m, has in zip(MODALITIES, (policy.has_image, policy.has_language, policy.has_state),
                                    strict=True) if has]  # fmt: skip
     conditions = [ObservationCorruption(name="full input")] + [ObservationCorruption(remove=(m,)) for m in present]

@@ -1,6 +1,6 @@
 """Closed-loop evaluation throughput: episodes/s for BabyAI GoToLocal (500 episodes, 64 steps max).
 
-Policy: ``--checkpoint`` (loaded with ``vlafoundry.models.load_policy``) or, without one, the default policy
+Policy: ``--checkpoint`` (loaded with ``vlafoundry.train.load_run``) or, without one, the default policy
 (``PolicyConfig()`` defaults = the babyai-gotolocal preset's model) randomly initialised. Compares, in the same
 process, the vectorised evaluator (worker processes + one batched ``select_action`` per step) against in-process
 vectorisation (``workers=0``) and a naive loop (one env, one ``select_action`` per env step, batch size 1).
@@ -74,9 +74,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        from vlafoundry.models import load_policy
+        from vlafoundry.train import load_run
 
-        policy, _ = load_policy(args.checkpoint)
+        policy, _, _ = load_run(args.checkpoint)
         source = args.checkpoint
     else:
         policy, source = default_policy(), "default PolicyConfig, random init"

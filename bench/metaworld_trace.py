@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vlafoundry.envs import make_env
-from vlafoundry.models import load_policy
+from vlafoundry.train import load_run
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=6)
     ap.add_argument("--every", type=int, default=40)
     args = ap.parse_args()
-    policy, _ = load_policy(args.run)
+    policy, _, _ = load_run(args.run)
     env = make_env(f"metaworld/{args.task}")
     for seed in range(10**9, 10**9 + args.episodes):
         obs = env.reset(seed=seed)

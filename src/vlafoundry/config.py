@@ -69,7 +69,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, prefix=key)
+        # a section whose keys depend on one of its values (model.type) names its concrete class
+        resolve = getattr(tp, "config_class_for", None)
+        return from_dict(resolve(value, key) if resolve else tp, value, prefix=key)
     if tp is bool:
         if isinstance(value, bool):
             return value

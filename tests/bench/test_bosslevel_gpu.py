@@ -46,8 +46,8 @@ def test_bosslevel_gpu_script_on_cpu(tmp_path: Path) -> None:
     parts = sorted(out.glob("model.safetensors.part*"))
     assert parts
     (ckpt / "model.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
-    from vlafoundry.models import load_policy
+    from vlafoundry.train import load_run
 
-    policy, cfg = load_policy(dest / "train", device="cpu")
+    policy, cfg, _ = load_run(dest / "train", device="cpu")
     assert cfg.data.env == "babyai/BossLevel" and cfg.model.d_model == 32
     assert sum(p.numel() for p in policy.parameters()) > 0

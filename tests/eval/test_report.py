@@ -138,11 +138,14 @@ def test_plot_input_validation(tmp_path):
 
 
 def test_eval_command_writes_json_and_report(tmp_path, monkeypatch, capsys):
-    import vlafoundry.models
+    import vlafoundry.train.trainer
     from vlafoundry.cli.main import main
+    from vlafoundry.config import from_dict
+    from vlafoundry.train.config import ExperimentConfig
 
-    cfg = {"data": {"env": "babyai/GoToLocal", "seed": 0, "episodes": 50, "image": "symbolic"}, "eval": {"episodes": 3}}
-    monkeypatch.setattr(vlafoundry.models, "load_policy", lambda path, device="cpu": (RandomPolicy(), cfg))
+    cfg = from_dict(ExperimentConfig, {"data": {"env": "babyai/GoToLocal", "seed": 0, "episodes": 50,
+                                                "image": "symbolic"}, "eval": {"episodes": 3}})
+    monkeypatch.setattr(vlafoundry.train.trainer, "load_run", lambda path, device="cpu": (RandomPolicy(), cfg, {}))
     run = tmp_path / "run"
     (run / "checkpoints" / "step_0000010").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "train", "loss": 0.5}\n')

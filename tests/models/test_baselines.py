@@ -20,7 +20,7 @@ from vlafoundry.envs.metaworld_instructions import INSTRUCTIONS
 from vlafoundry.eval.paraphrase import load_paraphrases
 from vlafoundry.eval.rollout import ObservationCorruption, evaluate_policy
 from vlafoundry.eval.subgroups import normalize_instruction
-from vlafoundry.models import OneHotMLPConfig, PolicySpec, TaskOneHotMLP, fit_baseline
+from vlafoundry.models import OneHotMLPConfig, PolicySpec, TaskOneHotMLP, load_policy
 
 TINY = OneHotMLPConfig(hidden=32, layers=2)
 
@@ -39,7 +39,7 @@ def _model(ds, cfg=TINY, seed=0):
 
 def test_config_validation():
     for bad in ({"hidden": 0}, {"layers": 0}, {"activation": "swish"}, {"dropout": 1.0}, {"loss": "huber"}):
-        with pytest.raises(ConfigError, match="baseline"):
+        with pytest.raises(ConfigError, match=r"model\.\w+: expected"):
             OneHotMLPConfig(**bad)
 
 
@@ -98,31 +98,39 @@ def test_every_parameter_gets_a_gradient(mt10_ds):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_loss_falls_on_real_demonstrations(mt10_ds):
-    model = _model(mt10_ds, OneHotMLPConfig(hidden=64, layers=2))
+def test_loss_falls_when_trained_by_the_trainer(mt10_ds, tmp_path):
+    """The baseline trains with the library's one Trainer (model.type onehot_mlp), like every policy."""
+    from vlafoundry.config import from_dict
+    from vlafoundry.train.config import ExperimentConfig
+    from vlafoundry.train.trainer import Trainer, load_run
+
+    cfg = from_dict(ExperimentConfig, {
+        "data": {"path": str(mt10_ds.root), "val_fraction": 0.0},
+        "model": {"type": "onehot_mlp", "hidden": 64, "layers": 2},
+        "train": {"steps": 80, "batch_size": 64, "lr": 3e-3, "warmup_steps": 5, "progress": False,
+                  "eval_every": 80, "log_every": 20, "checkpoint_every": 80, "weight_decay": 0.0},
+    })
     probe = mt10_ds.__getitems__(list(range(len(mt10_ds))))
+    trainer = Trainer(cfg, tmp_path / "run", phase="train")
     with torch.no_grad():
-        before = float(model(probe)[0])
-    info = fit_baseline(model, mt10_ds, max_steps=80, batch_size=64, lr=3e-3, warmup_steps=5, seed=0)
+        before = float(trainer.policy.eval()(probe)[0])
+    summary = trainer.fit()
+    policy, saved_cfg, _ = load_run(tmp_path / "run")
     with torch.no_grad():
-        after = float(model(probe)[0])
-    assert info["steps"] == 80 and info["stopped_by"] == "steps" and info["samples"] == 80 * 64
+        after = float(policy(probe)[0])
+    assert summary["step"] == 80 and isinstance(policy, TaskOneHotMLP) and saved_cfg.model.type == "onehot_mlp"
     assert after < 0.6 * before, (before, after)
-    assert not model.training
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [20, 40, 60, 80]
+    assert all(isinstance(r["loss"], float) for r in rows)
 
 
-def test_fit_baseline_time_budget(mt10_ds):
-    info = fit_baseline(_model(mt10_ds), mt10_ds, max_steps=10**9, max_seconds=0.3, batch_size=8)
-    assert info["stopped_by"] == "time" and 1 <= info["steps"] < 10**9
-    with pytest.raises(ValueError, match="max_seconds"):
-        fit_baseline(_model(mt10_ds), mt10_ds, max_seconds=0)
-
-
-def test_extra_state_round_trip(mt10_ds):
+def test_save_pretrained_round_trip(mt10_ds, tmp_path):
     model = _model(mt10_ds)
-    extra = json.loads(json.dumps(model.extra_state()))
-    clone = TaskOneHotMLP(OneHotMLPConfig(**extra["config"]), PolicySpec(**extra["spec"]))
-    clone.load_state_dict(model.state_dict())
+    model.save_pretrained(tmp_path / "mlp")
+    assert json.loads((tmp_path / "mlp" / "config.json").read_text())["type"] == "onehot_mlp"
+    clone = load_policy(tmp_path / "mlp")
+    assert isinstance(clone, TaskOneHotMLP) and not clone.training
     batch = mt10_ds.__getitems__([0, 5, 9])
     torch.testing.assert_close(clone.predict(batch["state"], batch["task_id"]),
                                model.predict(batch["state"], batch["task_id"]))

@@ -202,9 +202,9 @@ def test_memory_acting_step_by_step_equals_the_episode_forward():
                 j = int(((rows == i) & (pos == t)).nonzero()[0, 0])
                 assert a[i] == int(full[j].argmax())
     # reset of env 1 only: its next step equals an episode's first step, env 0 keeps its memory
-    h_before = p._memory_h.clone()
+    h_before = p.acting.memory_h.clone()
     p.reset([1])
-    assert torch.equal(p._memory_h[1], torch.zeros(32)) and torch.equal(p._memory_h[0], h_before[0])
+    assert torch.equal(p.acting.memory_h[1], torch.zeros(32)) and torch.equal(p.acting.memory_h[0], h_before[0])
     assert not p.stateless and make(babyai_spec()).stateless
 
 

@@ -284,7 +284,7 @@ def finite_cfg(tiny_cfg):
 
 
 @pytest.mark.parametrize("param,first_report", [
-    ("action_head.2.weight", r"loss is nan \(non-finite terms: \['bc', 'loss'\]\)"),
+    ("action_head.net.2.weight", r"loss is nan \(non-finite terms: \['bc', 'loss'\]\)"),
     ("vision_encoder.object_embed.weight", r"visual_features: expected finite values"),
     ("state_proj.0.weight", r"extra_tokens: expected finite values"),
 ])
@@ -326,6 +326,6 @@ def test_without_check_finite_a_nan_parameter_is_not_reported(tiny_cfg, rel_data
     tr = Trainer(tiny_cfg("--train.steps", "6"), tmp_path / "run", dataset_root=rel_dataset)
     tr.fit(stop_after=2)
     with torch.no_grad():
-        tr.policy.action_head[2].weight.fill_(float("nan"))
+        tr.policy.action_head.net[2].weight.fill_(float("nan"))
     summary = tr.fit()
     assert summary["step"] == 6 and not np.isfinite(summary["last"]["loss"])

@@ -6,7 +6,7 @@ tests/train/test_checkpoint.py, tests/train/test_config.py, tests/eval/test_para
 * damaged Minari HDF5 file (bit flips, truncation): ``data verify`` exits 1 naming it; ``DemoDataset`` and
   ``vlafoundry train`` refuse it;
 * checkpoints with a missing, unexpected, mis-shaped or wrongly typed tensor, or a truncated weights file, given
-  to ``load_policy`` / ``vlafoundry train --init-from``;
+  to ``load_run`` / ``vlafoundry train --init-from``;
 * configuration errors in a YAML file passed as ``--preset`` and in dotted overrides: exit code 2 naming the key;
 * paraphrase files that are not valid UTF-8 JSON;
 * pickle-based files (which run code when unpickled) given as checkpoints: refused, never unpickled.
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from vlafoundry.cli.main import main
 from vlafoundry.data import DemoDataset
-from vlafoundry.models import load_policy
+from vlafoundry.train import load_run
 from vlafoundry.train.checkpoint import CheckpointError, resolve_checkpoint
 from vlafoundry.train.trainer import Trainer
 
@@ -94,7 +94,7 @@ def trained_run(rel_dataset: Path, tiny_cfg, tmp_path_factory: pytest.TempPathFa
 
 def _edit_weights(tensors: dict[str, torch.Tensor], kind: str) -> tuple[dict[str, torch.Tensor], str]:
     """Damage a state dict; returns it and the regex the error must match."""
-    name = "action_head.2.weight"
+    name = "action_head.net.2.weight"
     shape = tuple(tensors[name].shape)
     t = dict(tensors)
     if kind == "missing":
@@ -133,7 +133,7 @@ def bad_checkpoint(request, trained_run: Path, tmp_path: Path) -> tuple[Path, st
 def test_load_policy_names_bad_tensor(bad_checkpoint) -> None:
     path, match = bad_checkpoint
     with pytest.raises(CheckpointError, match=match):
-        load_policy(path)
+        load_run(path)
 
 
 @pytest.mark.parametrize("bad_checkpoint", CKPT_FAULTS, indirect=True)
@@ -262,7 +262,7 @@ class _Payload:
 
 
 def _evil_files(tmp_path: Path, marker: Path) -> dict[str, Path]:
-    raw = pickle.dumps({"action_head.2.weight": _Payload(marker)})
+    raw = pickle.dumps({"action_head.net.2.weight": _Payload(marker)})
     files = {}
     files["evil.pt"] = tmp_path / "evil.pt"
     files["evil.pt"].write_bytes(raw)
@@ -290,7 +290,7 @@ def test_load_policy_never_unpickles(tmp_path):
     marker = tmp_path / "PWNED"
     for label, path in _evil_files(tmp_path, marker).items():
         with pytest.raises(CheckpointError, match=r"pickle|not a valid safetensors|expected a checkpoint directory"):
-            load_policy(path)
+            load_run(path)
         assert not marker.exists(), f"{label} was unpickled"
 
 

@@ -164,7 +164,7 @@ def test_check_finite_option_stops_with_step_and_tensor(gotolocal_root, tiny_cfg
                  dataset_root=gotolocal_root)
     tr.fit(stop_after=2)
     with torch.no_grad():
-        tr.policy.action_head[0].weight.fill_(float("nan"))
+        tr.policy.action_head.net[0].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match=r"step 2: ") as info:
         tr.fit()
     assert "action_head" in str(info.value) and ("NaN" in str(info.value) or "non-finite" in str(info.value))
@@ -233,7 +233,7 @@ def test_memory_policy_trains_on_whole_episodes_resumes_exactly_and_acts(gotoloc
     for _ in range(3):
         act = policy.select_action({k: [v] if k == "instruction" else v[None] for k, v in obs.items() if k != "task"})
         obs, *_ = env.step(act[0])
-    assert policy._memory_h is not None and policy._memory_h.abs().sum() > 0
+    assert policy.acting.memory_h is not None and policy.acting.memory_h.abs().sum() > 0
 
 
 def test_colour_augmentation_is_applied_and_validated(gotolocal_root, tiny_cfg, tmp_path):

@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
         replay_frames,
         select_gif_episodes,
     )
-    from vlafoundry.models import load_policy
+    from vlafoundry.train.trainer import load_run
 
     if args.episodes is not None and args.episodes < 1:
         print(f"error: --episodes: expected >= 1, got {args.episodes}", file=sys.stderr)
@@ -113,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         print(f"error: --sample-temperature: expected a number > 0, got {temperature}", file=sys.stderr)
         return 2
-    policy, cfg = load_policy(ckpt, device=args.device)
+    policy, cfg, _ = load_run(ckpt, device=args.device)
     if getattr(args, "action_selection", None):
         policy.cfg.action_selection = args.action_selection
     if temperature is not None:

@@ -17,8 +17,7 @@ from vlafoundry.data.collate import collate, unbatch
 from vlafoundry.data.format import stats_from_json
 from vlafoundry.data.source import ensure_cache, resolve_source
 from vlafoundry.envs.spec import EnvSpec
-
-_STD_FLOOR = 1e-6
+from vlafoundry.normalize import safe_std
 
 
 def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -156,9 +155,9 @@ class DemoDataset(Dataset):
         self._hist = np.arange(-self.history + 1, 1, dtype=np.int64)  # (T,)
         self._fut = np.arange(self.chunk, dtype=np.int64)  # (K,)
         st = self.stats["state"]
-        self._state_mean, self._state_std = st["mean"], np.where(st["std"] < _STD_FLOOR, 1.0, st["std"]).astype(np.float32)
+        self._state_mean, self._state_std = st["mean"], safe_std(st["std"])
         at = self.stats["action"]
-        self._action_mean, self._action_std = at["mean"], np.where(at["std"] < _STD_FLOOR, 1.0, at["std"]).astype(np.float32)
+        self._action_mean, self._action_std = at["mean"], safe_std(at["std"])
         self._arrays: dict[str, np.ndarray] | None = None
 
     # ---------------------------------------------------------------------------------------- basics

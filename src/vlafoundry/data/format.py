@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlafoundry.io import read_json, write_json_atomic  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "vlafoundry-demonstrations"
@@ -71,31 +72,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, default: Callable[[Any], Any] | None = None) -> None:
-    """Write JSON (sorted keys, deterministic) to a temp file, fsync it and rename it into place.
-
-    A crash leaves either the old file or the new one, never a half-written one. ``default`` is ``json.dump``'s hook
-    for objects JSON cannot encode (e.g. ``str`` for paths).
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written temp file left beside the old one
-        raise
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def array_stats(x: np.ndarray) -> dict[str, np.ndarray]:

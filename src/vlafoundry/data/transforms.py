@@ -16,12 +16,14 @@ class ModalityDropout:
     """Drop whole modalities at random, per sample: ``<mod>_present`` becomes False and the data is zeroed
     (images and states set to 0, the instruction to ``""``; ``instruction_id`` is kept as a label).
 
-    Works on one sample (``<mod>_present`` a 0-d bool tensor) or on a batch (shape ``(B,)``), so
-    ``DemoDataset.__getitems__`` applies it vectorised. Modalities the sample does not have are skipped.
+    The one implementation of modality dropout: the policy processor applies it to training batches
+    (``model.modality_dropout``), and it works on a single sample (``<mod>_present`` a 0-d bool) or a batch
+    (shape ``(B,)``), on any device. Modalities the sample does not have are skipped.
 
     Args:
         image / instruction / state: drop probability of each modality, in [0, 1].
-        seed: seed of the random stream; each DataLoader worker mixes in its worker id.
+        seed: with a seed, an own ``torch.Generator`` (mixed with the DataLoader worker id); without one, torch's
+            global RNG (which training checkpoints save, so a resumed run draws what the uninterrupted one drew).
     """
 
     batched = True
@@ -32,29 +34,34 @@ class ModalityDropout:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
         self.seed = seed
-        self._rng: np.random.Generator | None = None
-        self._rng_pid: int | None = None
+        self._gen: torch.Generator | None = None
+        self._gen_pid: int | None = None
 
-    def _generator(self) -> np.random.Generator:
+    @property
+    def active(self) -> bool:
+        return any(p > 0 for p in self.p.values())
+
+    def _generator(self) -> torch.Generator | None:
         import os
 
+        if self.seed is None:
+            return None
         pid = os.getpid()
-        if self._rng is None or self._rng_pid != pid:
+        if self._gen is None or self._gen_pid != pid:
             info = torch.utils.data.get_worker_info()
             worker = info.id if info is not None else -1
-            entropy = [self.seed, worker + 1] if self.seed is not None else None
-            self._rng = np.random.default_rng(entropy)
-            self._rng_pid = pid
-        return self._rng
+            self._gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + worker + 1)
+            self._gen_pid = pid
+        return self._gen
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_rng"] = None
-        state["_rng_pid"] = None
+        state["_gen"] = None
+        state["_gen_pid"] = None
         return state
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        rng = self._generator()
+    def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        gen = generator if generator is not None else self._generator()
         sample = dict(sample)
         for mod, p in self.p.items():
             flag = f"{mod}_present"
@@ -63,7 +70,7 @@ class ModalityDropout:
             present = torch.as_tensor(sample[flag], dtype=torch.bool)
             batched = present.ndim == 1
             n = present.shape[0] if batched else 1
-            drop = torch.from_numpy(rng.random(n) < p)  # (B,)
+            drop = (torch.rand(n, generator=gen) < p).to(present.device)  # (B,)
             if not batched:
                 drop = drop[0]
             sample[flag] = present & ~drop
@@ -73,8 +80,8 @@ class ModalityDropout:
                 elif bool(drop):
                     sample[mod] = ""
             else:
-                x = sample[mod]
-                keep = (~drop).view(-1, *([1] * (x.ndim - 1))) if batched else ~drop
+                x = torch.as_tensor(sample[mod])
+                keep = (~drop).to(x.device).view(-1, *([1] * (x.ndim - 1))) if batched else ~drop.to(x.device)
                 sample[mod] = x * keep.to(x.dtype)
         return sample
 

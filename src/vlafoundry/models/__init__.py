@@ -1,23 +1,20 @@
-"""Policies composed from ``vlafoundry.nn`` layers."""
+"""Policies composed from ``vlafoundry.nn`` layers, behind one contract (:class:`Policy`).
+
+``make_policy(cfg.model, dataset)`` builds the type ``cfg.model.type`` names; ``load_policy(folder)`` rebuilds a
+saved one (``save_pretrained`` folder or training checkpoint); ``register_policy("name")`` adds a type.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from vlafoundry.models.base import Policy, PolicyLoadError
+from vlafoundry.models.baselines import OneHotMLPConfig, TaskOneHotMLP
+from vlafoundry.models.config import ModalityDropoutConfig, ModelConfig, PolicyConfig
+from vlafoundry.models.objectives import LossConfig
+from vlafoundry.models.processor import PolicyProcessor
+from vlafoundry.models.registry import load_policy, make_policy, policy_class, policy_types, register_policy
+from vlafoundry.models.spec import PolicySpec
+from vlafoundry.models.vla import VLAPolicy
 
-from vlafoundry.models.baselines import OneHotMLPConfig, TaskOneHotMLP, fit_baseline
-from vlafoundry.models.config import ModalityDropoutConfig, PolicyConfig
-from vlafoundry.models.policy import PolicySpec, VLAPolicy
-
-
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[VLAPolicy, Any]:
-    """Load a trained policy from a checkpoint or run directory -> (policy in eval mode, ExperimentConfig)."""
-    from vlafoundry.train.trainer import policy_from_checkpoint
-
-    policy, cfg, _ = policy_from_checkpoint(path, device)
-    policy.eval()
-    return policy, cfg
-
-
-__all__ = ["VLAPolicy", "PolicySpec", "PolicyConfig", "ModalityDropoutConfig", "load_policy", "TaskOneHotMLP",
-           "OneHotMLPConfig", "fit_baseline"]
+__all__ = ["LossConfig", "ModalityDropoutConfig", "ModelConfig", "OneHotMLPConfig", "Policy", "PolicyConfig",
+           "PolicyLoadError", "PolicyProcessor", "PolicySpec", "TaskOneHotMLP", "VLAPolicy", "load_policy",
+           "make_policy", "policy_class", "policy_types", "register_policy"]

@@ -5,23 +5,21 @@ concatenated with a one-hot of the task, regressing the expert's continuous acti
 ``metaworld-mt10`` preset trains the language policy). It never reads the instruction: at training time the task
 comes from the batch's ``task_id`` (an index into the dataset's task list), when acting from the observation
 batch's ``task`` names, which the closed-loop evaluator fills from the environment (``obs["task"]``, e.g.
-``"metaworld/push"``). It follows the acting contract of :class:`~vlafoundry.models.VLAPolicy` that
-:func:`vlafoundry.eval.rollout.evaluate_policy` relies on -- ``select_action(batch) -> (N, A)`` and
-``reset(env_indices=None)`` -- so the same evaluation code, seeds and episode counts score both.
+``"metaworld/push"``). It implements the policy contract (:class:`~vlafoundry.models.base.Policy`, registered as
+``model.type: onehot_mlp``), so it trains with the one :class:`~vlafoundry.train.trainer.Trainer` and is scored by
+the same evaluation code, seeds and episode counts as the VLA policy.
 
 Data flow (B samples)::
 
-    state (B,[T,]S) ──last frame, (x - mean) / std──┐
+    state (B,[T,]S) ──last frame, standardised by the processor──┐
     task_id (B,) ──one-hot over spec.tasks──────────┴─► concat (B, S + n_tasks) ─► [Linear, act] x layers
                                                       ─► ActionDecoder (tanh-bounded to [low, high]) ─► (B, A)
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,17 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlafoundry.config import require
-from vlafoundry.models.policy import PolicySpec
+from vlafoundry.models.base import Policy
+from vlafoundry.models.config import ModelConfig
+from vlafoundry.models.processor import PolicyProcessor
+from vlafoundry.models.registry import register_policy
+from vlafoundry.models.spec import PolicySpec
 from vlafoundry.nn._checks import check_tensor
 from vlafoundry.nn.action import ActionDecoder
-
-_STD_FLOOR = 1e-6
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 @dataclass
-class OneHotMLPConfig:
-    """Architecture of :class:`TaskOneHotMLP`.
+class OneHotMLPConfig(ModelConfig):
+    """Architecture of :class:`TaskOneHotMLP` (``model.type: onehot_mlp``).
 
     Attributes:
         hidden: width of every hidden layer.
@@ -50,6 +50,7 @@ class OneHotMLPConfig:
         loss: ``l1`` (as the language policy's ``loss.continuous``) or ``mse``.
     """
 
+    type: str = "onehot_mlp"
     hidden: int = 256
     layers: int = 3
     activation: str = "relu"
@@ -57,15 +58,17 @@ class OneHotMLPConfig:
     loss: str = "l1"
 
     def __post_init__(self) -> None:
-        require(self.hidden >= 1, "baseline.hidden", "an integer >= 1", self.hidden)
-        require(self.layers >= 1, "baseline.layers", "an integer >= 1", self.layers)
-        require(self.activation in _ACTIVATIONS, "baseline.activation", f"one of {list(_ACTIVATIONS)}",
+        require(self.type == "onehot_mlp", "model.type", "'onehot_mlp' for OneHotMLPConfig", self.type)
+        require(self.hidden >= 1, "model.hidden", "an integer >= 1", self.hidden)
+        require(self.layers >= 1, "model.layers", "an integer >= 1", self.layers)
+        require(self.activation in _ACTIVATIONS, "model.activation", f"one of {list(_ACTIVATIONS)}",
                 self.activation)
-        require(0.0 <= self.dropout < 1.0, "baseline.dropout", "a probability in [0, 1)", self.dropout)
-        require(self.loss in ("l1", "mse"), "baseline.loss", "one of ['l1', 'mse']", self.loss)
+        require(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
+        require(self.loss in ("l1", "mse"), "model.loss", "one of ['l1', 'mse']", self.loss)
 
 
-class TaskOneHotMLP(nn.Module):
+@register_policy("onehot_mlp")
+class TaskOneHotMLP(Policy):
     """MLP on ``[normalised state, task one-hot]`` -> bounded continuous action (a multi-task BC baseline).
 
     ``forward(batch) -> (loss, metrics)`` on :class:`~vlafoundry.data.DemoDataset` batches (``state`` (B, T, S) or
@@ -76,10 +79,9 @@ class TaskOneHotMLP(nn.Module):
     no per-row state (``stateless = True``).
     """
 
-    stateless = True
+    config_class = OneHotMLPConfig
 
     def __init__(self, cfg: OneHotMLPConfig, spec: PolicySpec) -> None:
-        super().__init__()
         if spec.action_type != "continuous":
             raise ValueError(f"spec.action_type: TaskOneHotMLP needs a continuous action space, got "
                              f"{spec.action_type!r}")
@@ -89,17 +91,9 @@ class TaskOneHotMLP(nn.Module):
             raise ValueError("spec.tasks: expected the dataset's task names (one one-hot slot each), got []")
         if len(set(spec.tasks)) != len(spec.tasks):
             raise ValueError(f"spec.tasks: expected distinct task names, got {spec.tasks}")
-        self.cfg, self.spec = cfg, spec
+        super().__init__(cfg, PolicyProcessor(spec, state=True))
         self.task_index = {t: i for i, t in enumerate(spec.tasks)}
         s, n, a = spec.state_dim, len(spec.tasks), spec.action_dim
-        mean = torch.tensor(spec.state_mean or [0.0] * s, dtype=torch.float32)
-        std = torch.tensor(spec.state_std or [1.0] * s, dtype=torch.float32)
-        if mean.shape != (s,) or std.shape != (s,):
-            raise ValueError(f"spec.state_mean/state_std: expected {s} values each, got {tuple(mean.shape)} and "
-                             f"{tuple(std.shape)}")
-        # constant dimensions (std ~ 0, e.g. Meta-World's unused object slots) are centred, not blown up
-        self.register_buffer("state_mean", mean)
-        self.register_buffer("state_std", torch.where(std < _STD_FLOOR, torch.ones_like(std), std))
         act = _ACTIVATIONS[cfg.activation]
         layers: list[nn.Module] = []
         width = s + n
@@ -115,17 +109,13 @@ class TaskOneHotMLP(nn.Module):
 
     # ------------------------------------------------------------------ construction / persistence
     @classmethod
-    def from_dataset(cls, cfg: OneHotMLPConfig, ds: Any) -> TaskOneHotMLP:
+    def from_dataset(cls, cfg: OneHotMLPConfig, dataset: Any, loss_cfg: Any = None) -> TaskOneHotMLP:
         """For a :class:`~vlafoundry.data.DemoDataset`: its action space, state statistics and task list."""
-        return cls(cfg, PolicySpec.from_dataset(ds))
+        return cls(cfg, PolicySpec.from_dataset(dataset))
 
-    def extra_state(self) -> dict[str, Any]:
-        """JSON-able config and spec; ``TaskOneHotMLP(OneHotMLPConfig(**x["config"]), PolicySpec(**x["spec"]))``."""
-        return {"config": asdict(self.cfg), "spec": asdict(self.spec)}
-
-    @property
-    def device(self) -> torch.device:
-        return self.state_mean.device
+    @classmethod
+    def from_state(cls, cfg: OneHotMLPConfig, spec: PolicySpec, tokenizer: Any, state: dict[str, Any]) -> TaskOneHotMLP:
+        return cls(cfg, spec)
 
     # ------------------------------------------------------------------ the network
     def one_hot(self, task_ids: torch.Tensor) -> torch.Tensor:
@@ -146,11 +136,11 @@ class TaskOneHotMLP(nn.Module):
         if task_ids.reshape(-1).shape[0] != state.shape[0]:
             raise ValueError(f"task_id: expected {state.shape[0]} rows (one per state), got "
                              f"{tuple(task_ids.shape)}")
-        x = torch.cat([(state - self.state_mean) / self.state_std, self.one_hot(task_ids)], dim=1)
+        x = torch.cat([self.processor.normalize_state(state), self.one_hot(task_ids)], dim=1)
         return self.action_head(self.trunk(x))
 
     # ------------------------------------------------------------------ the policy contract
-    def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Behaviour-cloning loss on the first action of each sample's chunk (masked by ``action_mask``)."""
         if "task_id" not in batch:
             raise ValueError("batch: expected key 'task_id' (index into spec.tasks), as DemoDataset batches have")
@@ -164,11 +154,11 @@ class TaskOneHotMLP(nn.Module):
         if mask is not None:
             mask = torch.as_tensor(mask, device=self.device)
             w = (mask[:, 0] if mask.dim() == 2 else mask).float()
-        kind = getattr(loss_cfg, "continuous", None) or self.cfg.loss
+        kind = self.cfg.loss  # this policy's own config names its loss (model.loss)
         err = (pred - act).abs() if kind == "l1" else (pred - act) ** 2
         loss = (err.mean(-1) * w).sum() / w.sum().clamp_min(1)
         l1 = ((pred - act).abs().mean(-1) * w).sum() / w.sum().clamp_min(1)
-        return loss, {"bc": float(loss.detach()), "action_l1": float(l1.detach()), "loss": float(loss.detach())}
+        return loss, {"bc": loss.detach(), "action_l1": l1.detach(), "loss": loss.detach()}
 
     def task_ids(self, tasks: Sequence[str]) -> torch.Tensor:
         """Task names -> indices into ``spec.tasks`` (``""`` -> -1); an unknown name raises ValueError."""
@@ -199,83 +189,4 @@ class TaskOneHotMLP(nn.Module):
         """Nothing to forget: actions depend only on the current observation."""
 
 
-# ---------------------------------------------------------------------------------------------- training
-def fit_baseline(
-    model: nn.Module,
-    ds: Any,
-    *,
-    max_steps: int = 20_000,
-    max_seconds: float | None = None,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    min_lr_ratio: float = 0.05,
-    warmup_steps: int = 100,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Train ``model`` (``forward(batch) -> (loss, metrics)``) on random batches of ``ds`` under a step and time budget.
-
-    AdamW; the learning rate warms up linearly for ``warmup_steps`` and then follows a cosine to
-    ``lr * min_lr_ratio`` over *progress* = the larger of ``step / max_steps`` and ``elapsed / max_seconds``, so it
-    anneals fully whichever budget runs out first. Batches are drawn uniformly with replacement from ``ds`` with a
-    generator seeded by ``seed`` (``ds.__getitems__`` when present). Returns ``steps``, ``seconds``,
-    ``samples``, ``first_loss``, ``final_loss`` (mean of the last 50 steps) and ``stopped_by``
-    (``"steps"`` or ``"time"``).
-    """
-    if max_steps < 1:
-        raise ValueError(f"max_steps: expected >= 1, got {max_steps}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds: expected > 0 (or None for no time limit), got {max_seconds}")
-    if len(ds) == 0:
-        raise ValueError("ds: expected a dataset with at least one sample, got an empty one")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    get = getattr(ds, "__getitems__", None)
-    model.train()
-    losses: list[float] = []
-    step, stopped_by = 0, "steps"
-    t0 = time.perf_counter()
-    while step < max_steps:
-        elapsed = time.perf_counter() - t0
-        if max_seconds is not None and elapsed >= max_seconds:
-            stopped_by = "time"
-            break
-        progress = max(step / max_steps, elapsed / max_seconds if max_seconds else 0.0)
-        if step < warmup_steps:
-            factor = (step + 1) / warmup_steps
-        else:
-            factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        for g in opt.param_groups:
-            g["lr"] = lr * factor
-        idx = rng.integers(0, len(ds), size=batch_size)
-        batch = get(idx.tolist()) if get is not None else _collate_items(ds, idx)
-        loss, _ = model(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-    model.eval()
-    tail = losses[-50:]
-    return {
-        "steps": step,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "samples": step * batch_size,
-        "batch_size": batch_size,
-        "first_loss": losses[0] if losses else float("nan"),
-        "final_loss": float(np.mean(tail)) if tail else float("nan"),
-        "stopped_by": stopped_by,
-    }
-
-
-def _collate_items(ds: Any, idx: np.ndarray) -> dict[str, Any]:
-    from vlafoundry.data.collate import collate
-
-    return collate([ds[int(i)] for i in idx])
-
-
-__all__ = ["OneHotMLPConfig", "TaskOneHotMLP", "fit_baseline"]
+__all__ = ["OneHotMLPConfig", "TaskOneHotMLP"]

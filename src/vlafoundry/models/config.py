@@ -1,4 +1,8 @@
-"""Configuration of :class:`~vlafoundry.models.policy.VLAPolicy` (one dataclass per model, LeRobot style)."""
+"""Policy configurations: one dataclass per policy type (LeRobot style), all deriving from :class:`ModelConfig`.
+
+``ModelConfig.type`` names the policy class in the registry (:mod:`vlafoundry.models.registry`); the config
+loader builds the subclass that type registered (``model: {type: onehot_mlp, hidden: 256}`` in a YAML preset),
+so a new policy type brings its own config keys without touching the others'."""
 
 from __future__ import annotations
 
@@ -9,9 +13,26 @@ from vlafoundry.config import require
 
 VISION_KINDS = ("grid", "patch", "none")
 LANGUAGE_KINDS = ("scratch", "pretrained", "none")
-FUSION_KINDS = ("cross_attention", "early", "late", "film")
-HEAD_KINDS = ("auto", "discrete", "continuous", "binned")
 MEMORY_KINDS = ("none", "gru")
+
+
+@dataclass
+class ModelConfig:
+    """What every policy config has: ``type``, the registered policy type it configures."""
+
+    type: str = "vla"
+
+    def dataset_view(self) -> dict[str, Any]:
+        """The ``DemoDataset`` arguments this policy's samples need (frames per sample, first-frame anchor, action
+        chunk, whole episodes); the default is one frame, one action, independent samples."""
+        return {"history": 1, "anchor_first": False, "chunk": 1, "sequence": False}
+
+    @classmethod
+    def config_class_for(cls, data: dict[str, Any], key: str) -> type:
+        """The config dataclass of the policy type ``data["type"]`` names (used by the config loader)."""
+        from vlafoundry.models.registry import policy_class
+
+        return policy_class(str(data.get("type", "vla")), key=f"{key}.type").config_class
 
 
 @dataclass
@@ -29,8 +50,8 @@ class ModalityDropoutConfig:
 
 
 @dataclass
-class PolicyConfig:
-    """Architecture of a VLA policy, every piece drawn from ``vlafoundry.nn``.
+class PolicyConfig(ModelConfig):
+    """Architecture of a VLA policy (``type: vla``), every piece drawn from ``vlafoundry.nn``.
 
     vision: ``grid`` embeds BabyAI's symbolic 7x7x3 view per cell (49 tokens); ``patch`` is the ViT-style
     :class:`~vlafoundry.nn.VisionEncoder` over RGB images; ``none`` for state-only benchmarks (Meta-World).
@@ -93,10 +114,14 @@ class PolicyConfig:
                 "sequence": self.memory != "none"}
 
     def __post_init__(self) -> None:
+        from vlafoundry.models.components import FUSIONS, HEADS
+
+        require(self.type == "vla", "model.type", "'vla' for PolicyConfig", self.type)
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
         require(self.language in LANGUAGE_KINDS, "model.language", f"one of {list(LANGUAGE_KINDS)}", self.language)
-        require(self.fusion in FUSION_KINDS, "model.fusion", f"one of {list(FUSION_KINDS)}", self.fusion)
-        require(self.head in HEAD_KINDS, "model.head", f"one of {list(HEAD_KINDS)}", self.head)
+        require(self.fusion in FUSIONS, "model.fusion", f"one of {FUSIONS.names()}", self.fusion)
+        require(self.head == "auto" or self.head in HEADS, "model.head", f"one of {['auto', *HEADS.names()]}",
+                self.head)
         require(self.action_selection in ("greedy", "sample"), "model.action_selection", "one of ['greedy', 'sample']",
                 self.action_selection)
         require(self.sample_temperature > 0, "model.sample_temperature", "a number > 0", self.sample_temperature)

@@ -7,7 +7,9 @@ Layout of one checkpoint directory (``RUN/checkpoints/step_0000500``)::
     rng.safetensors       torch CPU (and CUDA) generator states as uint8 tensors
     state.json            step, schedule, optimiser hyper-parameters, data-order state, numpy/python RNG, metrics
     config.json           the resolved experiment configuration
-    extra.json            model-side non-tensor state (tokenizer JSON, action statistics, ...)
+    processor.json        the policy's processor state (spec with normalisation statistics, tokenizer) and
+                          construction arguments: with config.json's ``model`` section and model.safetensors,
+                          a folder ``vlafoundry.models.load_policy`` reads (older checkpoints: extra.json)
 
 A checkpoint is written into ``<name>.tmp-<pid>``, every file flushed and fsync'd, then renamed into place, and
 only then is ``RUN/checkpoints/latest`` (a one-line text file) atomically replaced. A directory without the
@@ -156,7 +158,7 @@ def save_checkpoint(
             state["rng"] = rng_meta
         write_json_atomic(tmp / "state.json", state)
         write_json_atomic(tmp / "config.json", config)
-        write_json_atomic(tmp / "extra.json", extra or {})
+        write_json_atomic(tmp / "processor.json", extra or {})
         write_json_atomic(tmp / MARKER, {"files": sorted(p.name for p in tmp.iterdir())})
         _fsync_dir(tmp)
         if directory.exists():
@@ -233,7 +235,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "model": _load_tensors(d / "model.safetensors"),
         "config": _load_json(d / "config.json"),
         "state": _load_json(d / "state.json"),
-        "extra": _load_json(d / "extra.json"),
+        "extra": _load_json(d / ("processor.json" if (d / "processor.json").is_file() else "extra.json")),
     }
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vlafoundry.config import ConfigError, apply_overrides, from_dict, load_yaml, require, to_dict
-from vlafoundry.models.config import PolicyConfig
+from vlafoundry.models.config import ModelConfig, PolicyConfig
+from vlafoundry.models.objectives import LossConfig
 
 
 @dataclass
@@ -54,29 +55,6 @@ class DataConfig:
         slug = self.env.replace("/", "-").lower()
         noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
         return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}"
-
-
-@dataclass
-class LossConfig:
-    """Weights of each objective (0 disables it) and their settings."""
-
-    bc: float = 1.0
-    contrastive: float = 0.0
-    itm: float = 0.0
-    mlm: float = 0.0
-    mrm: float = 0.0
-    moe_aux: float = 0.01
-    temperature: float = 0.07
-    learnable_temperature: bool = True
-    continuous: str = "l1"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "moe_aux"):
-            require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
-        require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
-        require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
-        require(0 <= self.label_smoothing < 1, "loss.label_smoothing", "a number in [0, 1)", self.label_smoothing)
 
 
 @dataclass
@@ -180,7 +158,7 @@ class ExperimentConfig:
 
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
-    model: PolicyConfig = field(default_factory=PolicyConfig)
+    model: ModelConfig = field(default_factory=PolicyConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

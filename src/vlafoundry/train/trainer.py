@@ -36,7 +36,9 @@ from torch import nn
 
 from vlafoundry.config import dump_yaml, from_dict, to_dict
 from vlafoundry.data.format import read_json, write_json_atomic
-from vlafoundry.models.policy import VLAPolicy, build_policy_from_checkpoint, count_parameters
+from vlafoundry.models import Policy, PolicyLoadError, make_policy
+from vlafoundry.models.base import build_from_folder
+from vlafoundry.models.policy import count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
 from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
@@ -101,14 +103,29 @@ def load_datasets(cfg: ExperimentConfig, root: Path) -> tuple[Any, Any | None]:
 
 # ---------------------------------------------------------------------------------------------- policy I/O
 def policy_from_checkpoint(path: str | Path, device: torch.device | str = "cpu"
-                           ) -> tuple[VLAPolicy, ExperimentConfig, dict[str, Any]]:
-    """Rebuild a policy (architecture from the saved config, tokenizer/spec from extra.json) and load weights."""
+                           ) -> tuple[Policy, ExperimentConfig, dict[str, Any]]:
+    """Rebuild a policy (type and architecture from the saved config, processor state from processor.json), load
+    its weights, in eval mode; also the run's experiment config and the checkpoint's contents (``load_run``)."""
     data = ckpt.load_checkpoint(path)
     cfg = from_dict(ExperimentConfig, data["config"])
-    policy = build_policy_from_checkpoint(cfg.model, data["extra"])
-    tensors = ckpt.check_state_dict(policy, data["model"], str(data["dir"] / "model.safetensors"))
-    policy.load_state_dict(tensors, strict=True)
-    return policy.to(device), cfg, data
+    try:
+        policy = build_from_folder(data["dir"], config=to_dict(cfg.model))
+    except PolicyLoadError as exc:
+        raise ckpt.CheckpointError(str(exc)) from None
+    return policy.to(device).eval(), cfg, data
+
+
+load_run = policy_from_checkpoint
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metric tensors (0-d) -> Python floats, with one device-to-host copy for all of them."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if k not in keys}
+    if keys:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, values))
+    return out
 
 
 def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -152,9 +169,8 @@ class Trainer:
                 # the architecture comes from the checkpoint; keep the run's config truthful
                 self.cfg.model = init_cfg.model
         else:
-            self.policy = VLAPolicy.from_dataset(cfg.model, self.train_ds, self.loss_cfg.temperature,
-                                                 self.loss_cfg.learnable_temperature).to(self.device)
-        self._check_loss_config()
+            self.policy = make_policy(cfg.model, self.train_ds, self.loss_cfg).to(self.device)
+        self.policy.check_objectives(self.loss_cfg)
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
                                              rank=self.dist.rank, world_size=self.dist.world_size)
@@ -184,18 +200,6 @@ class Trainer:
         resumed run draws what the uninterrupted one drew."""
         seed = np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, self.step]).generate_state(2, np.uint32)
         return torch.Generator().manual_seed(int(seed[0]) << 32 | int(seed[1]))
-
-    def _check_loss_config(self) -> None:
-        lc, p = self.loss_cfg, self.policy
-        if lc.mlm > 0 and p.cfg.language != "scratch":
-            raise ValueError("loss.mlm > 0 needs model.language=scratch (the pretrained encoder is frozen)")
-        if lc.mrm > 0 and not p.has_image:
-            raise ValueError("loss.mrm > 0 needs an image modality (model.vision != none and image data)")
-        if lc.mrm > 0 and p.cfg.vision_layers < 1:
-            raise ValueError("loss.mrm > 0 needs model.vision_layers >= 1: masked cells are reconstructed from "
-                             f"their context, and with vision_layers={p.cfg.vision_layers} there is none")
-        if (lc.contrastive > 0 or lc.itm > 0) and not p.has_language:
-            raise ValueError("loss.contrastive/itm > 0 need a language modality (model.language != none)")
 
     def _autocast_dtype(self) -> torch.dtype | None:
         prec = self.cfg.train.precision
@@ -267,7 +271,7 @@ class Trainer:
         name = f"step_{self.step:07d}"
         d = ckpt.save_checkpoint(self.ck_dir / name, model_state=self.policy.state_dict(),
                                  config=to_dict(self.cfg), state=state, optimizer=self.optimizer,
-                                 extra=self.policy.extra_state())
+                                 extra={**self.policy.processor.to_json(), "policy": self.policy.policy_state()})
         ckpt.write_atomic_text(self.ck_dir / "latest", name)
         ckpt.prune_checkpoints(self.ck_dir, self.cfg.train.keep_checkpoints)
         barrier(self.dist)
@@ -283,7 +287,7 @@ class Trainer:
         bs = self.opt_cfg.batch_size
         g = torch.Generator().manual_seed(12345)
         order = torch.randperm(n, generator=g)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         count = 0
         with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG (exact resume)
             for i in range(min(self.cfg.train.val_batches, math.ceil(n / bs))):
@@ -295,7 +299,7 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + v * len(idx)
                 count += len(idx)
         self.policy.train()
-        return {k: all_reduce_mean(v / max(count, 1), self.dist) for k, v in totals.items()}
+        return {k: all_reduce_mean(v / max(count, 1), self.dist) for k, v in scalars(totals).items()}
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -310,7 +314,7 @@ class Trainer:
 
     def _check_finite_step(self, loss: torch.Tensor, metrics: dict[str, float]) -> None:
         if not torch.isfinite(loss):
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            bad = [k for k, v in scalars(metrics).items() if not math.isfinite(v)]
             raise NonFiniteError(f"step {self.step}: loss is {float(loss.detach())} "
                                  f"(non-finite terms: {bad or ['loss']}){self._nonfinite_parameters()}")
         for name, p in self.policy.named_parameters():
@@ -348,7 +352,7 @@ class Trainer:
             bar = tqdm(total=total_steps, initial=self.step, desc=self.phase, unit="step", dynamic_ncols=True)
         t0, samples, stopped_early = time.perf_counter(), 0, False
         window_t, window_samples = time.perf_counter(), 0
-        last: dict[str, float] = {}
+        last: dict[str, torch.Tensor] = {}
         while self.step < end:
             idx = self.sampler.next_batch()
             batch = self.train_ds.__getitems__(idx)  # (B_local, ...)
@@ -364,7 +368,7 @@ class Trainer:
             if self.cfg.train.check_finite:
                 self._check_finite_step(loss, metrics)
             if opt.grad_clip > 0:
-                metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), opt.grad_clip))
+                metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.policy.parameters(), opt.grad_clip).detach()
             self.optimizer.step()
             self.step += 1
             # samples are steps; a batch of whole episodes (memory) holds seq_mask.sum() of them (this rank's x world)
@@ -378,9 +382,10 @@ class Trainer:
                 now = time.perf_counter()
                 sps = window_samples / max(now - window_t, 1e-9)
                 window_t, window_samples = now, 0
-                self._log({"step": self.step, "split": "train", "lr": lr, "samples_per_s": sps, **metrics})
+                logged = scalars(metrics)  # the only host sync of the metrics: once per log_every steps
+                self._log({"step": self.step, "split": "train", "lr": lr, "samples_per_s": sps, **logged})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{sps:,.0f}")
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", sps=f"{sps:,.0f}")
             if self.step % self.cfg.train.eval_every == 0 or self.step == total_steps:
                 val = self.validate()
                 if val:
@@ -396,7 +401,7 @@ class Trainer:
         summary = {"phase": self.phase, "step": self.step, "steps": total_steps, "wall_s": wall,
                    "samples_per_s": samples / max(wall, 1e-9), "stopped_early": stopped_early,
                    "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-                   "last": last, "parameters": count_parameters(self.policy),
+                   "last": scalars(last), "parameters": count_parameters(self.policy),
                    "train_samples": getattr(self.train_ds, "num_steps", len(self.train_ds)),
                    "train_episodes": self.train_ds.num_episodes, "world_size": self.dist.world_size}
         if self.dist.is_main:

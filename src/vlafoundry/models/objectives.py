@@ -1,0 +1,151 @@
+"""The training objectives of a VLA policy: behaviour cloning plus the chapter's alignment objectives.
+
+``VLAObjectives.forward(batch, loss_cfg)`` is one training/validation step's weighted loss:
+
+* ``bc`` -- behaviour cloning through the action head (:mod:`vlafoundry.models.components`);
+* ``contrastive`` -- observation-instruction InfoNCE (positives: samples with the same instruction);
+* ``itm`` -- image(observation)-text matching with hard negatives mined from those similarities;
+* ``mlm`` -- masked instruction tokens; ``mrm`` -- masked image cells/patches;
+* ``moe_aux`` -- the mixture-of-experts load-balancing loss, when the policy has experts.
+
+Metrics are detached 0-d tensors (the trainer reduces them when it logs): no host sync per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vlafoundry.config import require
+from vlafoundry.nn.losses import mean_count_over_ranks
+from vlafoundry.nn.moe import MultimodalMixtureOfExperts
+
+
+@dataclass
+class LossConfig:
+    """Weights of each objective (0 disables it) and their settings."""
+
+    bc: float = 1.0
+    contrastive: float = 0.0
+    itm: float = 0.0
+    mlm: float = 0.0
+    mrm: float = 0.0
+    moe_aux: float = 0.01
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    continuous: str = "l1"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "moe_aux"):
+            require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
+        require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
+        require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
+        require(0 <= self.label_smoothing < 1, "loss.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+
+
+def _m(t: torch.Tensor) -> torch.Tensor:
+    """A metric value: a detached 0-d tensor."""
+    return t.detach()
+
+
+class VLAObjectives:
+    """Mixin of :class:`~vlafoundry.models.vla.VLAPolicy`: the losses (it reads the policy's encoders and heads)."""
+
+    def loss_denominator(self, count: torch.Tensor) -> torch.Tensor:
+        """How many loss terms (action entries, masked tokens / patches, ITM pairs) to average a summed loss over.
+        In DDP training: the mean count over ranks, so that DDP's gradient average equals one process's mean over
+        the global batch even when ranks hold different numbers of terms (whole episodes of different lengths,
+        random masks). Otherwise this rank's count."""
+        if self.training:
+            return mean_count_over_ranks(count)
+        return count.detach().float().clamp_min(1)
+
+    def global_mean(self, losses: torch.Tensor) -> torch.Tensor:
+        """(M,) per-term losses -> scalar: their sum over :meth:`loss_denominator` (zero, with graph, when M = 0)."""
+        return losses.sum() / self.loss_denominator(torch.tensor(losses.numel(), device=losses.device))
+
+    def bc_loss(self, fused: torch.Tensor, b: dict[str, Any], loss_cfg: Any) -> tuple[torch.Tensor, dict]:
+        """Behaviour cloning on features (B, D) against ``b["action"]`` (B, K[, A]) masked by ``action_mask``."""
+        out = self.action_outputs(fused)
+        act, amask = b["action"], b["action_mask"]
+        if act.dim() == 1:
+            act = act.unsqueeze(1)
+        if amask.dim() == 1:
+            amask = amask.unsqueeze(1)
+        w = amask.float()  # (B, K)
+        loss = (self.action_head.entry_loss(out, act, loss_cfg) * w).sum() / self.loss_denominator(w.sum())
+        correct, err = self.action_head.entry_scores(out, act)
+        n = w.sum().clamp_min(1)
+        if correct is not None:
+            return loss, {"action_acc": _m((correct.float() * w).sum() / n)}
+        return loss, {"action_l1": _m((err * w).sum() / n)}
+
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        losses = [m.aux_loss for m in self.modules()
+                  if isinstance(m, MultimodalMixtureOfExperts) and getattr(m, "aux_loss", None) is not None]
+        return torch.stack(losses).mean() if losses else None
+
+    def pair_ids(self, b: dict[str, Any]) -> torch.Tensor:
+        """Samples that share an instruction are positives of each other."""
+        if "instruction_id" in b:
+            return b["instruction_id"].long().reshape(-1)
+        index: dict[str, int] = {}
+        ids = [index.setdefault(s, len(index)) for s in b["instruction"]]
+        return torch.tensor(ids, device=self.device)
+
+    def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training/validation step's loss: behaviour cloning plus the weighted alignment objectives."""
+        lc = loss_cfg or LossConfig()
+        b = self.prepare(batch)  # modalities dropped here in training
+        want_mrm = lc.mrm > 0 and self.has_image and self.training
+        want_mlm = lc.mlm > 0 and self.cfg.language == "scratch"
+        lang_ids = lang_mask = mlm_labels = None
+        if want_mlm:
+            ids, mask = self.tokenize(b["instruction"])  # (B, L)
+            lang_ids, mlm_labels = self.pretrain_heads.mask_tokens(
+                ids, mask, self.tokenizer.mask_id, self.tokenizer.vocab_size, self.tokenizer.special_ids)
+            lang_mask = mask
+        enc = self.encode(b, mrm=want_mrm, lang_ids=lang_ids, lang_mask=lang_mask)
+        total = torch.zeros((), device=self.device)
+        metrics: dict[str, torch.Tensor] = {}
+        if lc.bc > 0:
+            bc, m = self.bc_loss(self.features(enc), b, lc)  # features (B, D)
+            total = total + lc.bc * bc
+            metrics.update(m, bc=_m(bc))
+        if (lc.contrastive > 0 or lc.itm > 0) and self.has_language:
+            pair_ids = self.pair_ids(b)
+            obs_p, lang_p = self.pooled_observation(enc), self.pooled_instruction(enc)  # (B, D)
+            ov, lv = self.obs_embed(obs_p), self.instr_embed(lang_p)  # (B, E)
+            if lc.contrastive > 0:
+                con = self.contrastive(ov, lv, pair_ids)
+                total = total + lc.contrastive * con
+                metrics["contrastive"] = _m(con)
+            if lc.itm > 0:
+                with torch.no_grad():
+                    sim = self.contrastive.similarity(ov, lv)  # (B, B)
+                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none")
+                itm = self.global_mean(itm_terms)
+                total = total + lc.itm * itm
+                metrics.update(itm=_m(itm), itm_acc=_m(torch.as_tensor(itm_acc)))
+        if want_mlm:
+            mlm = self.global_mean(self.pretrain_heads.mlm_loss(enc["lang"], mlm_labels, reduction="none"))
+            total = total + lc.mlm * mlm
+            metrics["mlm"] = _m(mlm)
+        if want_mrm:
+            ex = enc["extras"]
+            mrm = self.global_mean(self.pretrain_heads.mrm_loss(ex["mrm_pred"], ex["mrm_target"], ex["mrm_mask"],
+                                                                reduction="none"))
+            total = total + lc.mrm * mrm
+            metrics["mrm"] = _m(mrm)
+        aux = self.moe_aux_loss()
+        if aux is not None and lc.moe_aux > 0:
+            total = total + lc.moe_aux * aux
+            metrics["moe_aux"] = _m(aux)
+        metrics["loss"] = _m(total)
+        return total, metrics
+
+
+__all__ = ["LossConfig", "VLAObjectives"]
