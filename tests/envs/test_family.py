@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -56,7 +56,7 @@ class ToyFamily(EnvFamily):
 
     name = "toy"
     expert_name = "walk to the goal"
-    LENGTHS = {"corridor": 5, "long-corridor": 9}
+    LENGTHS: ClassVar[dict[str, int]] = {"corridor": 5, "long-corridor": 9}
 
     def validate(self, rest: str) -> None:
         if rest not in self.LENGTHS:
