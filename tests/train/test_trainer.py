@@ -259,7 +259,7 @@ def test_colour_augmentation_is_applied_and_validated(gotolocal_root, tiny_cfg, 
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "aug")
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert aug._augment is not None and plain._augment is None
-    with pytest.raises(ConfigError, match="data.augment: expected 'none' unless data.env is a BabyAI level"):
+    with pytest.raises(ConfigError, match="data.augment: expected 'none' with data.image 'rgb'"):
         tiny_cfg("--data.augment", "colour", "--data.image", "rgb")
     with pytest.raises(ConfigError, match=r"data.augment: expected one of \['none', 'colour'\], got 'flip'"):
         tiny_cfg("--data.augment", "flip")

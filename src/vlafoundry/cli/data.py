@@ -65,13 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
 
     gen = sub.add_parser("generate", help="record expert demonstrations into a Minari dataset")
-    gen.add_argument("env", help="babyai/<Level>, metaworld/<task> or metaworld/mt10")
+    gen.add_argument("env", help="an env (babyai/<Level>, metaworld/<task>), a suite (metaworld/mt10), a comma-separated "
+                                 "list of one family's names (metaworld/handle-press,metaworld/coffee-push) or a "
+                                 "suite file (tasks.yaml / tasks.txt listing names; see docs/data.md)")
     gen.add_argument("--episodes", type=int, required=True, help="number of successful episodes to record")
     gen.add_argument("--out", required=True, help="output directory")
     gen.add_argument("--workers", type=int, default=1, help="parallel processes (the bytes do not depend on it)")
     gen.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    gen.add_argument("--image", choices=("symbolic", "rgb"), default="symbolic", help="BabyAI image observation")
+    gen.add_argument("--image", default="symbolic",
+                     help="observation image mode the env family supports (BabyAI: symbolic or rgb; default symbolic)")
     gen.add_argument("--max-steps", type=int, default=None, help="episode step cap (default: the env's)")
     gen.add_argument("--episode-timeout", type=float, default=10.0, help="cap on the expert's CPU time per episode, seconds (the wall-clock backstop is 30x, >= 60 s)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vlafoundry.envs import EnvFamily, env_slug, get_family
 from vlafoundry.io import read_json, write_json_atomic  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
@@ -36,8 +37,9 @@ INSTRUCTION_MAX_LENGTH = 512
 
 
 def dataset_id_for(env_name: str) -> str:
-    """Minari dataset id for an env/suite name: ``babyai/GoToLocal`` -> ``vlafoundry/babyai-gotolocal-v0``."""
-    slug = env_name.lower().replace("/", "-").replace("_", "-")
+    """Minari dataset id for an env/suite name or env list: ``babyai/GoToLocal`` -> ``vlafoundry/babyai-gotolocal-v0``
+    (lists: a short hashed slug, see :func:`vlafoundry.envs.env_slug`)."""
+    slug = env_slug(env_name).replace("_", "-")
     return f"{MINARI_NAMESPACE}/{slug}-v0"
 
 
@@ -100,36 +102,15 @@ def stats_from_json(stats: dict[str, dict[str, list[float]]]) -> dict[str, dict[
 
 
 # --------------------------------------------------------------------------- Minari spaces / observations
-def minari_spaces(family: str, spec: dict[str, Any]) -> tuple[Any, Any]:
-    """(observation_space, action_space) under which episodes are stored in Minari.
-
-    BabyAI keeps Minigrid's own observation layout (``direction``, ``image``, ``mission``; the mission as a
-    gymnasium ``Text`` space, since Minari cannot store Minigrid's ``MissionSpace``), so Farama's published
-    BabyAI datasets and ours share one schema. Meta-World stores the float32 39-D vector as ``observation``
-    and the instruction as ``mission``.
-    """
+def mission_space() -> Any:
+    """The gymnasium ``Text`` space instructions (missions) are stored in."""
     from gymnasium import spaces
 
-    text = spaces.Text(max_length=INSTRUCTION_MAX_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET)
-    if family == "babyai":
-        obs = spaces.Dict(
-            {
-                "direction": spaces.Discrete(4),
-                "image": spaces.Box(0, 255, tuple(spec["image_shape"]), np.uint8),
-                "mission": text,
-            }
-        )
-        act = spaces.Discrete(int(spec["num_actions"]))
-    elif family == "metaworld":
-        obs = spaces.Dict(
-            {
-                "observation": spaces.Box(-np.inf, np.inf, (int(spec["state_dim"]),), np.float32),
-                "mission": text,
-            }
-        )
-        act = spaces.Box(
-            np.asarray(spec["action_low"], np.float32), np.asarray(spec["action_high"], np.float32), dtype=np.float32
-        )
-    else:
-        raise ValueError(f"family: expected 'babyai' or 'metaworld', got {family!r}")
-    return obs, act
+    return spaces.Text(max_length=INSTRUCTION_MAX_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET)
+
+
+def minari_spaces(family: str | EnvFamily, spec: dict[str, Any]) -> tuple[Any, Any]:
+    """(observation_space, action_space) under which episodes of ``family`` (an :class:`EnvFamily` or its name) are
+    stored in Minari; the family picks the layout (:meth:`EnvFamily.minari_spaces`)."""
+    fam = get_family(family) if isinstance(family, str) else family
+    return fam.minari_spaces(spec, mission_space())

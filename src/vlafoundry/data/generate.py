@@ -41,6 +41,8 @@ from vlafoundry.data.format import (
 )
 from vlafoundry.data.rollout import check_action_noise, run_expert_episode
 from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
+from vlafoundry.envs import Env, canonical_name, expand_env_names, get_family, make_env
+from vlafoundry.envs.family import split_name
 
 log = logging.getLogger(__name__)
 PLAN_FILE = "plan.json"
@@ -63,12 +65,10 @@ class GenerationConfig:
     action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
 
     def tasks(self) -> list[str]:
-        from vlafoundry.envs import expand_env_names
-
         return expand_env_names(self.env)
 
     def family(self) -> str:
-        return self.env.split("/", 1)[0]
+        return get_family(self.env).name
 
 
 @dataclass
@@ -85,12 +85,10 @@ class GenerationResult:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-_ENVS: dict[tuple[str, str, int | None], Any] = {}
+_ENVS: dict[tuple[str, str, int | None], Env] = {}
 
 
-def _get_env(task: str, image: str, max_steps: int | None) -> Any:
-    from vlafoundry.envs import make_env
-
+def _get_env(task: str, image: str, max_steps: int | None) -> Env:
     key = (task, image, max_steps)
     if key not in _ENVS:
         _ENVS[key] = make_env(task, image=image, max_steps=max_steps)
@@ -289,20 +287,17 @@ def _env_spec_dict(cfg: GenerationConfig, tasks: list[str]) -> dict[str, Any]:
 def _write_minari(root: Path, cfg: GenerationConfig, episodes: list[Episode], spec: dict[str, Any]) -> str:
     import minari
 
-    family = cfg.family()
+    family = get_family(cfg.env)
     dataset_id = dataset_id_for(cfg.env)
     obs_space, act_space = minari_spaces(family, spec)
     buffers = [to_episode_buffer(ep, i, family) for i, ep in enumerate(episodes)]
     tmp_root = root / f".{MINARI_DIR}.tmp"
     if tmp_root.exists():
         shutil.rmtree(tmp_root)
-    env_arg = None
-    if family == "babyai":
-        import gymnasium as gym
-        import minigrid  # noqa: F401
-
-        env_arg = gym.spec(f"BabyAI-{cfg.env.split('/', 1)[1]}-v0")
-    expert = "minigrid.utils.baby_ai_bot.BabyAIBot" if family == "babyai" else "metaworld.policies (scripted)"
+    tasks = cfg.tasks()
+    # Minari records one gymnasium env spec: only a one-task dataset has one
+    env_arg = family.minari_env_spec(split_name(tasks[0])[1]) if len(tasks) == 1 else None
+    expert = family.expert_source or family.expert_name
     with minari_datasets_path(tmp_root), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         minari.create_dataset_from_buffers(
@@ -347,8 +342,9 @@ def _assemble(root: Path, cfg: GenerationConfig, num_shards: int) -> dict[str, A
     per_task = {t: 0 for t in tasks}
     for ep in episodes:
         per_task[ep["task"]] += 1
+    family = get_family(cfg.env)
     versions = {"vlafoundry": vlafoundry.__version__, "minari": minari.__version__}
-    for dist in ("minigrid", "metaworld", "gymnasium", "mujoco"):
+    for dist in ("gymnasium", *family.packages):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -356,9 +352,9 @@ def _assemble(root: Path, cfg: GenerationConfig, num_shards: int) -> dict[str, A
     metadata = {
         "schema_version": SCHEMA_VERSION,
         "format": FORMAT_NAME,
-        "env": {"name": cfg.env, "family": cfg.family(), "tasks": tasks, "image": cfg.image if spec["image_shape"] else None, "spec": spec},
+        "env": {"name": cfg.env, "family": family.name, "tasks": tasks, "image": cfg.image if spec["image_shape"] else None, "spec": spec},
         "minari": {"datasets_path": MINARI_DIR, "dataset_id": dataset_id, "data_format": "hdf5", "main_file": str(main_file.relative_to(root))},
-        "generation": {**asdict(cfg), "expert": "BabyAIBot" if cfg.family() == "babyai" else "metaworld scripted policy", "versions": versions},
+        "generation": {**asdict(cfg), "expert": family.expert_name, "versions": versions},
         "counts": {
             "episodes": len(episodes),
             "steps": int(sum(len(ep["action"]) for ep in episodes)),
@@ -392,7 +388,10 @@ def generate_dataset(
     start_method: str | None = None,
     action_noise: float = 0.0,
 ) -> GenerationResult:
-    """Generate ``episodes`` expert demonstrations of ``env`` (an env or suite name) into ``out``.
+    """Generate ``episodes`` expert demonstrations of ``env`` into ``out``: an env or suite name, or an env list
+    (comma-separated names of one family, or a suite file; see :mod:`vlafoundry.envs.names`), whose tasks take
+    episodes in turn (episode ``i`` plays task ``i mod T``). The dataset records the canonical name
+    (``metaworld/handle-press,metaworld/coffee-push``), which re-expands to the same tasks.
 
     Resumes an interrupted run with the same settings; refuses to touch an existing dataset unless
     ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it. ``action_noise`` > 0
@@ -400,17 +399,16 @@ def generate_dataset(
     records the expert's labels (DART, see
     :func:`~vlafoundry.data.rollout.run_expert_episode`).
     """
-    from vlafoundry.envs import canonical_name, expand_env_names
-
     if episodes <= 0:
         raise ValueError(f"episodes: expected > 0, got {episodes}")
     if workers <= 0:
         raise ValueError(f"workers: expected > 0, got {workers}")
-    if image not in ("symbolic", "rgb"):
-        raise ValueError(f"image: expected 'symbolic' or 'rgb', got {image!r}")
     check_action_noise(action_noise)  # the env-independent part, before any env is built
-    name = canonical_name(env)
-    expand_env_names(name)  # validates the name early
+    name = canonical_name(env)  # an env list or suite file becomes "a/x,a/y" (one family, each task once)
+    family = get_family(name)
+    if image not in family.image_modes:
+        raise ValueError(f"image: expected one of {list(family.image_modes)} for {family.name} envs, got {image!r}")
+    expand_env_names(name)  # validates the names early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
                            action_noise=float(action_noise))

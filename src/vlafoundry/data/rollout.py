@@ -12,12 +12,13 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from vlafoundry.data.episodes import Episode
+from vlafoundry.envs import get_family
 
 WALL_BACKSTOP_FACTOR = 30.0  # wall-clock backstop = max(60 s, this x the CPU-time cap)
 
@@ -79,9 +80,11 @@ def check_action_noise(action_noise: float, spec: Any | None = None) -> None:
 
 
 def run_expert_episode(
-    env: Any, seed: int, timeout_s: float | None = 10.0, action_noise: float = 0.0
+    env: Any, seed: int, timeout_s: float | None = 10.0, action_noise: float = 0.0,
+    expert: Callable[[Any], Any] | None = None,
 ) -> tuple[Episode | None, str]:
-    """Roll out ``env.expert_action()`` from ``env.reset(seed)``.
+    """Roll out the expert from ``env.reset(seed)``: ``expert(env)`` gives each action (default: the env family's
+    :meth:`~vlafoundry.envs.EnvFamily.expert_action`).
 
     ``action_noise`` > 0 injects noise into the executed actions as DART does (Laskey et al., 2017) while the episode
     records the expert's clean action as the label: continuous actions step the env with
@@ -96,6 +99,8 @@ def run_expert_episode(
     ``"not solved in N steps"`` or ``"error: ..."``.
     """
     check_action_noise(action_noise, env.spec)
+    if expert is None:
+        expert = get_family(env.spec.name).expert_action
     discrete = env.spec.action_type == "discrete"
     if action_noise > 0:
         rng = np.random.default_rng([int(seed), 0xDA27])
@@ -120,7 +125,7 @@ def run_expert_episode(
                 if has_image:
                     images.append(obs["image"])
                 states.append(obs["state"])
-                action = env.expert_action()
+                action = expert(env)
                 executed = action
                 if action_noise > 0 and discrete:
                     if rng.random() < action_noise:

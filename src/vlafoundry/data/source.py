@@ -55,17 +55,17 @@ def resolve_source(root: str | os.PathLike[str], env_name: str | None = None,
 
 def _external_source(minari_dir: Path, env_name: str | None, cache_dir: Path) -> ResolvedSource:
     """Describe a user's Minari dataset of a supported env in vlafoundry.json's terms."""
-    from vlafoundry.envs import canonical_name, env_family, expand_env_names, make_env
+    from vlafoundry.envs import canonical_name, expand_env_names, families, get_family, make_env
 
     mmeta = read_json(minari_dir / "data" / "metadata.json")
     name = env_name or infer_env_name(mmeta)
     if name is None:
         raise ValueError(
             f"{minari_dir}: cannot tell which environment recorded this Minari dataset (env_spec {mmeta.get('env_spec')!r}); "
-            "pass env_name='babyai/<Level>' or 'metaworld/<task>'"
+            f"pass env_name= one of {[get_family(f).pattern() for f in families()]}"
         )
     name = canonical_name(name)
-    family = env_family(name)
+    family = get_family(name).name
     tasks = expand_env_names(name)
     env = make_env(tasks[0])
     spec = env.spec.to_dict()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlafoundry.envs.babyai_missions import mission_subgroups
 from vlafoundry.envs.family import EnvFamily, register_family
 from vlafoundry.envs.spec import EnvSpec
+
+if TYPE_CHECKING:
+    from vlafoundry.envs.augment import ColourPermutation
 
 NUM_DIRECTIONS = 4
 
@@ -27,13 +31,13 @@ def babyai_levels() -> list[str]:
     return sorted(k[len("BabyAI-") : -len("-v0")] for k in gym.registry if k.startswith("BabyAI-") and k.endswith("-v0"))
 
 
-def colour_permutation() -> Any:
-    """The :class:`~vlafoundry.data.ColourPermutation` augmentation for BabyAI's symbolic grid: Minigrid's six
+def colour_permutation() -> ColourPermutation:
+    """The :class:`~vlafoundry.envs.augment.ColourPermutation` augmentation for BabyAI's symbolic grid: Minigrid's six
     colours (channel 1, ids in ``COLOR_TO_IDX`` order) relabelled on doors, keys, balls and boxes, whose colours
     are the only thing BabyAI's instructions say about colour; walls, floor, goal and lava keep theirs."""
     from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
-    from vlafoundry.data.transforms import ColourPermutation
+    from vlafoundry.envs.augment import ColourPermutation  # imports torch: only when the augmentation is used
 
     names = [c for c, _ in sorted(COLOR_TO_IDX.items(), key=lambda kv: kv[1])]
     return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")])
@@ -43,6 +47,14 @@ def direction_one_hot(direction: int) -> np.ndarray:
     state = np.zeros(NUM_DIRECTIONS, dtype=np.float32)  # (4,)
     state[int(direction)] = 1.0
     return state
+
+
+def directions_one_hot(direction: np.ndarray) -> np.ndarray:
+    """Directions (n,) int -> one-hot states (n, 4) float32 (the ``state`` of stored Minari episodes)."""
+    direction = np.asarray(direction, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(direction), NUM_DIRECTIONS), dtype=np.float32)
+    out[np.arange(len(direction)), direction] = 1.0
+    return out
 
 
 class BabyAIEnv:
@@ -169,6 +181,10 @@ class BabyAIFamily(EnvFamily):
     subgroup_keys = ("template", "object", "colour", "task")
     augmentations = ("colour",)
     image_modes = ("symbolic", "rgb")
+    name_pattern = "babyai/<Level>"
+    expert_name = "BabyAIBot"
+    expert_source = "minigrid.utils.baby_ai_bot.BabyAIBot"
+    packages = ("minigrid",)
 
     def validate(self, rest: str) -> None:
         if not rest:
@@ -179,6 +195,46 @@ class BabyAIFamily(EnvFamily):
 
     def env_kwargs(self, data_cfg: Any) -> dict[str, Any]:
         return {"image": data_cfg.image}
+
+    # Minari: Minigrid's own observation layout (``direction``, ``image``, ``mission``; the mission as a ``Text``
+    # space, since Minari cannot store Minigrid's ``MissionSpace``), so Farama's published BabyAI datasets and ours
+    # share one schema.
+    def minari_spaces(self, spec: Mapping[str, Any], mission_space: Any) -> tuple[Any, Any]:
+        from gymnasium import spaces
+
+        obs = spaces.Dict({
+            "direction": spaces.Discrete(NUM_DIRECTIONS),
+            "image": spaces.Box(0, 255, tuple(int(v) for v in spec["image_shape"]), np.uint8),
+            "mission": mission_space,
+        })
+        return obs, spaces.Discrete(int(spec["num_actions"]))
+
+    def to_minari_observations(self, episode: Mapping[str, Any]) -> dict[str, Any]:
+        n1 = len(episode["state"])
+        return {
+            "direction": np.argmax(episode["state"], axis=1).astype(np.int64),  # (n+1,)
+            "image": episode["image"],
+            "mission": [episode["instruction"]] * n1,
+        }
+
+    def from_minari_observations(self, observations: Any, task: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+        if not isinstance(observations, Mapping) or not {"direction", "image", "mission"} <= set(observations):
+            got = sorted(observations) if isinstance(observations, Mapping) else type(observations).__name__
+            raise ValueError(f"BabyAI Minari dataset: expected observations with direction, image and mission, got {got}")
+        return (directions_one_hot(np.asarray(observations["direction"])),
+                np.asarray(observations["image"], dtype=np.uint8), str(observations["mission"][0]))
+
+    def minari_env_spec(self, rest: str) -> Any:
+        import gymnasium as gym
+        import minigrid  # noqa: F401  (registers the envs)
+
+        return gym.spec(babyai_gym_id(rest))
+
+    def env_name_from_minari(self, env_spec: Mapping[str, Any]) -> str | None:
+        env_id = str(env_spec.get("id", ""))
+        if env_id.startswith("BabyAI-") and env_id.endswith("-v0"):
+            return f"babyai/{env_id[len('BabyAI-'):-len('-v0')]}"
+        return None
 
     def validate_data(self, data_cfg: Any) -> None:
         super().validate_data(data_cfg)

@@ -7,20 +7,35 @@ bias tables, and training-time augmentations. Code outside a family's own module
 it asks the family.
 
 A new benchmark is one module that subclasses :class:`EnvFamily` and one ``register_family(...)`` line (see
-``docs/architecture.md``).
+``docs/architecture.md``): names, envs, the expert, the layout of its episodes in a Minari dataset and what
+generation records about it all come from here, so no other module needs an edit (``tests/envs/test_family.py``
+registers a toy family and generates, loads and evaluates it).
+
+An env argument may also list several names of one family (``metaworld/handle-press,metaworld/coffee-push``) or
+be a suite file (:mod:`vlafoundry.envs.names`); :func:`get_family` then returns the family they share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from vlafoundry.envs.names import is_env_list, split_env_list
 from vlafoundry.envs.spec import EnvSpec
 
 
 @runtime_checkable
 class Env(Protocol):
-    """The interface every env wrapper implements (BabyAIEnv, MetaWorldEnv, ...)."""
+    """The interface every env wrapper implements (BabyAIEnv, MetaWorldEnv, ...).
+
+    ``reset``/``step`` observations are dicts with ``state`` (float32 (S,)), ``instruction`` (str), ``task`` (the env
+    name) and, for envs with ``spec.image_shape``, ``image`` (uint8 (H, W, C)); ``step``'s info has ``success``.
+    The expert and frame rendering are reached through the family (:meth:`EnvFamily.expert_action`,
+    :meth:`EnvFamily.render_rgb`), whose defaults call the env's ``expert_action()`` / ``render_rgb()`` if it has
+    them."""
 
     spec: EnvSpec
 
@@ -42,6 +57,18 @@ class EnvFamily:
     augmentations: tuple[str, ...] = ()
     #: Observation image modes (``data.image`` values) this family supports.
     image_modes: tuple[str, ...] = ("symbolic",)
+    #: How this family's names read, for messages (``"babyai/<Level>"``; default ``"<name>/<task>"``).
+    name_pattern: str = ""
+    #: The expert's short name, recorded as ``generation.expert`` in a dataset's metadata.
+    expert_name: str = "expert"
+    #: Where the expert comes from (Minari's ``algorithm_name``; default :attr:`expert_name`).
+    expert_source: str = ""
+    #: Distributions whose installed versions generation records (besides vlafoundry, minari and gymnasium).
+    packages: tuple[str, ...] = ()
+
+    def pattern(self) -> str:
+        """:attr:`name_pattern`, or ``"<name>/<task>"``."""
+        return self.name_pattern or f"{self.name}/<task>"
 
     # ------------------------------------------------------------------ names
     def canonical(self, rest: str) -> str:
@@ -69,6 +96,21 @@ class EnvFamily:
         """One env of this family (``rest`` canonical, not a suite)."""
         raise NotImplementedError
 
+    def expert_action(self, env: Env) -> Any:
+        """The expert's action for ``env``'s current state (default: ``env.expert_action()``): an ``int`` for
+        discrete actions, a float32 ``(action_dim,)`` array for continuous ones."""
+        act = getattr(env, "expert_action", None)
+        if act is None:
+            raise NotImplementedError(f"{self.name} envs have no expert: expected {type(env).__name__}.expert_action() "
+                                      f"or an override of {type(self).__name__}.expert_action(env)")
+        return act()
+
+    def render_rgb(self, env: Env) -> np.ndarray | None:
+        """A frame (H, W, 3) uint8 of ``env``'s current state for GIFs, or ``None`` when the family cannot render
+        (default: ``env.render_rgb()`` if the env has it)."""
+        render = getattr(env, "render_rgb", None)
+        return None if render is None else render()
+
     def env_kwargs(self, data_cfg: Any) -> dict[str, Any]:
         """The keyword arguments of :meth:`make_env` implied by a training ``DataConfig`` (observation mode...),
         so that evaluation builds the envs the policy was trained on."""
@@ -82,6 +124,63 @@ class EnvFamily:
         if data_cfg.augment != "none" and data_cfg.augment not in self.augmentations:
             raise ValueError(f"data.augment: expected one of {['none', *self.augmentations]} for {self.name} envs "
                              f"with data.image={data_cfg.image!r}, got {data_cfg.augment!r}")
+
+    # ------------------------------------------------------------------ Minari storage
+    # Default layout: observations ``{"observation": state (S,) float32, "image": (H, W, C) uint8 if the env has
+    # images, "mission": the instruction}``; actions ``Discrete(num_actions)`` or a ``Box`` of the spec's bounds.
+    def minari_spaces(self, spec: Mapping[str, Any], mission_space: Any) -> tuple[Any, Any]:
+        """(observation_space, action_space) of this family's episodes in Minari, for an env spec (``to_dict()``
+        form); ``mission_space`` is the ``Text`` space the data layer stores instructions in."""
+        from gymnasium import spaces
+
+        obs: dict[str, Any] = {
+            "observation": spaces.Box(-np.inf, np.inf, (int(spec["state_dim"]),), np.float32),
+            "mission": mission_space,
+        }
+        if spec.get("image_shape"):
+            obs["image"] = spaces.Box(0, 255, tuple(int(v) for v in spec["image_shape"]), np.uint8)
+        if spec["action_type"] == "discrete":
+            act: Any = spaces.Discrete(int(spec["num_actions"]))
+        else:
+            act = spaces.Box(np.asarray(spec["action_low"], np.float32), np.asarray(spec["action_high"], np.float32),
+                             dtype=np.float32)
+        return spaces.Dict(obs), act
+
+    def to_minari_observations(self, episode: Mapping[str, Any]) -> dict[str, Any]:
+        """An in-memory episode's ``n + 1`` observations in the layout of :meth:`minari_spaces`."""
+        obs: dict[str, Any] = {"observation": episode["state"], "mission": [episode["instruction"]] * len(episode["state"])}
+        if episode.get("image") is not None:
+            obs["image"] = episode["image"]
+        return obs
+
+    def from_minari_observations(self, observations: Any, task: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """``(state (n+1, S) float32, image (n+1, H, W, C) uint8 or None, instruction)`` of one stored episode of
+        ``task``: ours (:meth:`to_minari_observations`) or a user's (a plain ``Box`` of states is accepted; the
+        instruction is then :meth:`default_instruction`)."""
+        if not isinstance(observations, Mapping):
+            return np.asarray(observations, dtype=np.float32), None, self.default_instruction(task)
+        if "observation" not in observations:
+            raise ValueError(f"{self.name} Minari dataset: expected observations with keys 'observation' "
+                             f"(and 'image', 'mission'), got {sorted(observations)}")
+        image = observations.get("image")
+        mission = observations.get("mission")
+        return (np.asarray(observations["observation"], dtype=np.float32),
+                None if image is None else np.asarray(image, dtype=np.uint8),
+                str(mission[0]) if mission is not None else self.default_instruction(task))
+
+    def default_instruction(self, task: str) -> str:
+        """The instruction of an episode of ``task`` (full name) whose dataset recorded none."""
+        raise ValueError(f"{task}: the Minari dataset records no instruction ('mission') and {self.name} envs have "
+                         "no default one")
+
+    def minari_env_spec(self, rest: str) -> Any:
+        """The gymnasium ``EnvSpec`` Minari records for a one-task dataset of ``rest``, or ``None`` (default)."""
+        return None
+
+    def env_name_from_minari(self, env_spec: Mapping[str, Any]) -> str | None:
+        """This family's env name for a Minari dataset recorded with gymnasium env spec ``env_spec``, if it is one
+        of ours (default: never)."""
+        return None
 
     # ------------------------------------------------------------------ language and training
     def instruction_subgroups(self, instruction: str, task: str | None = None) -> dict[str, str]:
@@ -116,9 +215,12 @@ def families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def get_family(name: str) -> EnvFamily:
-    """The family of an env / suite name (``"babyai/GoToLocal"``) or a bare family name (``"babyai"``)."""
+def get_family(name: str | Sequence[str]) -> EnvFamily:
+    """The family of an env / suite name (``"babyai/GoToLocal"``), a bare family name (``"babyai"``), or an env list
+    (comma-separated names, a suite file, a sequence of names), whose names must share one family."""
     _load_builtin()
+    if is_env_list(name):
+        return _family_of_list(name)
     prefix = str(name).split("/", 1)[0].lower()
     fam = _FAMILIES.get(prefix)
     if fam is None:
@@ -127,8 +229,41 @@ def get_family(name: str) -> EnvFamily:
     return fam
 
 
+def _family_of_list(names: str | Sequence[str]) -> EnvFamily:
+    entries = split_env_list(names)
+    found: dict[str, str] = {}
+    for entry in entries:
+        if "/" not in entry:
+            raise ValueError(f"env list: expected '<family>/<task>' entries, got {entry!r} in {names!r}")
+        found.setdefault(get_family(entry).name, entry)
+    if len(found) > 1:
+        got = " and ".join(f"{fam} ({entry!r})" for fam, entry in found.items())
+        raise ValueError(f"env list: expected names of one family, got {got}; a dataset and a policy have one "
+                         "observation space and one action space, and each family has its own, so list one "
+                         "family's tasks")
+    return _FAMILIES[next(iter(found))]
+
+
+def infer_env_name(minari_metadata: Mapping[str, Any]) -> str | None:
+    """The env name of a Minari dataset, from the gymnasium env spec in its metadata, if a family recognises it."""
+    raw = minari_metadata.get("env_spec")
+    if not raw:
+        return None
+    spec = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(spec, Mapping):
+        return None
+    _load_builtin()
+    for fam in _FAMILIES.values():
+        name = fam.env_name_from_minari(spec)
+        if name is not None:
+            return name
+    return None
+
+
 def split_name(name: str) -> tuple[EnvFamily, str]:
     """``"metaworld/push-v3"`` -> (the Meta-World family, ``"push"``): family and canonical rest."""
+    if is_env_list(name):
+        raise ValueError(f"env name: expected one '<family>/<task>' name, got the env list {name!r}")
     if "/" not in str(name):
         get_family(name)  # a bare family name: say which families exist
         raise ValueError(f"env name: expected '<family>/<task>', got {name!r}")
@@ -136,12 +271,21 @@ def split_name(name: str) -> tuple[EnvFamily, str]:
     return fam, fam.canonical(str(name).split("/", 1)[1])
 
 
+#: Modules of the shipped families; each ends with its ``register_family(...)`` line.
+BUILTIN_FAMILY_MODULES: tuple[str, ...] = ("vlafoundry.envs.babyai", "vlafoundry.envs.metaworld")
+_builtin_loaded = False
+
+
 def _load_builtin() -> None:
-    """Import the shipped families (each registers itself on import)."""
-    if "babyai" not in _FAMILIES:
-        import vlafoundry.envs.babyai  # noqa: F401
-    if "metaworld" not in _FAMILIES:
-        import vlafoundry.envs.metaworld  # noqa: F401
+    """Import the shipped families once (each registers itself on import)."""
+    global _builtin_loaded
+    if not _builtin_loaded:
+        import importlib
+
+        for module in BUILTIN_FAMILY_MODULES:
+            importlib.import_module(module)
+        _builtin_loaded = True
 
 
-__all__ = ["Env", "EnvFamily", "families", "get_family", "register_family", "split_name", "unregister_family"]
+__all__ = ["Env", "EnvFamily", "families", "get_family", "infer_env_name", "register_family", "split_name",
+           "unregister_family"]

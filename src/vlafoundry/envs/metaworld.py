@@ -10,6 +10,7 @@ it meets goal/object layouts never seen in training. No rendering: observations 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,9 @@ class MetaWorldFamily(EnvFamily):
 
     name = "metaworld"
     subgroup_keys = ("task",)
+    expert_name = "metaworld scripted policy"
+    expert_source = "metaworld.policies (scripted)"
+    packages = ("metaworld", "mujoco")
 
     def canonical(self, rest: str) -> str:
         rest = rest.lower()
@@ -179,6 +183,17 @@ class MetaWorldFamily(EnvFamily):
         if image not in self.image_modes:
             raise ValueError(f"image: expected one of {list(self.image_modes)} for Meta-World, got {image!r}")
         return MetaWorldEnv(rest, **kwargs)
+
+    # Minari: the default layout (``observation`` the float32 39-D vector, ``mission`` the instruction); a user's
+    # dataset of plain 39-D observations reads with the task's first phrasing.
+    def default_instruction(self, task: str) -> str:
+        return instruction_for(self.canonical(task.split("/", 1)[-1]), None)
+
+    def env_name_from_minari(self, env_spec: Mapping[str, Any]) -> str | None:
+        kwargs = env_spec.get("kwargs") or {}
+        if str(env_spec.get("id", "")).startswith("Meta-World/") and kwargs.get("env_name"):
+            return f"metaworld/{self.canonical(str(kwargs['env_name']))}"
+        return None
 
 
 register_family(MetaWorldFamily())

@@ -35,7 +35,12 @@ class DataConfig:
     augment: str = "none"
 
     def __post_init__(self) -> None:
-        require("/" in self.env, "data.env", "a name like 'babyai/GoToLocal' or 'metaworld/mt10'", self.env)
+        from vlafoundry.envs import canonical_name
+
+        try:  # an env list or suite file is stored as its canonical comma-separated names (no path to keep)
+            self.env = canonical_name(self.env)
+        except ValueError as exc:
+            raise ConfigError(f"data.env: {exc}") from None
         require(self.episodes >= 1, "data.episodes", "an integer >= 1", self.episodes)
         require(self.seed >= 0, "data.seed", "an integer >= 0", self.seed)
         require(self.workers >= 1, "data.workers", "an integer >= 1", self.workers)
@@ -47,12 +52,17 @@ class DataConfig:
         require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
         from vlafoundry.envs import get_family
 
-        get_family(self.env).validate_data(self)
+        try:
+            get_family(self.env).validate_data(self)
+        except ValueError as exc:  # the family names the key; keep the config error type
+            raise ConfigError(str(exc)) from None
 
     def dataset_dir(self) -> Path:
         if self.path:
             return Path(self.path).expanduser()
-        slug = self.env.replace("/", "-").lower()
+        from vlafoundry.envs import env_slug
+
+        slug = env_slug(self.env)  # an env list: a short hashed slug
         noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
         return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}"
 
