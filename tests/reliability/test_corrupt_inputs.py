@@ -177,7 +177,7 @@ OVERRIDE_CASES = [
     (["--train.stepz", "3"], r"unknown config key 'train\.stepz'"),
     (["--train.steps", "abc"], r"train\.steps: expected an integer, got 'abc'"),
     (["--train.steps", "-5"], r"train\.steps: expected an integer >= 1, got -5"),
-    (["--model.fusion", "concat"], r"model\.fusion: expected one of \['cross_attention', 'early', 'late', 'film'\]"),
+    (["--model.fusion", "concat"], r"model\.fusion: expected one of \['cross_attention', 'early', 'film', 'late'\]"),
     (["--model.modality_dropout.image", "1.0"], r"model\.modality_dropout\.image: expected a probability in \[0, 1\)"),
     (["--train.precision", "fp8"], r"train\.precision: expected one of \['auto', 'fp32', 'bf16'\], got 'fp8'"),
     (["--train.steps.x", "3"], r"override train\.steps\.x: 'steps' is not a section"),
