@@ -193,3 +193,17 @@ def test_explicit_data_key_agreeing_with_dataset_is_fine(open_root, tiny_args, t
                            "--data.env", "babyai/Open", "--train.steps", "1"], capsys)
     assert rc == 0, err
     assert "data.env" not in out
+
+
+def test_resume_with_init_from_keeps_the_init_checkpoints_architecture(gotolocal_root, tiny_args, tmp_path, capsys):
+    """`train --init-from X` takes X's architecture; rerunning the same command resumes (no false refusal)."""
+    pre = tmp_path / "pre"
+    rc, _, err = _train(["--data", str(gotolocal_root), "--out", str(pre), *tiny_args, "--model.d_ff", "96",
+                         "--train.steps", "2"], capsys)
+    assert rc == 0, err
+    run = tmp_path / "run"
+    args = ["--data", str(gotolocal_root), "--out", str(run), "--init-from", str(pre), *tiny_args]
+    assert _train([*args, "--train.steps", "4"], capsys)[0] == 0
+    rc, out, err = _train([*args, "--train.steps", "6"], capsys)
+    assert rc == 0 and "resumed from step 4" in out, err
+    assert load_policy(run)[1].model.d_ff == 96

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace, phase: str) -> int:
         cfg = load_config(args.preset, overrides)
         if cfg.data.path:  # the dataset's vlafoundry.json, not the preset, says what it holds
             note = apply_dataset_metadata(cfg, cfg.data.dataset_dir(), explicit=override_keys(overrides))
-            if note:
+            if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
                 print(note)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

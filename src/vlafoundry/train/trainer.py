@@ -171,7 +171,7 @@ class Trainer:
                 self.policy, _, data = policy_from_checkpoint(resume_dir, self.device)
             except ckpt.CorruptCheckpointError as exc:
                 raise self._corrupt_resume_error(exc) from None
-            self._check_resume_config(resume_dir, data)
+            self._check_resume_config(resume_dir, data, init_from)
         elif init_from is not None:
             self.policy, init_cfg, _ = policy_from_checkpoint(init_from, self.device)
             if to_dict(init_cfg.model) != to_dict(cfg.model):
@@ -236,9 +236,11 @@ class Trainer:
             how = "start over with --no-resume (or another --out)"
         return ckpt.CheckpointError(f"cannot resume {self.run_dir}: {exc}; {how}")
 
-    def _check_resume_config(self, directory: Path, data: dict[str, Any]) -> None:
+    def _check_resume_config(self, directory: Path, data: dict[str, Any], init_from: str | Path | None) -> None:
         """Refuse a resume whose config changes the architecture or the data; say which other changes apply."""
         saved = from_dict(ExperimentConfig, data["config"])
+        if init_from is not None:
+            self.cfg.model = saved.model  # with --init-from the architecture is the init checkpoint's (as on start)
         refused, applied = resume_changes(saved, self.cfg, self.phase)
         step = int(data["state"].get("step", 0))
         if refused:
