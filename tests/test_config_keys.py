@@ -31,7 +31,8 @@ from typing import get_type_hints
 
 import pytest
 
-from vlafoundry.models.config import PolicyConfig
+from vlafoundry.models.config import ModelConfig
+from vlafoundry.models.registry import policy_class, policy_types
 from vlafoundry.train.config import ExperimentConfig, OptimConfig, PretrainConfig, TrainConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vlafoundry"
@@ -45,38 +46,49 @@ ALLOWED_UNREAD = {
 }
 
 
-def _sections() -> dict[str, type]:
-    """Dotted section path -> dataclass, for every dataclass reachable from ExperimentConfig ("" is the root)."""
-    out: dict[str, type] = {}
+def _concrete(tp: type) -> list[type]:
+    """The dataclasses a section annotated ``tp`` can hold: ``tp`` itself, or for a section whose class depends on
+    its values (``model``, by ``model.type``) the config class of every registered policy type."""
+    if hasattr(tp, "config_class_for"):
+        return sorted({policy_class(name).config_class for name in policy_types()}, key=lambda c: c.__name__)
+    return [tp]
 
-    def walk(cls: type, prefix: str) -> None:
-        out[prefix] = cls
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}.{f.name}" if prefix else f.name)
 
-    walk(ExperimentConfig, "")
+def _sections() -> dict[str, list[type]]:
+    """Dotted section path -> its dataclasses, for every dataclass reachable from ExperimentConfig ("" is the
+    root)."""
+    out: dict[str, list[type]] = {}
+
+    def walk(classes: list[type], prefix: str) -> None:
+        out[prefix] = classes
+        for cls in classes:
+            hints = get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    walk(_concrete(hints[f.name]), f"{prefix}.{f.name}" if prefix else f.name)
+
+    walk([ExperimentConfig], "")
     return out
 
 
 SECTIONS = _sections()
-CONFIG_CLASSES = {*SECTIONS.values(), OptimConfig}
+MODEL_CLASSES = {ModelConfig, *SECTIONS["model"]}
+CONFIG_CLASSES = {c for classes in SECTIONS.values() for c in classes} | {OptimConfig, ModelConfig}
 #: variable / attribute names that hold config objects in this code base (besides the section names themselves)
 RECEIVERS: dict[str, set[type]] = {
-    "cfg": {ExperimentConfig, PolicyConfig},  # ExperimentConfig in train/cli/eval, PolicyConfig inside models
+    "cfg": {ExperimentConfig, *MODEL_CLASSES},  # ExperimentConfig in train/cli/eval, a model config in models
     "opt": {OptimConfig, TrainConfig, PretrainConfig},
     "opt_cfg": {OptimConfig, TrainConfig, PretrainConfig},
-    "loss_cfg": {SECTIONS["loss"]},
-    "lc": {SECTIONS["loss"]},
+    "loss_cfg": set(SECTIONS["loss"]),
+    "lc": set(SECTIONS["loss"]),
 }
 
 
 def _classes_for(name: str) -> set[type]:
     found = set(RECEIVERS.get(name, set()))
-    for path, cls in SECTIONS.items():
+    for path, classes in SECTIONS.items():
         if path and path.rsplit(".", 1)[-1] == name:
-            found.add(cls)
+            found.update(classes)
     return found
 
 
@@ -142,9 +154,7 @@ class _Reads(ast.NodeVisitor):
             elif isinstance(node.args[1], ast.Name):
                 self.pending.append((classes, node.args[1].id))
         if fn == "_cfg_get" and len(strings) >= 2:
-            section = SECTIONS.get(".".join(strings[:-1]))
-            if section is not None:
-                self.add({section}, strings[-1])
+            self.add(set(SECTIONS.get(".".join(strings[:-1]), [])), strings[-1])
         self.generic_visit(node)
 
     def visit_comprehension_or_for(self, target: ast.AST, iterable: ast.AST, body: list[ast.AST]) -> None:
@@ -237,14 +247,17 @@ def _all_reads() -> set[tuple[type, str]]:
 
 
 def _keys() -> list[tuple[str, type, str]]:
-    """(dotted key, the dataclasses a read may go through, field name) for every leaf field."""
+    """(dotted key, its dataclass, field name) for every leaf field; a key of a section with several classes
+    (``model``) is listed once per class that has it, labelled with the class (``model.dropout (PolicyConfig)``)."""
     out = []
-    for path, cls in SECTIONS.items():
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                continue
-            out.append((f"{path}.{f.name}" if path else f.name, cls, f.name))
+    for path, classes in SECTIONS.items():
+        for cls in classes:
+            hints = get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    continue
+                key = f"{path}.{f.name}" if path else f.name
+                out.append((key if len(classes) == 1 else f"{key} ({cls.__name__})", cls, f.name))
     return out
 
 
@@ -275,7 +288,7 @@ def test_allow_list_is_not_stale(reads) -> None:
 
 def test_heuristic_sees_known_reads_and_misses(reads, tmp_path) -> None:
     """The scanner itself: known reads in the tree are found, and a field only validated is not."""
-    data, train, loss = SECTIONS["data"], SECTIONS["train"], SECTIONS["loss"]
+    (data,), (train,), (loss,) = SECTIONS["data"], SECTIONS["train"], SECTIONS["loss"]
     assert (data, "val_fraction") in reads  # data = cfg.data; data.val_fraction (alias) and cfg.data.val_fraction
     assert (OptimConfig, "grad_clip") in reads or (train, "grad_clip") in reads  # opt.grad_clip
     assert (loss, "mlm") in reads  # lc.mlm

@@ -13,9 +13,8 @@ import yaml
 
 from vlafoundry.cli.main import main
 from vlafoundry.data import generate_dataset
-from vlafoundry.models import load_policy
 from vlafoundry.train import checkpoint as ckpt
-from vlafoundry.train.trainer import Trainer
+from vlafoundry.train.trainer import Trainer, load_run
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -56,7 +55,7 @@ def test_resume_refuses_changed_architecture_and_applies_other_changes(gotolocal
     assert summary["step"] == 8 and summary["resumed_from_step"] == 4
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["lr"] == 0.002 and saved["model"]["d_ff"] == 64
-    _, cfg = load_policy(run)  # the final checkpoint loads
+    _, cfg, _ = load_run(run)  # the final checkpoint loads
     assert cfg.train.steps == 8 and cfg.model.d_ff == 64
 
 
@@ -172,7 +171,7 @@ def test_dataset_metadata_overrides_preset_values(open_root, tiny_args, tmp_path
     for data in (yaml.safe_load((run / "config.yaml").read_text())["data"],
                  json.loads((ckpt.resolve_checkpoint(run) / "config.json").read_text())["data"]):
         assert (data["env"], data["episodes"], data["seed"], data["image"]) == ("babyai/Open", 4, 7, "symbolic")
-    _, cfg = load_policy(run)  # what `vlafoundry eval RUN` reads: env and training seeds
+    _, cfg, _ = load_run(run)  # what `vlafoundry eval RUN` reads: env and training seeds
     assert (cfg.data.env, cfg.data.seed, cfg.data.episodes) == ("babyai/Open", 7, 4)
 
 
@@ -206,4 +205,4 @@ def test_resume_with_init_from_keeps_the_init_checkpoints_architecture(gotolocal
     assert _train([*args, "--train.steps", "4"], capsys)[0] == 0
     rc, out, err = _train([*args, "--train.steps", "6"], capsys)
     assert rc == 0 and "resumed from step 4" in out, err
-    assert load_policy(run)[1].model.d_ff == 96
+    assert load_run(run)[1].model.d_ff == 96
