@@ -9,6 +9,7 @@ pairs on top of a dict before it is built, so a bad override fails exactly like 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -106,6 +107,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key '{where}{unknown[0]}'" + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
             + f"; valid keys{' in ' + prefix if prefix else ''}: {sorted(fields)}"
+            + suggest(unknown[0], fields, prefix=where)
         )
     kwargs = {}
     for name, value in data.items():
@@ -178,6 +180,70 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = _parse_scalar(raw)
     return out
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...] | set[str], prefix: str = "") -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``word`` (or ``""`` when none is close)."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any, Any]]:
+    """Every settable key of a config dataclass instance (or class: its defaults): ``(dotted key, type name,
+    default, value)``, sections expanded recursively through the instance's own section classes (so ``model``
+    lists the keys of the policy type it holds): ``("train.lr", "float", 0.001, 0.0003)``."""
+    if isinstance(cfg, type):
+        cfg = cfg()
+    hints = get_type_hints(type(cfg))
+    defaults = type(cfg)()
+    out: list[tuple[str, str, Any, Any]] = []
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        key = f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(config_keys(value, f"{key}."))
+        else:
+            out.append((key, _type_name(hints[f.name]), to_dict(getattr(defaults, f.name)), to_dict(value)))
+    return out
+
+
+def check_key(cls: type, dotted: str, data: dict[str, Any] | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``dotted`` (``train.lr``) names a key of ``cls``; the message names the
+    whole key, where it stops matching, the valid names there and the closest one. ``data`` (the nested dict the
+    config is built from) picks the concrete class of a section that depends on its values (``model.type``)."""
+    node: Any = cls
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        hints = get_type_hints(node)
+        names = [f.name for f in dataclasses.fields(node) if f.init]
+        if part not in names:
+            sections = [n for n in names if dataclasses.is_dataclass(hints[n])]
+            if i == 0:
+                valid = f"valid sections: {sections}; top-level keys: {sorted(set(names) - set(sections))}"
+            else:
+                valid = f"valid keys in {where}: {sorted(names)}"
+            raise ConfigError(f"unknown config key '{dotted}': no {'section or key' if i == 0 else 'key'} "
+                              f"{part!r}{' in ' + where if where else ''}; {valid}"
+                              + suggest(part, names, prefix=f"{where}." if where else ""))
+        tp = hints[part]
+        data = data.get(part) if isinstance(data, dict) else None
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"override {dotted}: {part!r} is not a section")
+            resolve = getattr(tp, "config_class_for", None)
+            node = resolve(data if isinstance(data, dict) else {}, ".".join(parts[:i + 1])) if resolve else tp
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The dotted keys named by ``--section.key VALUE`` / ``--section.key=VALUE`` overrides (``-`` -> ``_``)."""
+    keys = []
+    for tok in overrides:
+        if tok.startswith("--"):
+            keys.append(tok[2:].split("=", 1)[0].replace("-", "_"))
+    return keys
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

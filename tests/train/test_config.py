@@ -30,7 +30,7 @@ def test_dotted_overrides_typed():
         (["--train.steps", "abc"], "train.steps: expected an integer"),
         (["--train.steps", "-5"], "steps: expected an integer >= 1"),
         (["--model.modality_dropout.image", "1.5"], "model.modality_dropout.image"),
-        (["--bogus.key", "1"], "unknown config key 'bogus'"),
+        (["--bogus.key", "1"], "unknown config key 'bogus.key'"),
     ],
 )
 def test_bad_config_names_key(overrides, fragment):

@@ -45,6 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_option(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> str | None:
+    """For a command that takes ``--section.key VALUE`` overrides: the first extra ``--word`` that is neither a
+    dotted key nor a top-level config key is a mistyped option (``--outt``), not an unknown config key."""
+    import dataclasses
+
+    from vlafoundry.config import override_keys, suggest
+    from vlafoundry.train.config import ExperimentConfig
+
+    top_level = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for key in override_keys(extra):
+        if "." in key or key in top_level:
+            continue
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        options = sorted({o for a in sub._actions for o in a.option_strings if o.startswith("--")})
+        word = next(t for t in extra if t.startswith("--") and t[2:].split("=", 1)[0].replace("-", "_") == key)
+        word = word.split("=", 1)[0]
+        return (f"unknown option {word} for `vlafoundry {command}`" + suggest(word, options)
+                + f" (options: {' '.join(options)}; config keys are dotted, e.g. --train.lr 3e-4, and listed by "
+                + f"`vlafoundry {command if command in ('train', 'pretrain') else 'train'} --list-keys`)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -57,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     if getattr(args, "accepts_overrides", False):
+        bad = _unknown_option(parser, args.command, extra)
+        if bad:
+            print(f"error: {bad}", file=sys.stderr)
+            return 2
         args.overrides = extra
     try:
         rc = handler(args)

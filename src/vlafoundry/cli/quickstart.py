@@ -13,9 +13,16 @@ import time
 from pathlib import Path
 
 
+def _plain(doc: str | None) -> str:
+    """The module docstring as help text: reST inline literals (````x````) shown as plain text."""
+    import re
+
+    return re.sub(r"``([^`]+)``", r"\1", doc or "")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="generate demos, pretrain, train, evaluate and report (BabyAI GoToLocal)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="babyai-gotolocal", help="preset or YAML file (default: %(default)s)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default: the preset's eval.episodes)")

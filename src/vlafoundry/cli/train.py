@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-OVERRIDE_HELP = "any config key as a dotted override, e.g. --train.lr 3e-4 --model.fusion early"
+OVERRIDE_HELP = ("Any config key can be set as a dotted override, e.g. --train.lr 3e-4 --model.fusion early; "
+                 "list the keys with their types and defaults with --list-keys [SECTION].")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -17,6 +19,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="existing dataset directory (default: generate and cache)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if OUT has checkpoints")
     p.add_argument("--list-presets", action="store_true", help="print the shipped presets and exit")
+    p.add_argument("--list-keys", nargs="?", const="", default=None, metavar="SECTION",
+                   help="print every config key (or those of SECTION: data, model, loss, train, pretrain, eval) with "
+                        "its type, default and value in --preset, and exit")
     p.set_defaults(accepts_overrides=True)
 
 
@@ -33,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, phase: str) -> int:
-    from vlafoundry.config import ConfigError
-    from vlafoundry.train.config import list_presets, load_config
+    from vlafoundry.config import ConfigError, override_keys
+    from vlafoundry.train.config import apply_dataset_metadata, list_presets, load_config
     from vlafoundry.train.distributed import barrier, cleanup
     from vlafoundry.train.trainer import fit_phase
 
@@ -42,10 +47,16 @@ def _run(args: argparse.Namespace, phase: str) -> int:
         print("\n".join(list_presets()))
         return 0
     overrides = list(getattr(args, "overrides", []) or [])
+    if args.list_keys is not None:
+        return _list_keys(args.preset, overrides, args.list_keys)
     if args.data:
         overrides += ["--data.path", args.data]
     try:
         cfg = load_config(args.preset, overrides)
+        if cfg.data.path:  # the dataset's vlafoundry.json, not the preset, says what it holds
+            note = apply_dataset_metadata(cfg, cfg.data.dataset_dir(), explicit=override_keys(overrides))
+            if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
+                print(note)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -63,4 +74,31 @@ def _run(args: argparse.Namespace, phase: str) -> int:
     if trainer.dist.is_main:
         print(json.dumps({k: summary[k] for k in ("phase", "step", "wall_s", "samples_per_s", "stopped_early")}))
         print(f"checkpoint: {out / 'checkpoints'}")
+    return 0
+
+
+def _list_keys(preset: str, overrides: list[str], section: str) -> int:
+    """``--list-keys [SECTION]``: one line per config key: dotted name, type, default, value under the preset."""
+    from vlafoundry.config import ConfigError, config_keys, suggest
+    from vlafoundry.train.config import load_config
+
+    try:
+        keys = config_keys(load_config(preset, overrides))  # model: the keys of the preset's model.type
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sections = sorted({k.split(".", 1)[0] for k, *_ in keys if "." in k})
+    if section:
+        section = section.strip(".")
+        keys = [row for row in keys if row[0] == section or row[0].startswith(section + ".")]
+        if not keys:
+            print(f"error: --list-keys: unknown section {section!r}; sections: {sections}"
+                  + suggest(section, sections), file=sys.stderr)
+            return 2
+    width = max(len(k) for k, *_ in keys)
+    twidth = max(len(t) for _, t, *_ in keys)
+    print(f"{'key':<{width}}  {'type':<{twidth}}  default -> value in preset {preset} (when different)")
+    for key, type_name, default, value in keys:
+        shown = f"{default!r}" + (f" -> {value!r}" if value != default else "")
+        print(f"{key:<{width}}  {type_name:<{twidth}}  {shown}")
     return 0

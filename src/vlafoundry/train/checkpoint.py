@@ -227,16 +227,76 @@ def _load_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint into plain objects: {dir, model, config, state, extra}; never unpickles."""
-    d = resolve_checkpoint(path)
+#: config keys older versions wrote that no longer exist (dropped when a checkpoint's config is read, so old
+#: checkpoints still load): section -> key names
+RETIRED_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("loader_workers",),  # never read: training indexes the in-memory cache directly (no DataLoader)
+}
+
+
+def _drop_retired_keys(config: Any) -> Any:
+    if isinstance(config, dict):
+        for section, keys in RETIRED_CONFIG_KEYS.items():
+            if isinstance(config.get(section), dict):
+                for k in keys:
+                    config[section].pop(k, None)
+    return config
+
+
+def _read_checkpoint(d: Path) -> dict[str, Any]:
     return {
         "dir": d,
         "model": _load_tensors(d / "model.safetensors"),
-        "config": _load_json(d / "config.json"),
+        "config": _drop_retired_keys(_load_json(d / "config.json")),
         "state": _load_json(d / "state.json"),
         "extra": _load_json(d / ("processor.json" if (d / "processor.json").is_file() else "extra.json")),
     }
+
+
+def _is_intact(d: Path) -> bool:
+    """Every file of checkpoint ``d`` reads back (tensors and JSON), not only its ``COMPLETE`` marker."""
+    try:
+        _read_checkpoint(d)
+        for name in ("optim.safetensors", "rng.safetensors"):
+            if (d / name).exists():
+                _load_tensors(d / name)
+    except CheckpointError:
+        return False
+    return True
+
+
+def intact_older_checkpoint(d: Path) -> Path | None:
+    """The newest complete checkpoint older than ``d`` in the same ``checkpoints`` directory whose files all read
+    back, or None."""
+    d = Path(d)
+    older = sorted((c for c in d.parent.glob("step_*") if c.name < d.name and is_complete(c)), reverse=True)
+    return next((c for c in older if _is_intact(c)), None)
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files do not read back; ``corrupt`` is its directory, ``fallback`` the newest intact older
+    checkpoint beside it (or None)."""
+
+    def __init__(self, message: str, corrupt: Path, fallback: Path | None) -> None:
+        super().__init__(message)
+        self.corrupt, self.fallback = corrupt, fallback
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint into plain objects: {dir, model, config, state, extra}; never unpickles.
+
+    A checkpoint of a run (``step_*``) whose files do not read back raises :class:`CorruptCheckpointError`
+    naming it, the fault and the newest intact older checkpoint of the run to use instead."""
+    d = resolve_checkpoint(path)
+    try:
+        return _read_checkpoint(d)
+    except CheckpointError as exc:
+        if not d.name.startswith("step_"):
+            raise
+        fallback = intact_older_checkpoint(d)
+        hint = (f"the newest intact older checkpoint is {fallback}: use it instead" if fallback is not None
+                else f"there is no intact older checkpoint in {d.parent}")
+        raise CorruptCheckpointError(f"checkpoint {d} is corrupt: {exc}; {hint}", d, fallback) from None
 
 
 def load_optimizer_state(ckpt_dir: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

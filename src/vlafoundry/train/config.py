@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlafoundry.config import ConfigError, apply_overrides, from_dict, load_yaml, require, to_dict
+from vlafoundry.config import (ConfigError, apply_overrides, check_key, from_dict, load_yaml, override_keys, require,
+                               to_dict)
 from vlafoundry.models.config import ModelConfig, PolicyConfig
 from vlafoundry.models.objectives import LossConfig
 
@@ -29,7 +31,6 @@ class DataConfig:
     workers: int = 2
     image: str = "symbolic"
     val_fraction: float = 0.05
-    loader_workers: int = 0
     cache_dir: str = "~/.cache/vlafoundry/datasets"
     action_noise: float = 0.0
     augment: str = "none"
@@ -46,7 +47,6 @@ class DataConfig:
         require(self.workers >= 1, "data.workers", "an integer >= 1", self.workers)
         require(self.image in ("symbolic", "rgb"), "data.image", "one of ['symbolic', 'rgb']", self.image)
         require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "a fraction in [0, 1)", self.val_fraction)
-        require(self.loader_workers >= 0, "data.loader_workers", "an integer >= 0", self.loader_workers)
         require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
                 "a finite number >= 0", self.action_noise)
         require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
@@ -199,7 +199,117 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
         data = preset_dict(preset)
     if overrides:
         data = apply_overrides(data, overrides)
+        for key in override_keys(overrides):
+            check_key(ExperimentConfig, key, data)
     return from_dict(ExperimentConfig, data)
+
+
+# ------------------------------------------------------------------------------------ the dataset's own metadata
+#: ``data.*`` keys a dataset's ``vlafoundry.json`` answers for: what was generated (env, episodes, seed, image mode,
+#: DART noise). With ``data.path`` set they come from the dataset, whatever the preset says.
+DATASET_KEYS = ("env", "episodes", "seed", "image", "action_noise")
+
+
+def dataset_facts(meta: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`DATASET_KEYS` values recorded in a dataset's ``vlafoundry.json`` (those it records)."""
+    env, gen, counts = meta.get("env") or {}, meta.get("generation") or {}, meta.get("counts") or {}
+    facts: dict[str, Any] = {}
+    if env.get("name"):
+        facts["env"] = str(env["name"])
+    if counts.get("episodes") is not None:
+        facts["episodes"] = int(counts["episodes"])
+    if gen.get("seed") is not None:
+        facts["seed"] = int(gen["seed"])
+    if env.get("image"):  # None for state-only datasets (Meta-World): the config's value stands
+        facts["image"] = str(env["image"])
+    if gen.get("action_noise") is not None:
+        facts["action_noise"] = float(gen["action_noise"])
+    return facts
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "env":
+        try:
+            from vlafoundry.envs.registry import canonical_name
+
+            return canonical_name(str(a)) == canonical_name(str(b))
+        except ValueError:
+            return a == b
+    return a == b
+
+
+def apply_dataset_metadata(cfg: ExperimentConfig, root: str | Path, explicit: tuple[str, ...] | list[str] = ()
+                           ) -> str | None:
+    """Make ``cfg.data`` say what the dataset at ``root`` holds (its ``vlafoundry.json``), in place.
+
+    ``explicit``: the dotted keys the user set on the command line (``data.env``); one of them contradicting the
+    dataset is a :class:`ConfigError` naming both values. Returns a one-line note listing the values that changed
+    (``None`` when the config already agreed)."""
+    from vlafoundry.data.format import META_FILE, read_json
+
+    root = Path(root)
+    try:
+        meta = read_json(root / META_FILE)
+    except (OSError, ValueError):
+        return None  # not a dataset (yet): ensure_dataset / DemoDataset say so with the path
+    facts = dataset_facts(meta)
+    changed: dict[str, Any] = {}
+    notes = []
+    for key, value in facts.items():
+        current = getattr(cfg.data, key)
+        if _same(key, current, value):
+            continue
+        if f"data.{key}" in explicit:
+            raise ConfigError(f"data.{key}: the dataset {root} holds {value!r} (its {META_FILE}), got {current!r} "
+                              f"from --data.{key}; drop --data.{key} (the dataset's value is used) or pass a dataset "
+                              f"generated with data.{key}={current!r}")
+        changed[key] = value
+        notes.append(f"data.{key} {current!r} -> {value!r}")
+    if not changed:
+        return None
+    cfg.data = dataclasses.replace(cfg.data, **changed)
+    return f"note: the dataset {root} sets {', '.join(notes)} (from its {META_FILE}; the preset said otherwise)"
+
+
+# ------------------------------------------------------------------------------------ resuming a run
+#: ``data.*`` keys that define the training data a checkpoint was trained on (and its split)
+DATA_IDENTITY_KEYS = (*DATASET_KEYS, "val_fraction")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resume_changes(saved: ExperimentConfig, requested: ExperimentConfig, phase: str = "train"
+                   ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """Compare the config a checkpoint was written with and the one a resume asks for.
+
+    Returns ``(refused, applied)``, each a list of ``(key, old, new)``. Refused: the architecture (``model.*``),
+    the data the checkpoint was trained on (:data:`DATA_IDENTITY_KEYS`) and the phase's contrastive temperature
+    (a parameter of the model, restored from the checkpoint). Everything else (``train.lr``, ``train.steps``, ...)
+    takes effect from the resumed step."""
+    old, new = flatten(to_dict(saved)), flatten(to_dict(requested))
+    loss = "pretrain.loss." if phase == "pretrain" else "loss."
+    frozen = {f"data.{k}" for k in DATA_IDENTITY_KEYS} | {loss + "temperature", loss + "learnable_temperature"}
+    refused, applied = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        (refused if key.startswith("model.") or key in frozen else applied).append((key, a, b))
+    return refused, applied
+
+
+def format_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
 
 
 def config_from_json_dict(data: dict[str, Any]) -> ExperimentConfig:
@@ -207,6 +317,21 @@ def config_from_json_dict(data: dict[str, Any]) -> ExperimentConfig:
 
 
 __all__ = [
-    "DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "EvalConfig",
-    "ExperimentConfig", "list_presets", "preset_dict", "load_config", "config_from_json_dict", "to_dict",
+    "DATASET_KEYS",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "LossConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "TrainConfig",
+    "apply_dataset_metadata",
+    "config_from_json_dict",
+    "dataset_facts",
+    "format_changes",
+    "list_presets",
+    "load_config",
+    "preset_dict",
+    "resume_changes",
+    "to_dict",
 ]

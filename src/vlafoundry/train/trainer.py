@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlafoundry.config import dump_yaml, from_dict, to_dict
+from vlafoundry.config import ConfigError, dump_yaml, from_dict, to_dict
 from vlafoundry.data.format import read_json, write_json_atomic
 from vlafoundry.models import Policy, PolicyLoadError, make_policy
 from vlafoundry.models.base import build_from_folder
@@ -42,6 +42,7 @@ from vlafoundry.models.policy import count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
 from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
+from vlafoundry.train.config import apply_dataset_metadata, format_changes, resume_changes
 from vlafoundry.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed
 from vlafoundry.train.sampler import ResumableBatchSampler
 
@@ -155,14 +156,22 @@ class Trainer:
         np.random.seed(cfg.train.seed)
 
         root = Path(dataset_root) if dataset_root else ensure_dataset(cfg, self.dist, cfg.train.progress)
+        note = apply_dataset_metadata(cfg, root)  # the dataset's vlafoundry.json is the truth about it
+        if note and self.dist.is_main:
+            print(note, flush=True)
         self.train_ds, self.val_ds = load_datasets(cfg, root)
 
         self.step = 0
         self.best_val = float("inf")
         self.evals_without_improvement = 0
         resume_dir = self._resumable_checkpoint() if resume else None
+        self.resumed_from_step: int | None = None
         if resume_dir is not None:
-            self.policy, _, data = policy_from_checkpoint(resume_dir, self.device)
+            try:
+                self.policy, _, data = policy_from_checkpoint(resume_dir, self.device)
+            except ckpt.CorruptCheckpointError as exc:
+                raise self._corrupt_resume_error(exc) from None
+            self._check_resume_config(resume_dir, data, init_from)
         elif init_from is not None:
             self.policy, init_cfg, _ = policy_from_checkpoint(init_from, self.device)
             if to_dict(init_cfg.model) != to_dict(cfg.model):
@@ -219,12 +228,57 @@ class Trainer:
         except ckpt.CheckpointError:
             return None
 
+    def _corrupt_resume_error(self, exc: ckpt.CorruptCheckpointError) -> ckpt.CheckpointError:
+        if exc.fallback is not None:
+            how = (f"to resume from {exc.fallback.name}, move the corrupt {exc.corrupt} out of {self.ck_dir} (or "
+                   f"delete it) and rerun this command; or start over with --no-resume")
+        else:
+            how = "start over with --no-resume (or another --out)"
+        return ckpt.CheckpointError(f"cannot resume {self.run_dir}: {exc}; {how}")
+
+    def _check_resume_config(self, directory: Path, data: dict[str, Any], init_from: str | Path | None) -> None:
+        """Refuse a resume whose config changes the architecture or the data; say which other changes apply."""
+        saved = from_dict(ExperimentConfig, data["config"])
+        if init_from is not None:
+            self.cfg.model = saved.model  # with --init-from the architecture is the init checkpoint's (as on start)
+        refused, applied = resume_changes(saved, self.cfg, self.phase)
+        step = int(data["state"].get("step", 0))
+        if refused:
+            raise ConfigError(
+                f"cannot resume {self.run_dir} from step {step} ({directory}) with a different architecture or "
+                f"dataset: {format_changes(refused)}; its checkpoints were trained with the old values. Resume with "
+                "the old values, or train the new config in another run directory (--out) or here from scratch "
+                "(--no-resume, which replaces this run's checkpoints)")
+        self.resumed_from_step = step
+        if self.dist.is_main:
+            print(f"resumed from step {step} ({directory})"
+                  + (f"; applying changed keys: {format_changes(applied)}" if applied else ""), flush=True)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Rows logged after the resumed checkpoint (by the interrupted run) are logged again: drop the old ones."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                if int(json.loads(line)["step"]) > step:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by the interruption
+            keep.append(line if line.endswith("\n") else line + "\n")
+        if keep != lines:
+            ckpt.write_atomic_text(path, "".join(keep))
+
     def _restore(self, directory: Path, data: dict[str, Any]) -> None:
         state = data["state"]
         if state.get("phase") != self.phase:
             raise ckpt.CheckpointError(f"{directory}: checkpoint of phase {state.get('phase')!r}, "
                                        f"cannot resume phase {self.phase!r} from it")
         ckpt.load_optimizer_state(directory, self.optimizer, state)
+        for group, decay in zip(self.optimizer.param_groups, (self.opt_cfg.weight_decay, 0.0), strict=True):
+            group["weight_decay"], group["betas"] = decay, tuple(self.opt_cfg.betas)  # the run's (maybe changed) values
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", float("inf")))
@@ -338,6 +392,8 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(self.cfg, self.run_dir / "config.yaml")
+            if self.resumed_from_step is not None:
+                self._drop_metrics_after(self.resumed_from_step)
         opt, total_steps = self.opt_cfg, self.opt_cfg.steps
         end = total_steps if stop_after is None else min(total_steps, self.step + stop_after)
         previous = self.run_dir / "summary.json"
@@ -403,7 +459,8 @@ class Trainer:
                    "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                    "last": scalars(last), "parameters": count_parameters(self.policy),
                    "train_samples": getattr(self.train_ds, "num_steps", len(self.train_ds)),
-                   "train_episodes": self.train_ds.num_episodes, "world_size": self.dist.world_size}
+                   "train_episodes": self.train_ds.num_episodes, "world_size": self.dist.world_size,
+                   "resumed_from_step": self.resumed_from_step}
         if self.dist.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
         if self._writer:
@@ -462,6 +519,8 @@ def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
                      dataset_root=dataset_root)
         return tr.fit(), tr
     run_dir = Path(run_dir)
+    if dataset_root is not None or cfg.data.path:
+        apply_dataset_metadata(cfg, dataset_root or cfg.data.dataset_dir())  # config.yaml below says what was used
     configs = cycle_configs(cfg)
     dirs = cycle_dirs(run_dir, len(configs))
     record_path = run_dir / "cycles.json"
