@@ -87,3 +87,12 @@ def test_slugs_are_short_safe_and_deterministic() -> None:
     assert slug != env_slug("metaworld/coffee-push,metaworld/handle-press")  # order matters (task ids follow it)
     many = ",".join(f"metaworld/{t}" for t in list(MT10_TASKS)[::-1])
     assert len(env_slug(many)) <= 64 and all(c.isalnum() or c == "-" for c in env_slug(many))
+
+
+def test_unknown_babyai_level_suggests_the_name_the_cli_takes():
+    """Gym's own hint names the gym id (`BabyAI-BossLevel`); the CLI takes `babyai/BossLevel`."""
+    with pytest.raises(ValueError, match=r"unknown BabyAI level 'babyai/BossLevl'; did you mean 'babyai/BossLevel'\?$"):
+        expand_env_names("babyai/BossLevl")
+    with pytest.raises(ValueError, match=r"did you mean 'babyai/GoToLocal'\?") as info:
+        make_env("babyai/GoToLokal")
+    assert "BabyAI-" not in str(info.value)

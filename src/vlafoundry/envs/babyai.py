@@ -43,6 +43,16 @@ def colour_permutation() -> ColourPermutation:
     return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")])
 
 
+def unknown_level_message(level: str) -> str:
+    """``unknown BabyAI level 'babyai/BossLevl'; did you mean 'babyai/BossLevel'?`` (names as the CLI takes them)."""
+    import difflib
+
+    close = difflib.get_close_matches(level, babyai_levels(), n=1)
+    hint = f"; did you mean 'babyai/{close[0]}'?" if close else "; `python -c \"import vlafoundry.envs as e; " \
+        "print(e.babyai_levels())\"` lists them"
+    return f"unknown BabyAI level 'babyai/{level}'{hint}"
+
+
 def direction_one_hot(direction: int) -> np.ndarray:
     state = np.zeros(NUM_DIRECTIONS, dtype=np.float32)  # (4,)
     state[int(direction)] = 1.0
@@ -91,8 +101,8 @@ class BabyAIEnv:
             kwargs["max_steps"] = int(max_steps)
         try:
             env = gym.make(babyai_gym_id(level), **kwargs)
-        except gym.error.Error as exc:
-            raise ValueError(f"unknown BabyAI level {level!r} ({exc})") from exc
+        except gym.error.Error:
+            raise ValueError(unknown_level_message(level)) from None
         if image == "rgb":
             from minigrid.wrappers import RGBImgPartialObsWrapper
 
@@ -189,6 +199,8 @@ class BabyAIFamily(EnvFamily):
     def validate(self, rest: str) -> None:
         if not rest:
             raise ValueError("env name: expected 'babyai/<Level>', e.g. 'babyai/GoToLocal', got 'babyai/'")
+        if rest not in babyai_levels():
+            raise ValueError(unknown_level_message(rest))
 
     def make_env(self, rest: str, **kwargs: Any) -> BabyAIEnv:
         return BabyAIEnv(rest, **kwargs)

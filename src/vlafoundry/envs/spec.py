@@ -9,7 +9,7 @@ from typing import Any
 #: Seeds at or above this value are reserved for evaluation. ``vlafoundry data generate`` uses seeds
 #: ``S .. S+N-1`` (``S`` defaults to 0), so evaluating from ``EVAL_SEED_BASE`` on never replays a training
 #: layout (BabyAI level or Meta-World object/goal positions are a function of the seed).
-EVAL_SEED_BASE = 1_000_000
+EVAL_SEED_BASE = 1_000_000_000
 
 
 @dataclass(frozen=True)

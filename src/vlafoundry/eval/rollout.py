@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from vlafoundry.envs.spec import EVAL_SEED_BASE
 from vlafoundry.eval.paraphrase import ParaphraseMap
 from vlafoundry.eval.stats import wilson_interval
 from vlafoundry.eval.subgroups import BABYAI_COLORS, BABYAI_OBJECTS, subgroup_success
 
-DEFAULT_SEED_START = 10**9
+DEFAULT_SEED_START = EVAL_SEED_BASE  # the one constant, in vlafoundry.envs.spec
 MODALITIES: tuple[str, ...] = ("image", "instruction", "state")
 
 # Vocabulary for instruction word noise: the words of the BabyAI grammar.

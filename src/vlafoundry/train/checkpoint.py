@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vlafoundry.data.format import write_json_atomic
+from vlafoundry.io import write_json_atomic
 
 MARKER = "COMPLETE"
 

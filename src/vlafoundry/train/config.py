@@ -11,6 +11,7 @@ from typing import Any
 
 from vlafoundry.config import (ConfigError, apply_overrides, check_key, from_dict, load_yaml, override_keys, require,
                                to_dict)
+from vlafoundry.envs.spec import EVAL_SEED_BASE
 from vlafoundry.models.config import ModelConfig, PolicyConfig
 from vlafoundry.models.objectives import LossConfig
 
@@ -151,7 +152,7 @@ class EvalConfig:
     """Closed-loop evaluation settings used after training (quickstart) and as ``vlafoundry eval`` defaults."""
 
     episodes: int = 500
-    seed_start: int = 1_000_000_000
+    seed_start: int = EVAL_SEED_BASE
     workers: int = 2
     max_steps: int = 0
 

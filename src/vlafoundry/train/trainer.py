@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vlafoundry.config import ConfigError, dump_yaml, from_dict, to_dict
-from vlafoundry.data.format import read_json, write_json_atomic
+from vlafoundry.io import read_json, write_json_atomic
 from vlafoundry.models import Policy, PolicyLoadError, make_policy
 from vlafoundry.models.base import build_from_folder
 from vlafoundry.models.policy import count_parameters
