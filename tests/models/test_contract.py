@@ -201,3 +201,12 @@ def test_forward_metrics_are_tensors_not_floats(tmp_path):
     _, metrics = policy(batch)
     assert metrics and all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
                            for v in metrics.values())
+
+
+def test_a_run_folder_given_to_load_policy_says_how_to_load_it(tmp_path):
+    from vlafoundry.models import PolicyLoadError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(PolicyLoadError, match=r"a training run, not a policy folder; load it with "
+                                              r"vlafoundry.train.load_run"):
+        load_policy(tmp_path / "run")

@@ -173,6 +173,10 @@ def build_from_folder(directory: str | Path, config: dict[str, Any] | None = Non
     d = Path(directory)
     if not d.is_dir():
         raise PolicyLoadError(f"{d}: expected a policy folder (config.json, model.safetensors, processor.json)")
+    if not (d / CONFIG_FILE).exists() and ((d / "checkpoints").is_dir() or (d / "latest").is_file()):
+        raise PolicyLoadError(f"{d}: a training run, not a policy folder; load it with vlafoundry.train.load_run "
+                              f"(policy and experiment config), or pass one of its checkpoints "
+                              f"({d.name}/checkpoints/step_N)")
     if config is None:
         config = model_config_dict(load_json_file(d / CONFIG_FILE, PolicyLoadError), str(d / CONFIG_FILE))
     cls = policy_class(str(config.get("type", "vla")), key=f"{d / CONFIG_FILE}: type")
