@@ -5,8 +5,9 @@
 
 * on a terminal (the stream's ``isatty()``) it is a tqdm bar;
 * elsewhere (a log file, a pipe, CI) it is :class:`LineProgress`: one plain line (no carriage return) each time
-  another ``every_fraction`` of the total is done (default 10%) or ``every_s`` seconds have passed since the last
-  line (default 30 s), whichever comes first, and one final line on ``close``. A 10,000-step loop thus writes about
+  another ``every_fraction`` of the total is done (default 10%; but not within ``min_interval_s`` = 1 s of the
+  previous line, so a loop of a few seconds writes little) or ``every_s`` seconds have passed since the last line
+  (default 30 s), whichever comes first, and one final line on ``close``. A 10,000-step loop thus writes at most
   a dozen lines instead of thousands of ``\\r`` updates.
 
 ``VLAFOUNDRY_PROGRESS=bar|lines|off`` forces a mode (e.g. ``lines`` on a terminal, ``off`` in tests).
@@ -68,6 +69,7 @@ class LineProgress:
         stream: where lines go (default ``sys.stderr`` at creation time).
         every_fraction: a line each time this fraction of ``total`` more is done (0 < f <= 1).
         every_s: a line when this many seconds passed since the last one, at the next update (> 0).
+        min_interval_s: no fraction line within this many seconds of the previous line (>= 0).
         disable: write nothing (``update`` still counts).
         clock: monotonic seconds (injectable for tests).
     """
@@ -81,6 +83,7 @@ class LineProgress:
         stream: TextIO | None = None,
         every_fraction: float = 0.1,
         every_s: float = 30.0,
+        min_interval_s: float = 1.0,
         disable: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -93,7 +96,9 @@ class LineProgress:
         self.n = self.initial = int(initial)
         self.stream = stream if stream is not None else sys.stderr
         self.disable = disable
-        self.every_s = float(every_s)
+        if not min_interval_s >= 0:
+            raise ValueError(f"min_interval_s: expected a number >= 0, got {min_interval_s}")
+        self.every_s, self.min_interval_s = float(every_s), float(min_interval_s)
         self._clock = clock
         self._t0 = self._last_t = clock()
         self._step = max(1, math.ceil(every_fraction * self.total)) if self.total else None
@@ -129,10 +134,11 @@ class LineProgress:
         if self._closed:
             return
         self.n += int(k)
-        due_fraction = self._next is not None and self.n >= self._next
+        since = self._clock() - self._last_t
+        due_fraction = self._next is not None and self.n >= self._next and since >= self.min_interval_s
         if due_fraction:
             self._next = self._after(self.n)
-        if due_fraction or self._clock() - self._last_t >= self.every_s:
+        if due_fraction or since >= self.every_s:
             self._emit()
 
     def set_postfix(self, **values: Any) -> None:
@@ -186,6 +192,7 @@ def progress(
     stream: TextIO | None = None,
     every_fraction: float = 0.1,
     every_s: float = 30.0,
+    min_interval_s: float = 1.0,
 ) -> ProgressBar:
     """A progress bar for ``total`` units: tqdm on a terminal, :class:`LineProgress` otherwise.
 
@@ -198,4 +205,4 @@ def progress(
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
     return LineProgress(total, desc, unit, initial=initial, stream=stream, every_fraction=every_fraction,
-                        every_s=every_s, disable=mode == "off")  # fmt: skip
+                        every_s=every_s, min_interval_s=min_interval_s, disable=mode == "off")  # fmt: skip

@@ -31,11 +31,27 @@ def test_non_tty_many_updates_give_few_plain_lines(monkeypatch):
         for _ in range(10_000):
             bar.update(1)
     text = out.getvalue()
-    lines = text.splitlines()
     assert "\r" not in text
-    assert 10 <= len(lines) <= 11  # every 10% (the last one at 100%), no duplicate final line
-    assert lines[0].startswith("closed loop: 1000/10000 ep (10%)")
+    assert 1 <= len(text.splitlines()) <= 11  # a fast loop: at most one line per 10% (and per second) + the end
+    assert text.splitlines()[-1].startswith("closed loop: 10000/10000 ep (100%)")
+
+
+def test_a_line_every_tenth_when_updates_are_slow_enough():
+    out, clock = io.StringIO(), FakeClock()
+    with LineProgress(10_000, "closed loop", "ep", stream=out, clock=clock) as bar:
+        for _ in range(10_000):
+            clock.t += 0.002  # 20 s in all: 2 s per 10%
+            bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10  # 10%, 20%, ..., 100%; close adds nothing new
+    assert lines[0] == "closed loop: 1000/10000 ep (10%), 0:02 elapsed, 500.0 ep/s, eta 0:18"
     assert lines[-1].startswith("closed loop: 10000/10000 ep (100%)")
+    fast, clock = io.StringIO(), FakeClock()
+    with LineProgress(100, "x", stream=fast, clock=clock) as bar:
+        for _ in range(100):  # 0.5 s in all: fraction lines are held back (min_interval_s = 1)
+            clock.t += 0.005
+            bar.update(1)
+    assert len(fast.getvalue().splitlines()) == 1  # only the final line
 
 
 def test_time_based_lines_and_final_line():
@@ -90,3 +106,5 @@ def test_bad_arguments():
         LineProgress(10, every_fraction=0)
     with pytest.raises(ValueError, match="every_s: expected a number > 0, got -1"):
         LineProgress(10, every_s=-1)
+    with pytest.raises(ValueError, match="min_interval_s: expected a number >= 0, got -1"):
+        LineProgress(10, min_interval_s=-1)
