@@ -43,11 +43,13 @@ def register(subparsers: Any) -> None:
                    "recall@k, ITM accuracy, modality balance, accuracy per subgroup (default: on when the dataset "
                    "is available locally)")  # fmt: skip
     p.add_argument("--offline-samples", type=int, default=None, metavar="N",
-                   help=f"at most N held-out dataset items for offline metrics (default {DEFAULT_OFFLINE_SAMPLES})")
+                   help=f"about N held-out steps at most for offline metrics (default {DEFAULT_OFFLINE_SAMPLES}; whole "
+                   "episodes for a memory policy)")  # fmt: skip
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="modality balance (ablation and gradient shares) within the offline pass (default: on)")
     p.add_argument("--balance-samples", type=int, default=None, metavar="N",
-                   help=f"held-out items for modality balance (default {DEFAULT_BALANCE_SAMPLES})")
+                   help=f"about N held-out steps for modality balance, the first of the offline pass (default "
+                   f"{DEFAULT_BALANCE_SAMPLES})")  # fmt: skip
     p.add_argument("--gifs", type=int, default=None, metavar="N",
                    help="GIFs of N successful and N failed episodes (default 2)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the run folder)")

@@ -105,10 +105,11 @@ class EvalOptions:
         paraphrases: JSON paraphrase file; adds a language-generalisation evaluation.
         robustness: add the missing-modality / noise table.
         offline: offline metrics on the training data's held-out split; None = when the dataset is on disk.
-        offline_samples: at most this many held-out dataset items for the offline metrics (default 5,000).
+        offline_samples: about this many held-out steps at most for the offline metrics (default 5,000; for a
+            memory policy, whole episodes: as many as hold about this many steps on average).
         balance: measure modality balance (ablation and gradient shares) on the held-out split (default on).
-        balance_samples: at most this many held-out items for modality balance (default 1,024; the first items
-            of the offline sample, so no extra pass).
+        balance_samples: about this many held-out steps for modality balance (default 1,024; the first ones of
+            the offline metrics', within the same pass).
         gifs: GIFs of this many successful and this many failed episodes.
         out: output folder; None = the run folder of the checkpoint.
         device: torch device of the policy.

@@ -19,6 +19,7 @@ It returns an :class:`EvalRun` (results, notes, output paths and per-stage secon
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ __all__ = ["STAGES", "EvalRun", "evaluate_checkpoint", "itm_verdict", "offline_d
            "run_evaluation"]  # fmt: skip
 
 STAGES: tuple[str, ...] = ("rollouts", "offline pass", "robustness", "bias", "pictures", "report")
-OFFLINE_BATCH = 512  # dataset items per offline batch (steps, or episodes for a memory policy)
+OFFLINE_BATCH_STEPS = 1024  # held-out steps per offline batch (whole episodes for a memory policy: about this many)
 _ITM_KEYS = ("itm_acc", "itm_acc_matched", "itm_acc_negative", "itm_balanced_acc")
 
 Log = Callable[[str], None]
@@ -281,14 +282,13 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
                 para = evaluate_policy(policy, names, rollout=pool, paraphrases=paraphrases,
                                        progress="paraphrased instructions", **common)  # fmt: skip
                 log(_rows_text("paraphrased instructions", para.rows))
-        if ds is not None:
-            n_items = min(len(ds), opts.offline_samples)
-            with stage("offline pass", f"{n_items} held-out items (modality balance on "
-                                       f"{min(n_items, opts.balance_samples) if opts.balance else 0})"):  # fmt: skip
-                offline = _offline_pass(policy, cfg, ds, opts, env, notes, log)
+        plan = _OfflinePlan.of(ds, opts) if ds is not None else None
+        if plan is not None:
+            with stage("offline pass", plan.describe()):
+                offline = _offline_pass(policy, cfg, ds, plan, env, notes, log)
         if opts.robustness:
             with stage("robustness", "every modality removed / noised, same episodes"):
-                robustness = _robustness(policy, names, pool, env_kwargs, ds, opts, offline, result, common)
+                robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common)
                 for r in robustness:
                     log(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
     if offline is not None:
@@ -313,14 +313,36 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
     return run
 
 
-def _offline_pass(policy: Any, cfg: Any, ds: Any, opts: EvalOptions, env: str, notes: list[str], log: Log
+@dataclass(frozen=True)
+class _OfflinePlan:
+    """Dataset items (steps, or whole episodes for a memory policy) per batch / in all / for the balance, sized from
+    the options' step counts with the split's mean items length."""
+
+    steps_per_item: float
+    batch_items: int
+    max_items: int
+    balance_items: int
+
+    @classmethod
+    def of(cls, ds: Any, opts: EvalOptions) -> _OfflinePlan:
+        per = max(1.0, getattr(ds, "num_steps", len(ds)) / max(1, len(ds)))
+        max_items = min(len(ds), math.ceil(opts.offline_samples / per))
+        balance = min(max_items, math.ceil(opts.balance_samples / per)) if opts.balance else 0
+        return cls(per, max(1, round(OFFLINE_BATCH_STEPS / per)), max_items, balance)
+
+    def describe(self) -> str:
+        unit = "steps" if self.steps_per_item == 1.0 else f"episodes of {self.steps_per_item:.1f} steps on average"
+        return f"{self.max_items} held-out {unit}, modality balance on the first {self.balance_items}"
+
+
+def _offline_pass(policy: Any, cfg: Any, ds: Any, plan: _OfflinePlan, env: str, notes: list[str], log: Log
                   ) -> dict[str, Any]:  # fmt: skip
     """Offline metrics and modality balance from one pass; the outputs are kept (``_outputs``) for the bias."""
     from vlafoundry.eval.offline import metrics_from_outputs, offline_evaluation
 
-    outputs, balance = offline_evaluation(policy, ds, batch_size=OFFLINE_BATCH, max_samples=opts.offline_samples,
-                                          balance_samples=opts.balance_samples if opts.balance else 0,
-                                          loss_cfg=getattr(cfg, "loss", None), progress="offline pass")  # fmt: skip
+    outputs, balance = offline_evaluation(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items,
+                                          balance_samples=plan.balance_items, loss_cfg=getattr(cfg, "loss", None),
+                                          progress="offline pass")  # fmt: skip
     assert outputs is not None
     metrics = metrics_from_outputs(outputs)
     show_itm, itm_note = itm_verdict(metrics, cfg)
@@ -336,12 +358,15 @@ def _offline_pass(policy: Any, cfg: Any, ds: Any, opts: EvalOptions, env: str, n
         notes.append(itm_note)
     if "obs_to_instr_r@1" not in metrics:
         notes.append("no retrieval / ITM metrics: the policy has no language encoder or no observation modality")
-    if balance is not None:
+    if balance is None:
+        notes.append("no modality balance: turned off (--no-balance)")
+    else:
         log("  modality balance (ablation / gradient share): "
             + ", ".join(f"{m} {balance['ablation_share'][m]:.2f}/{balance['gradient_share'][m]:.2f}"
                         for m in balance["modalities"]))  # fmt: skip
-    else:
-        notes.append("no modality balance: turned off (--no-balance)")
+        if balance["samples"] < len(outputs.indices):
+            notes.append(f"modality balance uses the first {balance['samples']} of the {len(outputs.indices)} "
+                         "held-out items of the offline metrics (--balance-samples)")
     data_env = _cfg_get(cfg, "data", "env")
     if data_env and str(data_env) != str(env):
         notes.append(f"offline metrics use the held-out split of the training data ({data_env}), not {env}")
@@ -349,16 +374,16 @@ def _offline_pass(policy: Any, cfg: Any, ds: Any, opts: EvalOptions, env: str, n
             "show_itm": show_itm, "_outputs": outputs}  # fmt: skip
 
 
-def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, Any], ds: Any, opts: EvalOptions,
-                offline: dict[str, Any] | None, result: EvalResult, common: dict[str, Any]
+def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, Any], ds: Any,
+                plan: _OfflinePlan | None, offline: dict[str, Any] | None, result: EvalResult, common: dict[str, Any]
                 ) -> list[dict[str, Any]]:  # fmt: skip
     """Robustness rows on the open pool; the full-input row reuses the rollouts and the offline pass."""
     from vlafoundry.eval.offline import ROBUSTNESS_KEYS, offline_robustness_fn
     from vlafoundry.eval.robustness import run_robustness
 
     offline_fn = None
-    if ds is not None:
-        corrupted = offline_robustness_fn(policy, ds, batch_size=OFFLINE_BATCH, max_samples=opts.offline_samples)
+    if ds is not None and plan is not None:
+        corrupted = offline_robustness_fn(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items)
         full = ({f"offline {k}": offline["metrics"][k] for k in ROBUSTNESS_KEYS if k in offline["metrics"]}
                 if offline is not None else None)  # fmt: skip
 
