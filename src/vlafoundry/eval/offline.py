@@ -424,7 +424,7 @@ def offline_evaluation(
     are the first items the outputs see too; the outputs cover the first ``max_samples`` (``outputs=False``: only
     the balance's items, no outputs). Returns ``(outputs or None, balance or None)``.
     """
-    from vlafoundry.train.config import LossConfig
+    from vlafoundry.models import LossConfig
 
     if balance_samples is not None and balance_samples < 0:
         raise ValueError(f"balance_samples: expected >= 0 or None, got {balance_samples}")
