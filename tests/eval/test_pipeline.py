@@ -163,3 +163,24 @@ def test_progress_lines_in_a_log(fake_checkpoint, tmp_path, capsys, monkeypatch)
     cap = capsys.readouterr()
     assert "[eval] rollouts: 6 episodes of babyai/GoToLocal" in cap.out and "[eval] report:" in cap.out
     assert "closed loop: 6/6 ep (100%)" in cap.err and "\r" not in cap.err + cap.out
+
+
+def test_robustness_reuses_the_full_input_rollouts():
+    from vlafoundry.eval.robustness import run_robustness
+    from vlafoundry.eval.rollout import ObservationCorruption, VectorRollout, evaluate_policy
+
+    class Refuses(RandomPolicy):
+        def select_action(self, obs):
+            raise AssertionError("the full-input episodes were run again")
+
+    settings = {"episodes": 3, "seed_start": 40, "max_steps": 2}
+    with VectorRollout(3, 0) as pool:
+        ref = evaluate_policy(RandomPolicy(), "babyai/GoToLocal", rollout=pool, **settings)
+        rows = run_robustness(Refuses(), "babyai/GoToLocal", conditions=[ObservationCorruption()], rollout=pool,
+                              reference=ref, **settings)  # fmt: skip
+        assert rows[0]["success_rate"] == ref.summary["success_rate"] and rows[0]["episodes"] == 3
+        with pytest.raises(AssertionError, match="run again"):  # other seeds: not the same episodes, so it runs
+            run_robustness(Refuses(), "babyai/GoToLocal", conditions=[ObservationCorruption()], rollout=pool,
+                           reference=ref, **{**settings, "seed_start": 41})  # fmt: skip
+        rows = run_robustness(RandomPolicy(), "babyai/GoToLocal", rollout=pool, reference=ref, **settings)
+    assert [r["condition"] for r in rows][:2] == ["full input", "no instruction"] and len(rows) == 7

@@ -383,8 +383,10 @@ def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, 
 
     offline_fn = None
     if ds is not None and plan is not None:
-        corrupted = offline_robustness_fn(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items)
-        full = ({f"offline {k}": offline["metrics"][k] for k in ROBUSTNESS_KEYS if k in offline["metrics"]}
+        keys = [k for k in ROBUSTNESS_KEYS if offline is None or offline["show_itm"] or k not in _ITM_KEYS]
+        corrupted = offline_robustness_fn(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items,
+                                          keys=keys)  # fmt: skip
+        full = ({f"offline {k}": offline["metrics"][k] for k in keys if k in offline["metrics"]}
                 if offline is not None else None)  # fmt: skip
 
         def offline_fn(cond: Any) -> Mapping[str, float]:
