@@ -149,9 +149,8 @@ class LineProgress:
         self.desc = desc
 
     def write(self, message: str, file: TextIO | None = None) -> None:
-        """A message line (tqdm.write's counterpart)."""
-        if not self.disable:
-            print(message, file=file if file is not None else self.stream, flush=True)
+        """A message line (tqdm.write's counterpart: written even when the bar itself is disabled)."""
+        print(message, file=file if file is not None else self.stream, flush=True)
 
     def close(self) -> None:
         """The final line (unless the last line already showed this count)."""

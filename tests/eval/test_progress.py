@@ -94,6 +94,8 @@ def test_modes(monkeypatch):
     with progress(5, "x", enabled=False, stream=quiet) as bar:
         bar.update(5)
     assert quiet.getvalue() == "" and bar.n == 5
+    bar.write("a message")  # messages still go out, as tqdm.write does for a disabled bar
+    assert quiet.getvalue() == "a message\n"
     monkeypatch.setenv("VLAFOUNDRY_PROGRESS", "lines")
     assert isinstance(progress(5, stream=Tty()), LineProgress)
     monkeypatch.setenv("VLAFOUNDRY_PROGRESS", "loud")
