@@ -23,9 +23,8 @@ DEFAULT_EPISODES = 100
 DEFAULT_OFFLINE_SAMPLES = 5000
 DEFAULT_BALANCE_SAMPLES = 1024
 ACTION_SELECTIONS = ("greedy", "sample")
-# Options that fall back on the checkpoint config's ``eval`` section (option name -> key in ``cfg.eval``).
-CONFIG_KEYS: dict[str, str] = {"episodes": "episodes", "workers": "workers", "seed_start": "seed_start",
-                               "max_steps": "max_steps"}  # fmt: skip
+# Options that fall back on the checkpoint config's ``eval`` section (the same name there: ``eval.episodes``, ...).
+CONFIG_KEYS = ("episodes", "workers", "seed_start", "max_steps")
 
 
 def default_workers() -> int:
@@ -167,15 +166,16 @@ class EvalOptions:
         given = {k: v for k, v in (given or {}).items() if v is not None}
         cls.check(given, label)
         values: dict[str, Any] = {}
-        section = getattr(cfg, "eval", None) if cfg is not None else None
-        for name, key in CONFIG_KEYS.items():
-            if name in given or section is None:
+        section = None
+        if cfg is not None and hasattr(cfg, "eval"):
+            section = cfg.eval  # an EvalConfig
+        for name in CONFIG_KEYS:
+            value = getattr(section, name, None)
+            if name in given or value is None:
                 continue
-            value = getattr(section, key, None)
-            if value is not None:
-                if not _CHECKS[name][0](value):
-                    raise EvalOptionsError(f"eval.{key}", _CHECKS[name][1], value)
-                values[name] = value
+            if not _CHECKS[name][0](value):
+                raise EvalOptionsError(f"eval.{name}", _CHECKS[name][1], value)
+            values[name] = value
         values.update(given)
         return cls(**values)
 
