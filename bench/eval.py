@@ -7,6 +7,12 @@ vectorisation (``workers=0``) and a naive loop (one env, one ``select_action`` p
 Prints a table and a final JSON line.
 
     python bench/eval.py [--checkpoint RUN_OR_CKPT] [--episodes 500] [--workers 2] [--num-envs 64]
+
+``--stages`` (needs ``--checkpoint``) instead times a default ``vlafoundry eval`` of the checkpoint stage by stage
+(load, rollouts, offline pass with modality balance, robustness with ``--robustness``, bias, pictures, report) via
+:func:`vlafoundry.eval.pipeline.evaluate_checkpoint`, and prints a table, the total over the rollouts, and a JSON line:
+
+    python bench/eval.py --stages --checkpoint RUN [--episodes 500] [--robustness] [--out DIR]
 """
 
 from __future__ import annotations
@@ -62,6 +68,32 @@ def naive_loop(policy: Any, episodes: int) -> float:
     return time.perf_counter() - t0
 
 
+def stages(args: argparse.Namespace) -> None:
+    """Stage times of one default evaluation of ``args.checkpoint``."""
+    import tempfile
+
+    from vlafoundry.eval.pipeline import evaluate_checkpoint
+
+    out = args.out or tempfile.mkdtemp(prefix="bench-eval-")
+    given = {"episodes": args.episodes, "workers": args.workers, "out": out, "robustness": args.robustness or None}
+    t0 = time.perf_counter()
+    run = evaluate_checkpoint(args.checkpoint, given, log=lambda line: None)
+    total = time.perf_counter() - t0
+    rollouts = run.closed_loop.elapsed_s
+    print(f"checkpoint: {args.checkpoint}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'stage':<14}{'seconds':>9}{'share':>8}")
+    for name, sec in run.stage_s.items():
+        print(f"{name:<14}{sec:>9.2f}{sec / total:>8.1%}")
+    print(f"{'total':<14}{total:>9.2f}")
+    print(f"rollouts alone (episode loop) {rollouts:.2f} s; total / rollouts = {total / rollouts:.2f}")
+    offline = run.offline["metrics"]["samples"] if run.offline else 0
+    print(json.dumps({"bench": "eval_stages", "checkpoint": args.checkpoint, "episodes": args.episodes,
+                      "workers": run.options.workers, "robustness": bool(args.robustness),
+                      "offline_samples": offline, "stage_s": run.stage_s, "total_s": total,
+                      "rollouts_s": rollouts, "total_over_rollouts": total / rollouts,
+                      "load_average": os.getloadavg()[0]}))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="checkpoint or run dir (default: random default policy)")
@@ -71,7 +103,15 @@ def main() -> None:
     ap.add_argument("--naive-episodes", type=int, default=10, help="episodes for the naive baseline (slow)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the policy, every mode (default 1)")
+    ap.add_argument("--stages", action="store_true", help="time a default `vlafoundry eval` stage by stage")
+    ap.add_argument("--robustness", action="store_true", help="with --stages: add the robustness stage")
+    ap.add_argument("--out", default=None, help="with --stages: output folder (default: a temporary one)")
     args = ap.parse_args()
+    if args.stages:
+        if not args.checkpoint:
+            ap.error("--stages: expected --checkpoint RUN_OR_CKPT, got none")
+        stages(args)
+        return
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         from vlafoundry.train import load_run

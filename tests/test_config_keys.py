@@ -39,11 +39,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vlafoundry"
 GENERIC = {SRC / "config.py"}
 
 #: keys wired by someone else right now; each entry must still be unread (checked below), so it cannot go stale
-ALLOWED_UNREAD = {
-    "eval.seed_start",  # wired by the eval pipeline (issue 15); remove when it lands
-    "eval.workers",  # wired by the eval pipeline (issue 15); remove when it lands
-    "eval.max_steps",  # wired by the eval pipeline (issue 15); remove when it lands
-}
+ALLOWED_UNREAD: set[str] = set()
 
 
 def _concrete(tp: type) -> list[type]:

@@ -7,6 +7,7 @@ import argparse
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -247,7 +248,8 @@ def test_report_sections(policy, data, tmp_path):
 def test_cli_offline(data, tmp_path, capsys):
     """`vlafoundry eval` with offline metrics: eval.json and the report carry them; --offline fails clearly when the
     dataset is missing; the default skips with a note."""
-    from vlafoundry.cli.evaluate import _offline_dataset, register
+    from vlafoundry.cli.evaluate import register
+    from vlafoundry.eval.pipeline import offline_dataset as _offline_dataset
     from vlafoundry.train.config import load_config
     from vlafoundry.train.trainer import run_phase
 
@@ -267,12 +269,21 @@ def test_cli_offline(data, tmp_path, capsys):
         args = parser.parse_args(["eval", str(run), "--episodes", "2", "--workers", "0", "--gifs", "0", *extra])
         return args.handler(args)
 
+    capsys.readouterr()
     assert run_eval("--out", str(tmp_path / "e1")) == 0
+    terminal = capsys.readouterr().out
     payload = json.loads((tmp_path / "e1" / "eval.json").read_text())
     assert set(payload["offline"]) >= {"metrics", "balance", "bias"}
     assert payload["offline"]["metrics"]["samples"] == len(DemoDataset(root, split="val", val_fraction=0.4))
     md = (tmp_path / "e1" / "report.md").read_text()
     assert "Offline metrics (held-out split" in md and "Modality balance" in md and "ITM accuracy" in md
+    # the terminal carries the report's ITM caveat, and shows the figure exactly when the report does
+    from vlafoundry.eval.pipeline import itm_verdict
+
+    show, note = itm_verdict(payload["offline"]["metrics"], cfg)
+    assert note is not None and note in md and note in terminal
+    assert bool(re.search(r"ITM acc \d", terminal)) == show and ("itm_acc_matched" in md) == show
+    assert "itm_acc" in payload["offline"]["metrics"]  # eval.json keeps the figure either way
     assert (tmp_path / "e1" / "report_assets" / "modality_balance.png").is_file()
     assert payload["action_selection"] == {"mode": "sample", "sample_temperature": 1.0}  # the preset's
 
@@ -299,3 +310,29 @@ def test_cli_offline(data, tmp_path, capsys):
         assert len(notes) == 1 and notes[0].startswith("no offline metrics: the training dataset is not available")
     finally:
         moved.rename(root)
+
+
+def test_one_pass_equals_the_separate_measures(policy, data):
+    """offline_evaluation: the outputs and the balance of one pass are those of the separate functions."""
+    from vlafoundry.eval.offline import metrics_from_outputs, offline_evaluation
+
+    _, _, val = data
+    outputs, bal = offline_evaluation(policy, val, batch_size=16, balance_samples=10)
+    ref = collect_offline_outputs(policy, val, batch_size=16)
+    np.testing.assert_array_equal(outputs.indices, ref.indices)
+    np.testing.assert_array_equal(outputs.entry_correct, ref.entry_correct)
+    torch.testing.assert_close(outputs.obs_emb, ref.obs_emb, atol=1e-5, rtol=1e-5)
+    got, want = metrics_from_outputs(outputs), metrics_from_outputs(ref)
+    for k in ("samples", "action_acc", "obs_to_instr_r@1", "instr_to_obs_r@5"):
+        assert got[k] == pytest.approx(want[k], abs=1e-6), k
+    sep = modality_balance(policy, val, batch_size=16, max_samples=10)
+    assert bal["samples"] == sep["samples"] == 10
+    assert bal["metric_full"] == pytest.approx(sep["metric_full"], abs=1e-9)
+    for m in sep["modalities"]:
+        assert bal["metric_ablated"][m] == pytest.approx(sep["metric_ablated"][m], abs=1e-9)
+        assert bal["loss_ablated"][m] == pytest.approx(sep["loss_ablated"][m], rel=1e-5)
+        assert bal["gradient_norm"][m] == pytest.approx(sep["gradient_norm"][m], rel=1e-4)
+    none, no_bal = offline_evaluation(policy, val, balance_samples=0)
+    assert no_bal is None and none is not None
+    with pytest.raises(ValueError, match="balance_samples: expected >= 0 or None, got -1"):
+        offline_evaluation(policy, val, balance_samples=-1)

@@ -144,7 +144,8 @@ def test_eval_command_writes_json_and_report(tmp_path, monkeypatch, capsys):
     from vlafoundry.train.config import ExperimentConfig
 
     cfg = from_dict(ExperimentConfig, {"data": {"env": "babyai/GoToLocal", "seed": 0, "episodes": 50,
-                                                "image": "symbolic"}, "eval": {"episodes": 3}})
+                                                "image": "symbolic", "path": str(tmp_path / "no-dataset")},
+                                       "eval": {"episodes": 3}})  # no dataset on disk: no offline metrics
     monkeypatch.setattr(vlafoundry.train.trainer, "load_run", lambda path, device="cpu": (RandomPolicy(), cfg, {}))
     run = tmp_path / "run"
     (run / "checkpoints" / "step_0000010").mkdir(parents=True)

@@ -36,9 +36,9 @@ def _stage(n: int, total: int, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlafoundry.cli.evaluate import register as register_eval
-    from vlafoundry.cli.evaluate import run_eval
     from vlafoundry.config import ConfigError
+    from vlafoundry.eval.options import EvalError
+    from vlafoundry.eval.pipeline import evaluate_checkpoint
     from vlafoundry.train.config import load_config
     from vlafoundry.train.distributed import init_distributed
     from vlafoundry.train.trainer import Trainer, ensure_dataset, fit_phase
@@ -73,17 +73,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {summary['step']} steps in {summary['wall_s']:.0f} s ({summary['samples_per_s']:,.0f} samples/s)")
     stage += 1
     _stage(stage, total, "closed-loop evaluation on seeds disjoint from the demonstrations")
-    eval_argv = ["eval", str(out / "train"), "--robustness", "--gifs", "2", "--out", str(out)]
-    if args.episodes is not None:
-        eval_argv += ["--episodes", str(args.episodes)]
-    if args.workers is not None:
-        eval_argv += ["--workers", str(args.workers)]
-    eval_parser = argparse.ArgumentParser(prog="vlafoundry")
-    register_eval(eval_parser.add_subparsers(dest="command"))
-    eval_args = eval_parser.parse_args(eval_argv)  # every eval default, exactly as `vlafoundry eval` has them
-    rc = run_eval(eval_args)
-    if rc != 0:
-        return rc
+    given = {"robustness": True, "gifs": 2, "out": str(out), "episodes": args.episodes, "workers": args.workers}
+    try:  # every other option as `vlafoundry eval` resolves it (the config's eval section, then the defaults)
+        evaluate_checkpoint(out / "train", given, label=lambda name: f"--{name.replace('_', '-')}")
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _stage(total, total, "report")
     print(f"report: {(out / 'report.html').resolve()}\n        {(out / 'report.md').resolve()}")
     print(f"quickstart finished in {time.perf_counter() - t0:.0f} s")

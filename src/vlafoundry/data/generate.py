@@ -173,7 +173,7 @@ def _start_method(requested: str | None) -> str:
 def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, workers: int, progress: bool,
                      start_method: str | None) -> tuple[int, int, int, int]:
     """Run shards until the contiguous prefix holds >= N successes. Returns (num_shards, steps, episodes, reused)."""
-    from tqdm.auto import tqdm
+    from vlafoundry.progress import progress as progress_bar
 
     for tmp in shard_dir.glob("*.tmp"):  # a shard being written when the previous run died
         tmp.unlink()
@@ -192,7 +192,7 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
         ok[int(path.stem.split("_")[1])] = len(summary[0])
         reused += 1
     steps = episodes = 0
-    bar = tqdm(total=n_needed, unit="ep", desc=f"generate {cfg.env}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(n_needed, f"generate {cfg.env}", "ep", enabled=progress)
     bar.update(min(n_needed, sum(ok.get(k, 0) for k in range(num_shards))))
     pool = None
     try:

@@ -27,7 +27,7 @@ Measures (one *action entry* = one valid step of an action chunk; ``action_mask`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "metrics_from_outputs",
     "modality_balance",
     "offline_bias",
+    "offline_evaluation",
     "offline_metrics",
     "offline_robustness_fn",
     "policy_modalities",
@@ -83,11 +84,13 @@ def _sample_order(n: int, max_samples: int | None, seed: int) -> np.ndarray:
     return order if max_samples is None else order[:max_samples]
 
 
-def _batches(dataset: Any, order: np.ndarray, batch_size: int):
+def _batches(dataset: Any, order: np.ndarray, batch_size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(number of dataset items, collated batch) for consecutive ``batch_size`` slices of ``order``."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     for start in range(0, len(order), batch_size):
-        yield dataset.__getitems__(order[start : start + batch_size].tolist())
+        ids = order[start : start + batch_size].tolist()
+        yield len(ids), dataset.__getitems__(ids)
 
 
 class _EvalMode:
@@ -193,6 +196,66 @@ class OfflineOutputs:
         return self.head_kind == "discrete"
 
 
+class _Collector:
+    """Accumulates :class:`OfflineOutputs` batch by batch (from the batch's encoder outputs and action outputs)."""
+
+    def __init__(self, policy: Any, seed: int) -> None:
+        self.policy = policy
+        self.align = policy.has_language and (policy.has_image or policy.has_state)
+        self.gen = torch.Generator().manual_seed(seed + 2)  # ITM hard negatives
+        self.instructions: list[str] = []
+        self.task_ids: list[torch.Tensor] = []
+        self.ent: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        self.obs_e: list[torch.Tensor] = []
+        self.ins_e: list[torch.Tensor] = []
+        self.pids: list[torch.Tensor] = []
+        self.itm = {"matched_correct": 0, "matched": 0, "negative_correct": 0, "negative": 0}
+        self.offset = 0
+
+    @torch.no_grad()
+    def add(self, b: dict[str, Any], enc: dict[str, Any], outputs: torch.Tensor) -> None:
+        """One prepared batch ``b`` (N steps), its ``enc`` (policy.encode) and action ``outputs`` (N, K, ...)."""
+        policy = self.policy
+        self.instructions.extend(str(t) for t in b["instruction"])
+        self.task_ids.append(torch.as_tensor(b["task_id"]).reshape(-1).cpu())
+        s, c, e = _entry_scores(policy, outputs, b)
+        self.ent[0].append(s.cpu() + self.offset)
+        self.ent[1].append(c.cpu())
+        self.ent[2].append(e.cpu())
+        if self.align:
+            obs_p = policy.pooled_observation(enc)  # (N, D)
+            lang_p = policy.pooled_instruction(enc)  # (N, D)
+            ov, lv = policy.obs_embed(obs_p), policy.instr_embed(lang_p)  # (N, E)
+            pair = b["instruction_id"].long().reshape(-1)  # (N,)
+            self.obs_e.append(ov.float().cpu())
+            self.ins_e.append(lv.float().cpu())
+            self.pids.append(pair.cpu())
+            _itm_counts(policy, obs_p, lang_p, ov, lv, pair, self.gen, self.itm)
+        self.offset += len(b["instruction"])
+
+    def result(self, order: np.ndarray) -> OfflineOutputs:
+        align = self.align
+        return OfflineOutputs(
+            head_kind=self.policy.head_kind,
+            indices=order,
+            instructions=self.instructions,
+            task_ids=torch.cat(self.task_ids).numpy(),
+            entry_sample=torch.cat(self.ent[0]).numpy(),
+            entry_correct=torch.cat(self.ent[1]).numpy(),
+            entry_error=torch.cat(self.ent[2]).double().numpy(),
+            obs_emb=torch.cat(self.obs_e) if align else None,
+            instr_emb=torch.cat(self.ins_e) if align else None,
+            pair_ids=torch.cat(self.pids) if align else None,
+            itm=self.itm if align else {},
+        )
+
+
+def _bar(total: int, label: str | None) -> Any:
+    from vlafoundry.progress import progress
+
+    return progress(total, label or "", "items", enabled=label is not None)
+
+
 @torch.no_grad()
 def collect_offline_outputs(
     policy: Any,
@@ -201,50 +264,22 @@ def collect_offline_outputs(
     max_samples: int | None = None,
     corruption: ObservationCorruption | None = None,
     seed: int = 0,
+    progress: str | None = None,
 ) -> OfflineOutputs:
-    """One deterministic pass of ``policy`` over ``dataset`` (optionally corrupted): actions, embeddings, ITM."""
+    """One deterministic pass of ``policy`` over ``dataset`` (optionally corrupted): actions, embeddings, ITM.
+
+    ``progress``: a label under which dataset items done / total are shown (None: silent).
+    """
     order = _sample_order(len(dataset), max_samples, seed)
     rng = np.random.default_rng(seed + 1)  # corruption noise
-    gen = torch.Generator().manual_seed(seed + 2)  # ITM hard negatives
-    align = policy.has_language and (policy.has_image or policy.has_state)
-    instructions: list[str] = []
-    task_ids, ent_s, ent_c, ent_e, obs_e, ins_e, pids = [], [], [], [], [], [], []
-    itm = {"matched_correct": 0, "matched": 0, "negative_correct": 0, "negative": 0}
-    offset = 0
-    with _EvalMode(policy, seed):
-        for raw in _batches(dataset, order, batch_size):
+    col = _Collector(policy, seed)
+    with _EvalMode(policy, seed), _bar(len(order), progress) as bar:
+        for k, raw in _batches(dataset, order, batch_size):
             b = policy.prepare(corrupt_batch(raw, corruption, rng))  # episodes (EpisodeDataset) become steps
-            instructions.extend(str(s) for s in b["instruction"])
-            task_ids.append(torch.as_tensor(b["task_id"]).reshape(-1).cpu())
             enc = policy.encode(b)
-            outputs = policy.action_outputs(policy.features(enc))
-            s, c, e = _entry_scores(policy, outputs, b)
-            ent_s.append(s.cpu() + offset)
-            ent_c.append(c.cpu())
-            ent_e.append(e.cpu())
-            if align:
-                obs_p = policy.pooled_observation(enc)  # (B, D)
-                lang_p = policy.pooled_instruction(enc)  # (B, D)
-                ov, lv = policy.obs_embed(obs_p), policy.instr_embed(lang_p)  # (B, E)
-                pair = b["instruction_id"].long().reshape(-1)
-                obs_e.append(ov.float().cpu())
-                ins_e.append(lv.float().cpu())
-                pids.append(pair.cpu())
-                _itm_counts(policy, obs_p, lang_p, ov, lv, pair, gen, itm)
-            offset += len(b["instruction"])
-    return OfflineOutputs(
-        head_kind=policy.head_kind,
-        indices=order,
-        instructions=instructions,
-        task_ids=torch.cat(task_ids).numpy(),
-        entry_sample=torch.cat(ent_s).numpy(),
-        entry_correct=torch.cat(ent_c).numpy(),
-        entry_error=torch.cat(ent_e).double().numpy(),
-        obs_emb=torch.cat(obs_e) if align else None,
-        instr_emb=torch.cat(ins_e) if align else None,
-        pair_ids=torch.cat(pids) if align else None,
-        itm=itm if align else {},
-    )
+            col.add(b, enc, policy.action_outputs(policy.features(enc)))
+            bar.update(k)
+    return col.result(order)
 
 
 def _itm_counts(policy: Any, obs_p: torch.Tensor, lang_p: torch.Tensor, ov: torch.Tensor, lv: torch.Tensor,
@@ -343,9 +378,10 @@ def modality_balance(
 ) -> dict[str, Any]:
     """How much the policy's actions depend on each modality, with the evaluator's two measures.
 
-    Per batch, the encoders run once; :meth:`MultimodalEvaluator.assess_modality_balance` then runs the fusion and
-    action head on the modality token features (the encoder outputs fed to the fusion), removing a modality by
-    marking all its tokens absent (what ``<name>_present=False`` does inside the policy):
+    Per batch, the encoders run once; the fusion (and memory) and action head then run on the modality token
+    features (the encoder outputs fed to the fusion), removing a modality by marking all its tokens absent (what
+    ``<name>_present=False`` does inside the policy). The measures are those of
+    :meth:`MultimodalEvaluator.assess_modality_balance`, summed exactly over batches:
 
     * **ablation**: the held-out action metric with every modality vs with one removed. ``ablation_drop[m]`` is the
       drop in ``action_acc`` (discrete) or the rise in ``action_l1`` (continuous) caused by removing m (positive =
@@ -356,20 +392,70 @@ def modality_balance(
       ``gradient_x_input_share`` uses ``||x * grad||`` (invariant to rescaling a modality's features).
 
     Shares are over the modalities the policy encodes (``modalities``); ``dominant_modality`` is the argmax of
-    ``ablation_share`` (of ``loss_ablation_share`` when no removal changes the action metric).
+    ``ablation_share`` (of ``loss_ablation_share`` when no removal changes the action metric). Cost per batch:
+    the encoders once, one forward and backward of fusion + heads with every modality, one forward without each
+    modality. :func:`offline_evaluation` gets the same numbers within its pass of the offline metrics.
     """
-    from vlafoundry.train.config import LossConfig
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples: expected >= 1 or None, got {max_samples}")
+    _, balance = offline_evaluation(policy, dataset, batch_size=batch_size, max_samples=max_samples,
+                                    balance_samples=max_samples, loss_cfg=loss_cfg, seed=seed,
+                                    outputs=False)  # fmt: skip
+    assert balance is not None
+    return balance
 
+
+def offline_evaluation(
+    policy: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    balance_samples: int | None = 4096,
+    loss_cfg: Any = None,
+    seed: int = 0,
+    outputs: bool = True,
+    progress: str | None = None,
+) -> tuple[OfflineOutputs | None, dict[str, Any] | None]:
+    """The offline outputs (:func:`collect_offline_outputs`) and modality balance (:func:`modality_balance`) from
+    ONE pass over the held-out split: the balance reuses the encoders and the full-input forward of the outputs.
+
+    The balance covers the first ``balance_samples`` items of the visiting order (0: no balance; None: all), which
+    are the first items the outputs see too; the outputs cover the first ``max_samples`` (``outputs=False``: only
+    the balance's items, no outputs). Returns ``(outputs or None, balance or None)``.
+    """
+    from vlafoundry.models import LossConfig
+
+    if balance_samples is not None and balance_samples < 0:
+        raise ValueError(f"balance_samples: expected >= 0 or None, got {balance_samples}")
     lc = loss_cfg or LossConfig()
-    mods = policy_modalities(policy)
     order = _sample_order(len(dataset), max_samples, seed)
-    acc = _BalanceSums(mods)
-    with _EvalMode(policy, seed):
-        for raw in _batches(dataset, order, batch_size):
-            _balance_batch(policy, policy.prepare(raw), mods, lc, acc)
-    if acc.entries == 0:
-        raise ValueError("dataset: no valid action entries in the selected samples")
-    return _balance_summary(acc, policy.head_kind == "discrete", len(order))
+    n_bal = len(order) if balance_samples is None else min(balance_samples, len(order))
+    visit = order if outputs else order[:n_bal]
+    mods = policy_modalities(policy)
+    acc = _BalanceSums(mods) if n_bal else None
+    col = _Collector(policy, seed) if outputs else None
+    with _EvalMode(policy, seed), _bar(len(visit), progress) as bar:
+        # the balance's items first, in batches of their own (so a batch never mixes the two)
+        for part, in_balance in ((visit[:n_bal], acc is not None), (visit[n_bal:], False)):
+            for k, raw in _batches(dataset, part, batch_size):
+                b = policy.prepare(raw)
+                with torch.no_grad():
+                    enc = policy.encode(b)
+                if in_balance:
+                    out = _balance_batch(policy, b, enc, mods, lc, acc)
+                else:
+                    with torch.no_grad():
+                        out = policy.action_outputs(policy.features(enc))
+                if col is not None:
+                    col.add(b, enc, out)
+                bar.update(k)
+    balance = None
+    if acc is not None:
+        if acc.entries == 0:
+            raise ValueError("dataset: no valid action entries in the selected samples")
+        balance = _balance_summary(acc, policy.head_kind == "discrete", n_bal)
+    return (col.result(order) if col is not None else None), balance
 
 
 @dataclass
@@ -390,59 +476,44 @@ class _BalanceSums:
             d.update(dict.fromkeys(self.mods, 0.0))
 
 
-def _balance_batch(policy: Any, b: dict[str, Any], mods: list[str], lc: Any, acc: _BalanceSums) -> None:
-    """Both evaluator measures on one prepared batch, added to ``acc``."""
+def _task_score(policy: Any, outputs: torch.Tensor, b: dict[str, Any]) -> float:
+    """Additive over batches: the number of correct entries (discrete) or the summed L1 error."""
+    _, correct, err = _entry_scores(policy, outputs, b)
+    return float(correct.sum()) if policy.head_kind == "discrete" else float(err.sum())
+
+
+def _balance_batch(policy: Any, b: dict[str, Any], enc: dict[str, Any], mods: list[str], lc: Any,
+                   acc: _BalanceSums) -> torch.Tensor:  # fmt: skip
+    """Both measures on one prepared batch ``b`` with encoder outputs ``enc``, added to ``acc``.
+
+    Returns the full-input action outputs (N, K, ...) (detached), which the offline outputs reuse.
+    """
     w = int(b["action_mask"].sum())
-    if w == 0:
-        return
-    with torch.no_grad():
-        enc = policy.encode(b)
-    inputs: dict[str, Any] = {}
-    absent: dict[str, Any] = {}
-    for m in mods:
-        tok, mask = _ENC_KEYS[m]
-        inputs[m], inputs[f"{m}_mask"] = enc[tok], enc[mask]
-        absent[m] = {f"{m}_mask": torch.zeros_like(enc[mask])}  # = <m>_present False for every sample
-
-    def fuse(**kw: Any) -> torch.Tensor:  # (B, D), the policy's fusion (and memory) on (ablated) token features
-        f = policy.fusion(kw.get("image"), kw.get("instruction"), kw.get("image_mask"), kw.get("instruction_mask"),
-                          extra_tokens=kw.get("state"), extra_mask=kw.get("state_mask"))  # fmt: skip
-        return policy.apply_memory(f, b.get("seq"))  # episodes' steps, in order, through the memory if any
-
-    def task_score(fused: torch.Tensor) -> torch.Tensor:  # additive over batches: correct count or summed L1
-        _, correct, err = _entry_scores(policy, policy.action_outputs(fused), b)
-        return correct.sum().float() if policy.head_kind == "discrete" else err.sum()
-
-    def bc(fused: torch.Tensor) -> torch.Tensor:  # batch-mean behaviour-cloning loss
-        return policy.bc_loss(fused, b, lc)[0]
-
-    ev = MultimodalEvaluator()
-    task = ev.assess_modality_balance(fuse, inputs, task_score, modalities=mods, absent=absent)
-    loss = ev.assess_modality_balance(fuse, inputs, bc, modalities=mods, absent=absent)
-    gxi = _grad_x_input_norms(fuse, inputs, bc, mods)
-    acc.entries += w
-    acc.score_full += task["metric_full"]
-    acc.loss_full += w * loss["metric_full"]
-    for m in mods:
-        acc.score_abl[m] += task["metric_ablated"][m]
-        acc.loss_abl[m] += w * loss["metric_ablated"][m]
-        # gradient of the split-mean loss = (w / entries) * gradient of the batch-mean loss; / entries at the end
-        acc.grad2[m] += (w * (loss["gradient_norm"][m] or 0.0)) ** 2
-        acc.gxi2[m] += (w * gxi[m]) ** 2
-
-
-def _grad_x_input_norms(model_fn: Callable[..., torch.Tensor], inputs: dict[str, Any],
-                        metric_fn: Callable[[torch.Tensor], torch.Tensor], mods: list[str]
-                        ) -> dict[str, float]:  # fmt: skip
-    """``||x_m * d metric / d x_m||`` per modality (the evaluator returns only its shares, which do not add up
-    across batches)."""
-    leaves = {m: inputs[m].detach().clone().requires_grad_(True) for m in mods}
+    leaves = {m: enc[_ENC_KEYS[m][0]].detach().requires_grad_(True) for m in mods}  # token features (N, T_m, D)
     with torch.enable_grad():
-        metric = metric_fn(model_fn(**{**inputs, **leaves}))
-        if not metric.requires_grad:
-            return dict.fromkeys(mods, 0.0)
-        grads = torch.autograd.grad(metric, list(leaves.values()), allow_unused=True)
-    return {m: 0.0 if g is None else float((g * x.detach()).norm()) for (m, x), g in zip(leaves.items(), grads)}
+        fused = policy.features({**enc, **{_ENC_KEYS[m][0]: x for m, x in leaves.items()}})  # (N, D)
+        loss = policy.bc_loss(fused, b, lc)[0]  # batch-mean BC loss
+        grads: tuple[torch.Tensor | None, ...] = (None,) * len(mods)
+        if w and loss.requires_grad:
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    fused = fused.detach()
+    with torch.no_grad():
+        outputs = policy.action_outputs(fused)  # (N, K, ...)
+    if w == 0:
+        return outputs
+    acc.entries += w
+    acc.score_full += _task_score(policy, outputs, b)
+    acc.loss_full += w * float(loss.detach())
+    with torch.no_grad():
+        for (m, x), g in zip(leaves.items(), grads, strict=True):
+            mask = _ENC_KEYS[m][1]
+            ablated = policy.features({**enc, mask: torch.zeros_like(enc[mask])})  # (N, D); = <m>_present False
+            acc.score_abl[m] += _task_score(policy, policy.action_outputs(ablated), b)
+            acc.loss_abl[m] += w * float(policy.bc_loss(ablated, b, lc)[0])
+            # gradient of the split-mean loss = (w / entries) * gradient of the batch-mean loss; / entries at the end
+            acc.grad2[m] += (w * (0.0 if g is None else float(g.norm()))) ** 2
+            acc.gxi2[m] += (w * (0.0 if g is None else float((g * x.detach()).norm()))) ** 2
+    return outputs
 
 
 def _balance_summary(acc: _BalanceSums, discrete: bool, samples: int) -> dict[str, Any]:

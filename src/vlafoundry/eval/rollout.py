@@ -551,9 +551,16 @@ class VectorRollout:
         paraphrases: ParaphraseMap | None = None,
         max_steps: int | None = None,
         stop_on_success: bool = True,
+        progress: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Run every job ``(env name, seed, index)`` to completion; returns episode records sorted by index."""
+        """Run every job ``(env name, seed, index)`` to completion; returns episode records sorted by index.
+
+        ``progress``: a label to show episodes done / total under (:func:`vlafoundry.progress.progress`); None:
+        silent.
+        """
         import torch
+
+        from vlafoundry.progress import progress as progress_bar
 
         if not self.groups:
             raise ValueError("run: this VectorRollout is closed")
@@ -570,15 +577,17 @@ class VectorRollout:
         old_threads = torch.get_num_threads()
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        bar = progress_bar(len(jobs), progress or "", "ep", enabled=progress is not None)
         try:
-            records = self._loop(policy, obs, active, pending, compact)
+            records = self._loop(policy, obs, active, pending, compact, bar.update)
         finally:
+            bar.close()
             torch.set_num_threads(old_threads)
         records.sort(key=lambda r: r["index"])
         return records
 
-    def _loop(self, policy: Any, obs: dict[str, Any], active: np.ndarray, pending: list[Job], compact: bool
-              ) -> list[dict[str, Any]]:  # fmt: skip
+    def _loop(self, policy: Any, obs: dict[str, Any], active: np.ndarray, pending: list[Job], compact: bool,
+              on_finished: Callable[[int], None]) -> list[dict[str, Any]]:  # fmt: skip
         import torch
 
         records: list[dict[str, Any]] = []
@@ -601,8 +610,11 @@ class VectorRollout:
                 replies = self._broadcast("step", lambda g, a, b: (actions[a:b], cand[a:b]))
                 active = np.concatenate([r[_OBS_FIELDS] for r in replies])
                 started = np.concatenate([r[_OBS_FIELDS + 1] for r in replies])
+                done_before = len(records)
                 for r in replies:
                     records.extend(r[_OBS_FIELDS + 2])
+                if len(records) > done_before:
+                    on_finished(len(records) - done_before)
                 if started.any():
                     new_rows = np.flatnonzero(started)
                     used = {int(pos[i]) for i in new_rows}
@@ -676,13 +688,16 @@ def evaluate_policy(
     stop_on_success: bool = True,
     rollout: VectorRollout | None = None,
     torch_threads: int | None = None,
+    progress: str | None = None,
 ) -> EvalResult:
     """Closed-loop success of ``policy`` on ``env`` (a name, a suite such as ``"metaworld/mt10"``, or a list).
 
     ``episodes`` episodes are run **per task**; episode ``i`` uses seed ``seed_start + i`` (after
     :func:`resolve_seed_start` against ``training_seeds``). ``num_envs`` defaults to ``min(64, total episodes)``.
     Pass an open :class:`VectorRollout` as ``rollout`` to reuse its workers (its ``num_envs``/``env_kwargs``/
-    ``torch_threads`` win).
+    ``torch_threads`` win). ``max_steps`` (None: each env's own limit) ends an episode after that many steps
+    (build the envs with ``env_kwargs={"max_steps": N}`` too, so that the env's own truncation and return agree).
+    ``progress``: a label under which episodes done / total are shown (None: silent).
     """
     names = _as_names(env)
     seed_start, note = resolve_seed_start(seed_start, episodes, training_seeds, on_seed_overlap)
@@ -695,7 +710,7 @@ def evaluate_policy(
         rollout = VectorRollout(num_envs or min(64, len(jobs)), workers, env_kwargs, torch_threads=torch_threads)
     try:
         t0 = time.perf_counter()
-        records = rollout.run(policy, jobs, corruption, paraphrases, max_steps, stop_on_success)
+        records = rollout.run(policy, jobs, corruption, paraphrases, max_steps, stop_on_success, progress)
         elapsed = time.perf_counter() - t0
     finally:
         if own:
@@ -710,6 +725,7 @@ def evaluate_policy(
         "corruption": corruption.label,
         "paraphrases": paraphrases.source if paraphrases is not None else None,
         "env_kwargs": dict(rollout.env_kwargs),
+        "max_steps": max_steps,
     }
     return build_result(records, names, config, elapsed)
 

@@ -403,9 +403,9 @@ class Trainer:
         self.policy.train()
         bar = None
         if self.cfg.train.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
+            from vlafoundry.progress import progress
 
-            bar = tqdm(total=total_steps, initial=self.step, desc=self.phase, unit="step", dynamic_ncols=True)
+            bar = progress(total_steps, self.phase, "step", initial=self.step)
         t0, samples, stopped_early = time.perf_counter(), 0, False
         window_t, window_samples = time.perf_counter(), 0
         last: dict[str, torch.Tensor] = {}

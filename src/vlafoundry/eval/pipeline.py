@@ -1,0 +1,451 @@
+"""The evaluation pipeline behind ``vlafoundry eval`` and ``vlafoundry quickstart``.
+
+:func:`evaluate_checkpoint` (a checkpoint path and the values the user gave) loads the policy, resolves
+:class:`~vlafoundry.eval.options.EvalOptions` (given > ``cfg.eval`` > defaults) and calls :func:`run_evaluation`,
+which runs, in this order, each stage timed and announced on the terminal:
+
+1. ``rollouts``: closed-loop episodes on vectorised envs (``eval.seed_start``, ``eval.workers``, ``eval.max_steps``
+   honoured), then the paraphrased run (``--paraphrases``) on the same workers;
+2. ``offline pass``: ONE pass over the held-out split for every offline measure (action accuracy, retrieval,
+   ITM, and modality balance on its first ``balance_samples`` items);
+3. ``robustness`` (``--robustness``): every condition on the same workers; the full-input row reuses the rollouts
+   and the offline pass of stages 1-2;
+4. ``bias``: held-out accuracy per subgroup, from the outputs of stage 2;
+5. ``pictures``: similarity heat map, attention maps, GIF replays;
+6. ``report``: ``eval.json``, ``report.md``, ``report.html``.
+
+It returns an :class:`EvalRun` (results, notes, output paths and per-stage seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlafoundry.eval.options import EvalError, EvalOptions
+from vlafoundry.eval.rollout import EvalResult
+
+__all__ = ["STAGES", "EvalRun", "evaluate_checkpoint", "itm_verdict", "offline_dataset", "run_dir_of",
+           "run_evaluation"]  # fmt: skip
+
+STAGES: tuple[str, ...] = ("rollouts", "offline pass", "robustness", "bias", "pictures", "report")
+OFFLINE_BATCH_STEPS = 1024  # held-out steps per offline batch (whole episodes for a memory policy: about this many)
+_ITM_KEYS = ("itm_acc", "itm_acc_matched", "itm_acc_negative", "itm_balanced_acc")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EvalRun:
+    """Everything one evaluation produced.
+
+    Attributes:
+        options: the resolved options.
+        checkpoint: the checkpoint (or run) path evaluated.
+        out: the folder written to.
+        env: the environment or suite evaluated; ``env_kwargs`` the ``make_env`` keywords used.
+        closed_loop: the closed-loop result; ``paraphrase`` the paraphrased run (or None).
+        robustness: robustness rows (or None); ``offline``: ``{"dataset", "split", "metrics", "balance", "bias"}``
+            (or None).
+        notes: notes shown in the report (why a section is missing, caveats).
+        payload: the content of ``eval.json``; ``report``: paths of ``markdown``, ``html``, ``assets``.
+        stage_s: wall seconds per stage (:data:`STAGES`, those that ran), plus ``load`` when the checkpoint was
+            loaded here.
+    """
+
+    options: EvalOptions
+    checkpoint: Path
+    out: Path
+    env: str
+    env_kwargs: dict[str, Any]
+    closed_loop: EvalResult
+    paraphrase: EvalResult | None = None
+    robustness: list[dict[str, Any]] | None = None
+    offline: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Path] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """Run folder of a checkpoint path: RUN for RUN or RUN/checkpoints/step_X, else the checkpoint folder."""
+    checkpoint = Path(checkpoint).resolve()
+    if (checkpoint / "checkpoints").is_dir():
+        return checkpoint
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return checkpoint if checkpoint.is_dir() else checkpoint.parent
+
+
+def _cfg_get(cfg: Any, *path: str, default: Any = None) -> Any:
+    cur = cfg
+    for key in path:
+        if cur is None:
+            return default
+        cur = cur.get(key) if isinstance(cur, dict) else getattr(cur, key, None)
+    return default if cur is None else cur
+
+
+def offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
+    """The held-out split of the checkpoint's dataset, or None (with a note) when offline metrics are skipped.
+
+    ``wanted`` None: use it when it exists locally; True: it must exist (FileNotFoundError otherwise); False: skip.
+    """
+    if wanted is False:
+        return None
+    from vlafoundry.data import META_FILE, make_dataset
+
+    data = getattr(cfg, "data", None)
+    root = data.dataset_dir() if data is not None and hasattr(data, "dataset_dir") else None
+    if root is None or not (Path(root) / META_FILE).exists():
+        msg = (f"the training dataset is not available locally ({root}); create it with `vlafoundry data generate` "
+               "or pass --no-offline")  # fmt: skip
+        if wanted:
+            raise FileNotFoundError(msg)
+        notes.append(f"no offline metrics: {msg}")
+        return None
+    if not data.val_fraction > 0:
+        msg = "the checkpoint was trained without a held-out split (data.val_fraction = 0)"
+        if wanted:
+            raise FileNotFoundError(msg)
+        notes.append(f"no offline metrics: {msg}")
+        return None
+    ds = make_dataset(root, split="val", val_fraction=data.val_fraction, split_seed=data.seed,
+                      **cfg.model.dataset_view())  # fmt: skip
+    if len(ds) == 0:
+        if wanted:
+            raise FileNotFoundError(f"the held-out split of {root} is empty")
+        notes.append(f"no offline metrics: the held-out split of {root} is empty")
+        return None
+    return ds
+
+
+def itm_verdict(metrics: Mapping[str, float], cfg: Any) -> tuple[bool, str | None]:
+    """Whether to show the ITM accuracy, and the caveat that goes with it (report and terminal alike).
+
+    * no ITM metrics: ``(False, None)``;
+    * the head gives the same answer for every pair (an untrained head answers "no match", scoring the share of
+      negatives): ``(False, note)`` -- the figure is omitted, it stays in ``eval.json``;
+    * trained in this phase (``loss.itm > 0``): ``(True, None)``;
+    * otherwise (only alignment pretraining may have trained it): ``(True, caveat)``.
+    """
+    if "itm_acc" not in metrics:
+        return False, None
+    loss_itm = float(_cfg_get(cfg, "loss", "itm", default=0.0))
+    pre_itm = float(_cfg_get(cfg, "pretrain", "loss", "itm", default=0.0))
+    where = (f"this config: loss.itm = {loss_itm:g}, pretrain.loss.itm = {pre_itm:g}, the latter only if alignment "
+             "pretraining ran")  # fmt: skip
+    matched, negative = metrics.get("itm_acc_matched"), metrics.get("itm_acc_negative")
+    if matched is not None and negative is not None and {matched, negative} == {0.0, 1.0}:
+        answer = "no match" if negative == 1.0 else "match"
+        return False, (f"ITM accuracy omitted ({metrics['itm_acc']:.3f} in eval.json): the ITM head answers "
+                       f"\u201c{answer}\u201d for every pair, so it was not trained ({where})")  # fmt: skip
+    if loss_itm > 0:
+        return True, None
+    return True, ("ITM accuracy scores matched pairs and hard negatives with the policy's ITM head; it is meaningful "
+                  f"only if the checkpoint was trained with an ITM objective ({where}); an untrained head scores "
+                  "about chance")  # fmt: skip
+
+
+class _Stages:
+    """Times named stages and announces them through ``log``."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str = "") -> Iterator[None]:
+        self.log(f"[eval] {name}{': ' + what if what else ''}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _rows_text(title: str, rows: list[dict[str, Any]]) -> str:
+    lines = [f"{title}:"]
+    for r in rows:
+        lines.append(f"  {r['task']:<28} success {r['success_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                     f"  length {r['mean_length']:.1f}  return {r['mean_return']:.3f}"
+                     f"  ({r['episodes']} episodes)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ------------------------------------------------------------------------------------------------------ pipeline
+
+
+def evaluate_checkpoint(checkpoint: str | Path, given: Mapping[str, Any] | None = None, *,
+                        label: Callable[[str], str] = lambda n: n, log: Log = print) -> EvalRun:  # fmt: skip
+    """Evaluate a checkpoint (or run folder) with the ``given`` option values (None = not given).
+
+    Bad values fail before anything runs, named by ``label(option)`` (the CLI passes ``--episodes``-style names)
+    or ``eval.<key>`` for config values: :class:`~vlafoundry.eval.options.EvalError`.
+    """
+    from vlafoundry.eval.paraphrase import load_paraphrases
+
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    EvalOptions.check(given, label)
+    paraphrases = None
+    if given.get("paraphrases"):  # a bad paraphrase file fails before the model loads
+        try:
+            paraphrases = load_paraphrases(given["paraphrases"])
+        except ValueError as exc:
+            raise EvalError(f"{label('paraphrases')}: {exc}") from exc
+    ckpt = Path(checkpoint)
+    if not ckpt.exists():
+        raise EvalError(f"CHECKPOINT: no such file or directory: {ckpt}")
+    import vlafoundry.train.trainer
+
+    t0 = time.perf_counter()
+    policy, cfg, _ = vlafoundry.train.trainer.load_run(ckpt, device=given.get("device", "cpu"))
+    load_s = time.perf_counter() - t0
+    options = EvalOptions.resolve(given, cfg, label)
+    run = run_evaluation(policy, cfg, options, checkpoint=ckpt, paraphrases=paraphrases, label=label, log=log)
+    run.stage_s = {"load": load_s, **run.stage_s}
+    return run
+
+
+def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: str | Path,
+                   paraphrases: Any = None, label: Callable[[str], str] = lambda n: n, log: Log = print
+                   ) -> EvalRun:  # fmt: skip
+    """Run every stage for a loaded ``policy`` and its training ``cfg`` (see the module docstring).
+
+    ``paraphrases``: an already loaded :class:`~vlafoundry.eval.paraphrase.ParaphraseMap` (else loaded from
+    ``options.paraphrases``). ``checkpoint`` names the run in the report and locates the run folder.
+    """
+    from vlafoundry.envs import get_family
+    from vlafoundry.eval.paraphrase import load_paraphrases
+    from vlafoundry.eval.rollout import VectorRollout, _as_names, evaluate_policy
+
+    opts = options
+    if paraphrases is None and opts.paraphrases:
+        try:
+            paraphrases = load_paraphrases(opts.paraphrases)
+        except ValueError as exc:
+            raise EvalError(f"{label('paraphrases')}: {exc}") from exc
+    ckpt = Path(checkpoint)
+    notes: list[str] = []
+    try:
+        ds = offline_dataset(cfg, opts.offline, notes)
+    except FileNotFoundError as exc:
+        raise EvalError(f"{label('offline')}: {exc}") from exc
+    env = opts.env or _cfg_get(cfg, "data", "env")
+    if not env:
+        raise EvalError(f"{label('env')}: the checkpoint does not say which environment it was trained on; "
+                        f"pass {label('env')}")  # fmt: skip
+    pcfg = getattr(policy, "cfg", None)
+    if opts.action_selection:
+        pcfg.action_selection = opts.action_selection
+    if opts.sample_temperature is not None:
+        pcfg.sample_temperature = float(opts.sample_temperature)
+    env_kwargs: dict[str, Any] = dict(get_family(env).env_kwargs(cfg.data))
+    if opts.max_steps:
+        env_kwargs["max_steps"] = opts.max_steps  # the envs' own cap (truncation, BabyAI's return) = the rollouts'
+    train_seed, train_eps = _cfg_get(cfg, "data", "seed"), _cfg_get(cfg, "data", "episodes")
+    training_seeds = [(int(train_seed), int(train_seed) + int(train_eps))] if train_eps else None
+    names = _as_names(env)
+    total = opts.episodes * len(names)
+    num_envs = opts.num_envs or min(64, total)
+    out = Path(opts.out) if opts.out else run_dir_of(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(log)
+    common: dict[str, Any] = {"episodes": opts.episodes, "seed_start": opts.seed_start,
+                              "training_seeds": training_seeds, "max_steps": opts.env_max_steps}  # fmt: skip
+
+    para = robustness = offline = None
+    with VectorRollout(num_envs, opts.workers, env_kwargs) as pool:
+        with stage("rollouts", f"{total} episodes of {env} on {num_envs} envs, {pool.workers} workers"):
+            result = evaluate_policy(policy, names, rollout=pool, progress="closed loop", **common)
+            log(_rows_text("closed loop", result.rows))
+            if paraphrases is not None:
+                para = evaluate_policy(policy, names, rollout=pool, paraphrases=paraphrases,
+                                       progress="paraphrased instructions", **common)  # fmt: skip
+                log(_rows_text("paraphrased instructions", para.rows))
+        plan = _OfflinePlan.of(ds, opts) if ds is not None else None
+        if plan is not None:
+            with stage("offline pass", plan.describe()):
+                offline = _offline_pass(policy, cfg, ds, plan, env, notes, log)
+        if opts.robustness:
+            with stage("robustness", "every modality removed / noised, same episodes"):
+                robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common)
+                for r in robustness:
+                    log(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
+    if offline is not None:
+        with stage("bias", "held-out accuracy per subgroup"):
+            from vlafoundry.eval.offline import offline_bias
+
+            offline["bias"] = offline_bias(policy, ds, outputs=offline.pop("_outputs"))
+
+    with stage("pictures", "similarity, attention, GIFs"):
+        from vlafoundry.eval.visuals import attention_frames, gif_specs, similarity
+
+        sim, alignment = similarity(policy, result.episodes, env_kwargs, notes)
+        attention = attention_frames(policy, result.episodes, env_kwargs, notes)
+        gifs = gif_specs(result.episodes, env_kwargs, opts.gifs, notes)
+
+    run = EvalRun(options=opts, checkpoint=ckpt, out=out, env=env, env_kwargs=env_kwargs, closed_loop=result,
+                  paraphrase=para, robustness=robustness, offline=offline, notes=notes)  # fmt: skip
+    with stage("report", str(out)):
+        _write(run, cfg, policy, sim, alignment, attention, gifs)
+    run.stage_s = stage.seconds
+    log(f"wrote {out / 'eval.json'}, {run.report['markdown']}, {run.report['html']}")
+    return run
+
+
+@dataclass(frozen=True)
+class _OfflinePlan:
+    """Dataset items (steps, or whole episodes for a memory policy) per batch / in all / for the balance, sized from
+    the options' step counts with the split's mean items length."""
+
+    steps_per_item: float
+    batch_items: int
+    max_items: int
+    balance_items: int
+
+    @classmethod
+    def of(cls, ds: Any, opts: EvalOptions) -> _OfflinePlan:
+        per = max(1.0, getattr(ds, "num_steps", len(ds)) / max(1, len(ds)))
+        max_items = min(len(ds), math.ceil(opts.offline_samples / per))
+        balance = min(max_items, math.ceil(opts.balance_samples / per)) if opts.balance else 0
+        return cls(per, max(1, round(OFFLINE_BATCH_STEPS / per)), max_items, balance)
+
+    def describe(self) -> str:
+        unit = "steps" if self.steps_per_item == 1.0 else f"episodes of {self.steps_per_item:.1f} steps on average"
+        return f"{self.max_items} held-out {unit}, modality balance on the first {self.balance_items}"
+
+
+def _offline_pass(policy: Any, cfg: Any, ds: Any, plan: _OfflinePlan, env: str, notes: list[str], log: Log
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Offline metrics and modality balance from one pass; the outputs are kept (``_outputs``) for the bias."""
+    from vlafoundry.eval.offline import metrics_from_outputs, offline_evaluation
+
+    outputs, balance = offline_evaluation(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items,
+                                          balance_samples=plan.balance_items, loss_cfg=getattr(cfg, "loss", None),
+                                          progress="offline pass")  # fmt: skip
+    assert outputs is not None
+    metrics = metrics_from_outputs(outputs)
+    show_itm, itm_note = itm_verdict(metrics, cfg)
+    act = "action_acc" if "action_acc" in metrics else "action_l1"
+    line = f"offline (held-out split, {int(metrics['samples'])} samples): {act} {metrics[act]:.3f}"
+    if "obs_to_instr_r@1" in metrics:
+        line += f"  obs→instr r@1 {metrics['obs_to_instr_r@1']:.3f}  instr→obs r@1 {metrics['instr_to_obs_r@1']:.3f}"
+    if show_itm:
+        line += f"  ITM acc {metrics['itm_acc']:.3f}"
+    log(line)
+    if itm_note:
+        log(f"  note: {itm_note}")
+        notes.append(itm_note)
+    if "obs_to_instr_r@1" not in metrics:
+        notes.append("no retrieval / ITM metrics: the policy has no language encoder or no observation modality")
+    if balance is None:
+        notes.append("no modality balance: turned off (--no-balance)")
+    else:
+        log("  modality balance (ablation / gradient share): "
+            + ", ".join(f"{m} {balance['ablation_share'][m]:.2f}/{balance['gradient_share'][m]:.2f}"
+                        for m in balance["modalities"]))  # fmt: skip
+        if balance["samples"] < len(outputs.indices):
+            notes.append(f"modality balance uses the first {balance['samples']} of the {len(outputs.indices)} "
+                         "held-out items of the offline metrics (--balance-samples)")
+    data_env = _cfg_get(cfg, "data", "env")
+    if data_env and str(data_env) != str(env):
+        notes.append(f"offline metrics use the held-out split of the training data ({data_env}), not {env}")
+    return {"dataset": str(ds.root), "split": "val", "metrics": metrics, "balance": balance, "bias": None,
+            "show_itm": show_itm, "_outputs": outputs}  # fmt: skip
+
+
+def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, Any], ds: Any,
+                plan: _OfflinePlan | None, offline: dict[str, Any] | None, result: EvalResult, common: dict[str, Any]
+                ) -> list[dict[str, Any]]:  # fmt: skip
+    """Robustness rows on the open pool; the full-input row reuses the rollouts and the offline pass."""
+    from vlafoundry.eval.offline import ROBUSTNESS_KEYS, offline_robustness_fn
+    from vlafoundry.eval.robustness import run_robustness
+
+    offline_fn = None
+    if ds is not None and plan is not None:
+        keys = [k for k in ROBUSTNESS_KEYS if offline is None or offline["show_itm"] or k not in _ITM_KEYS]
+        corrupted = offline_robustness_fn(policy, ds, batch_size=plan.batch_items, max_samples=plan.max_items,
+                                          keys=keys)  # fmt: skip
+        full = ({f"offline {k}": offline["metrics"][k] for k in keys if k in offline["metrics"]}
+                if offline is not None else None)  # fmt: skip
+
+        def offline_fn(cond: Any) -> Mapping[str, float]:
+            return full if cond.is_identity and full is not None else corrupted(cond)
+
+    return run_robustness(policy, names, rollout=pool, env_kwargs=env_kwargs, offline_fn=offline_fn,
+                          reference=result, progress=True, **common)  # fmt: skip
+
+
+def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attention: Any, gifs: list[Any]) -> None:
+    """``eval.json`` and the report into ``run.out``."""
+    from vlafoundry.data.format import write_json_atomic
+    from vlafoundry.eval.report import ReportInputs, write_report
+
+    tables: dict[str, dict[str, Any]] = {}
+    offline = run.offline
+    if offline is not None:
+        shown = {k: v for k, v in offline["metrics"].items() if offline["show_itm"] or k not in _ITM_KEYS}
+        tables[f"Offline metrics (held-out split, {int(offline['metrics']['samples'])} samples)"] = shown
+    if run.paraphrase is not None:
+        s, p = run.closed_loop.summary, run.paraphrase.summary
+        tables["Language generalisation (paraphrased instructions)"] = {
+            "success (original)": s["success_rate"],
+            "success (paraphrased)": p["success_rate"],
+            "paraphrased 95% CI": f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]",
+            "fraction of episodes rewritten": p["paraphrased_fraction"],
+        }
+    if alignment:
+        tables["Alignment on evaluation episodes (first observation vs instruction)"] = alignment
+
+    payload = run.closed_loop.to_dict()
+    payload["checkpoint"] = str(run.checkpoint)
+    payload["options"] = asdict(run.options)
+    pcfg = getattr(policy, "cfg", None)
+    if getattr(pcfg, "action_selection", None) is not None:  # how discrete actions were picked in these rollouts
+        payload["action_selection"] = {"mode": pcfg.action_selection, "sample_temperature": pcfg.sample_temperature}
+    if run.paraphrase is not None:
+        payload["paraphrase"] = run.paraphrase.to_dict()
+    if run.robustness is not None:
+        payload["robustness"] = run.robustness
+    if alignment:
+        payload["alignment"] = alignment
+    if offline is not None:
+        payload["offline"] = {k: v for k, v in offline.items() if k != "show_itm"}
+    write_json_atomic(run.out / "eval.json", payload, default=_json_default)
+    run.payload = payload
+    run.report = write_report(
+        run.out,
+        ReportInputs(
+            eval_result=payload,
+            run_dir=run_dir_of(run.checkpoint),
+            robustness=run.robustness,
+            tables=tables,
+            similarity=sim,
+            attention=attention,
+            gifs=gifs,
+            notes=run.notes,
+            title=f"Evaluation of {run.checkpoint.name} on {run.env}",
+            balance=offline["balance"] if offline else None,
+            offline_bias=offline["bias"] if offline else None,
+        ),
+    )
