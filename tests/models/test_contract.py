@@ -210,3 +210,18 @@ def test_a_run_folder_given_to_load_policy_says_how_to_load_it(tmp_path):
     with pytest.raises(PolicyLoadError, match=r"a training run, not a policy folder; load it with "
                                               r"vlafoundry.train.load_run"):
         load_policy(tmp_path / "run")
+
+
+def test_a_checkpoint_written_before_the_policy_contract_still_loads_and_computes_the_same():
+    """tests/fixtures/legacy_policy: a tiny checkpoint written by the code before the contract (state statistics as
+    buffers, extra.json, action-head parameters ``action_head.0.*``) and the logits that code computed."""
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "fixtures" / "legacy_policy"
+    policy = load_policy(folder)
+    obs = json.loads((folder / "observation.json").read_text())
+    batch = {"image": torch.tensor(obs["image"], dtype=torch.uint8), "state": torch.tensor(obs["state"]),
+             "instruction": obs["instruction"]}
+    with torch.no_grad():
+        out = policy.action_outputs(policy.features(policy.encode(policy.prepare(batch))))
+    torch.testing.assert_close(out, torch.from_numpy(np.load(folder / "expected_logits.npy")), rtol=1e-5, atol=1e-5)

@@ -731,23 +731,25 @@ def evaluate_policy(
 
 
 def replay_frames(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | None = None) -> list[np.ndarray]:
-    """Re-run an episode from its seed and recorded actions and return ``env.render_rgb()`` frames.
+    """Re-run an episode from its seed and recorded actions and return its frames (the env family's
+    ``render_rgb``).
 
     Environments are deterministic given the reset seed and the action sequence, so the replay is exactly the
     evaluated episode. Returns an empty list when the environment cannot render.
     """
-    from vlafoundry.envs import make_env
+    from vlafoundry.envs import get_family, make_env
 
+    family = get_family(record["env"])
     env = make_env(record["env"], **dict(env_kwargs or {}))
     try:
         env.reset(seed=int(record["seed"]))
-        frame = env.render_rgb()
+        frame = family.render_rgb(env)
         if frame is None:
             return []
         frames = [np.asarray(frame)]
         for a in record["actions"]:
             env.step(np.asarray(a) if isinstance(a, list) else a)
-            frames.append(np.asarray(env.render_rgb()))
+            frames.append(np.asarray(family.render_rgb(env)))
         return frames
     finally:
         env.close()

@@ -141,10 +141,25 @@ def read_processor_state(directory: Path) -> dict[str, Any]:
     return load_json_file(path, PolicyLoadError)
 
 
+def _legacy_key(key: str, expected: dict[str, Any]) -> str:
+    """A key of a checkpoint written before the action heads became registered modules -> today's key
+    (``action_head.0.weight`` -> ``action_head.net.0.weight``, ``action_head.action_head.0.weight`` ->
+    ``action_head.decoder.action_head.0.weight``); other keys unchanged."""
+    if key in expected or not key.startswith("action_head."):
+        return key
+    for inner in ("net.", "decoder."):
+        cand = "action_head." + inner + key[len("action_head."):]
+        if cand in expected:
+            return cand
+    return key
+
+
 def check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Compare loaded tensors with ``model``'s state dict: every missing, unexpected or mis-shaped tensor is named."""
-    tensors = {k: v for k, v in tensors.items() if k not in LEGACY_TENSORS or k in model.state_dict()}
+    """Compare loaded tensors with ``model``'s state dict: every missing, unexpected or mis-shaped tensor is named.
+    Checkpoints written before the policy contract load too (state statistics were buffers then, now the
+    processor's; the action head's parameters had shorter names)."""
     expected = model.state_dict()
+    tensors = {_legacy_key(k, expected): v for k, v in tensors.items() if k not in LEGACY_TENSORS or k in expected}
     problems = []
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
