@@ -184,3 +184,19 @@ def test_robustness_reuses_the_full_input_rollouts():
                            reference=ref, **{**settings, "seed_start": 41})  # fmt: skip
         rows = run_robustness(RandomPolicy(), "babyai/GoToLocal", rollout=pool, reference=ref, **settings)
     assert [r["condition"] for r in rows][:2] == ["full input", "no instruction"] and len(rows) == 7
+
+
+def test_training_seed_ranges_count_the_seeds_the_expert_failed_on(tmp_path):
+    """A dataset of 10 episodes whose expert failed on 3 seeds used seeds 5..17: all 13 are training seeds."""
+    import json
+
+    from vlafoundry.config import from_dict
+    from vlafoundry.eval.pipeline import training_seed_ranges
+    from vlafoundry.train.config import ExperimentConfig
+
+    cfg = from_dict(ExperimentConfig, {"data": {"env": "babyai/GoToLocal", "seed": 5, "episodes": 10}})
+    assert training_seed_ranges(cfg) == [(5, 15)]  # no dataset on disk: what the config says
+    (tmp_path / "vlafoundry.json").write_text(json.dumps({"generation": {"seed": 5},
+                                                           "counts": {"episodes": 10, "seeds_used": 13}}))
+    cfg.data.path = str(tmp_path)
+    assert training_seed_ranges(cfg) == [(5, 18)]

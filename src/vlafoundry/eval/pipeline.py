@@ -97,6 +97,26 @@ def _cfg_get(cfg: Any, *path: str, default: Any = None) -> Any:
     return default if cur is None else cur
 
 
+def training_seed_ranges(cfg: Any) -> list[tuple[int, int]] | None:
+    """The seeds the training demonstrations were generated from, ``[(first, end)]``: every seed the expert was
+    given (``counts.seeds_used`` in the dataset's metadata, which counts the seeds it failed on too) when the
+    dataset is on disk, else ``data.seed`` .. ``data.seed + data.episodes``; ``None`` when the config says neither."""
+    from vlafoundry.data import META_FILE
+    from vlafoundry.io import read_json
+
+    seed, episodes = _cfg_get(cfg, "data", "seed"), _cfg_get(cfg, "data", "episodes")
+    if not episodes:
+        return None
+    start, used = int(seed or 0), int(episodes)
+    data = getattr(cfg, "data", None)
+    root = data.dataset_dir() if data is not None and hasattr(data, "dataset_dir") else None
+    if root is not None and (Path(root) / META_FILE).is_file():
+        meta = read_json(Path(root) / META_FILE)
+        start = int(meta.get("generation", {}).get("seed", start))
+        used = int(meta.get("counts", {}).get("seeds_used", used))
+    return [(start, start + used)]
+
+
 def offline_dataset(cfg: Any, wanted: bool | None, notes: list[str]) -> Any:
     """The held-out split of the checkpoint's dataset, or None (with a note) when offline metrics are skipped.
 
@@ -262,8 +282,7 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
     env_kwargs: dict[str, Any] = dict(get_family(env).env_kwargs(cfg.data))
     if opts.max_steps:
         env_kwargs["max_steps"] = opts.max_steps  # the envs' own cap (truncation, BabyAI's return) = the rollouts'
-    train_seed, train_eps = _cfg_get(cfg, "data", "seed"), _cfg_get(cfg, "data", "episodes")
-    training_seeds = [(int(train_seed), int(train_seed) + int(train_eps))] if train_eps else None
+    training_seeds = training_seed_ranges(cfg)
     names = _as_names(env)
     total = opts.episodes * len(names)
     num_envs = opts.num_envs or min(64, total)
