@@ -149,7 +149,11 @@ class PretrainConfig(OptimConfig):
 
 @dataclass
 class EvalConfig:
-    """Closed-loop evaluation settings used after training (quickstart) and as ``vlafoundry eval`` defaults."""
+    """Closed-loop evaluation settings used after training (quickstart) and as ``vlafoundry eval`` defaults (a
+    command-line option wins over them). ``seed_start``: the first evaluation seed (episode i of a task uses
+    ``seed_start + i``; shifted past the training seeds if they overlap). ``workers``: env worker processes (0 =
+    in-process). ``max_steps``: the episode step cap, passed to the envs themselves (0 = each env's own limit).
+    """
 
     episodes: int = 500
     seed_start: int = EVAL_SEED_BASE
