@@ -7,23 +7,12 @@ from __future__ import annotations
 import json
 import types
 
-import numpy as np
 import pytest
 
+from random_policy import RandomPolicy  # tests/random_policy.py
 from vlafoundry.eval.options import DEFAULT_EPISODES, EvalOptions, EvalOptionsError, default_workers
 from vlafoundry.eval.pipeline import itm_verdict
 from vlafoundry.eval.rollout import DEFAULT_SEED_START
-
-
-class RandomPolicy:
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, env_indices=None) -> None:
-        pass
-
-    def select_action(self, obs):
-        return self.rng.integers(0, 3, size=len(obs["instruction"]))
 
 
 def _cfg(**eval_keys):

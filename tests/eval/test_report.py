@@ -11,22 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from random_policy import RandomPolicy  # tests/random_policy.py
 from vlafoundry.eval.report import GifSpec, ReportInputs, plot_similarity, read_metrics, write_report
 from vlafoundry.eval.robustness import run_robustness
 from vlafoundry.eval.rollout import ObservationCorruption, evaluate_policy, replay_frames
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-class RandomPolicy:
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, env_indices=None) -> None:
-        pass
-
-    def select_action(self, obs):
-        return self.rng.integers(0, 3, size=len(obs["instruction"]))
 
 
 def _browser() -> str | None:

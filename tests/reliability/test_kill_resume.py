@@ -120,7 +120,7 @@ def test_disk_full_during_checkpoint_keeps_previous_and_resumes(rel_dataset, tin
     tr.fit(stop_after=10)
     ck = run / "checkpoints"
     before = {p.name: p.read_bytes() for p in (ck / "step_0000010").iterdir()}
-    monkeypatch.setattr(ckpt, "_save_tensors", _disk_full)
+    monkeypatch.setattr(ckpt, "save_tensors", _disk_full)
     with pytest.raises(ckpt.CheckpointError, match=r"could not write checkpoint .*step_0000015: No space left on "
                                                    r"device; the previous checkpoint is untouched"):
         tr.fit()

@@ -18,7 +18,6 @@ only then is ``RUN/checkpoints/latest`` (a one-line text file) atomically replac
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -27,10 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from vlafoundry.io import write_json_atomic
+from vlafoundry.io import load_json_file, load_tensors, save_tensors, write_json_atomic
 
 MARKER = "COMPLETE"
 
@@ -50,12 +47,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def write_atomic_text(path: Path, text: str) -> None:
@@ -146,15 +137,15 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _save_tensors(tmp / "model.safetensors", model_state, metadata={"format": "vlafoundry-policy"})
+        save_tensors(tmp / "model.safetensors", model_state, metadata={"format": "vlafoundry-policy"})
         state = dict(state or {})
         if optimizer is not None:
             opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-            _save_tensors(tmp / "optim.safetensors", opt_tensors)
+            save_tensors(tmp / "optim.safetensors", opt_tensors)
             state["optimizer"] = opt_meta
         if include_rng:
             rng_tensors, rng_meta = capture_rng()
-            _save_tensors(tmp / "rng.safetensors", rng_tensors)
+            save_tensors(tmp / "rng.safetensors", rng_tensors)
             state["rng"] = rng_meta
         write_json_atomic(tmp / "state.json", state)
         write_json_atomic(tmp / "config.json", config)
@@ -210,21 +201,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing file")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+    return load_tensors(path, CheckpointError)
 
 
 def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
+    return load_json_file(path, CheckpointError)
 
 
 #: config keys older versions wrote that no longer exist (dropped when a checkpoint's config is read, so old
