@@ -9,6 +9,12 @@ expert, tokens are gathered into a buffer of expert rows (a contiguous block per
 their blocks, and results are added back with ``index_add``. No Python loop over tokens and no boolean masks: on CPU
 each expert is one matmul pair on exactly its kept rows (E calls, no padding); on GPUs the experts are sorted by
 load and run as a few batched matmuls, each group padded only to its fullest expert (``load_groups``).
+
+The experts' forward and backward are written out (:class:`_ExpertFFN`) for GELU, ReLU and SiLU experts outside
+autocast: outputs, activations and gradients go into one preallocated tensor each, the activation and its derivative
+run once over the whole buffer, so a training step costs 6 matmul calls per expert plus a few whole-buffer
+operations, with no zero-filled full-size gradients and no per-expert concatenations. Other activations (or
+autocast) use the same layout through autograd.
 """
 
 from __future__ import annotations
