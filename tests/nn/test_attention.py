@@ -252,3 +252,146 @@ def test_bad_inputs_raise_value_error() -> None:
         CrossModalAttention(D, H)(x, kv, lang_mask=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="x: expected last dimension"):
         FeedForward(D, 8)(torch.randn(2, 8))
+
+
+# ---------------------------------------------------------------- chapter-compatible masks and state dicts
+def _brute_force(mha: MultiHeadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+    """softmax(QK^T / sqrt(hd) masked where ``keep`` (broadcastable to (B, H, Lq, Lk)) is False) V, then out_proj."""
+    d, b, lq, lk = D, q.shape[0], q.shape[1], k.shape[1]
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    qh = F.linear(q, w[:d], bias[:d]).view(b, lq, H, D // H).transpose(1, 2)  # (B, H, Lq, hd)
+    kh = F.linear(k, w[d : 2 * d], bias[d : 2 * d]).view(b, lk, H, D // H).transpose(1, 2)
+    vh = F.linear(v, w[2 * d :], bias[2 * d :]).view(b, lk, H, D // H).transpose(1, 2)
+    scores = (qh @ kh.transpose(-1, -2)) / math.sqrt(D // H)  # (B, H, Lq, Lk)
+    att = scores.masked_fill(~keep.bool(), float("-inf")).softmax(-1)
+    return mha.out_proj((att @ vh).transpose(1, 2).reshape(b, lq, D))
+
+
+BROADCAST_SHAPES = {
+    "B1QK": lambda b, lq, lk: (b, 1, lq, lk),  # the chapter's per-sample mask, shared by the heads
+    "B11K": lambda b, lq, lk: (b, 1, 1, lk),  # padding mask in the chapter's / common 4-D form
+    "11QK": lambda b, lq, lk: (1, 1, lq, lk),
+    "1HQK": lambda b, lq, lk: (1, H, lq, lk),
+    "QK": lambda b, lq, lk: (lq, lk),
+    "1K": lambda b, lq, lk: (1, lk),
+    "B1K": lambda b, lq, lk: (b, 1, lk),
+}
+
+
+@pytest.mark.parametrize("shape", list(BROADCAST_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.bool, torch.long, torch.uint8])
+@pytest.mark.parametrize("self_attn", [True, False])
+def test_broadcast_masks_match_brute_force(shape: str, dtype: torch.dtype, self_attn: bool) -> None:
+    """Forward, input and parameter gradients against a brute-force masked softmax (fp32, atol 1e-5, rtol 1e-4).
+    Integer masks follow the chapter: nonzero = may attend (``masked_fill(mask == 0, -inf)``)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H, dropout=0.0)
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+        mha.out_proj.bias.normal_()
+    g = torch.Generator().manual_seed(2)
+    b, lq = 3, 4
+    lk = lq if self_attn else 6
+    q = torch.randn(b, lq, D, generator=g, requires_grad=True)
+    kv = q if self_attn else torch.randn(b, lk, D, generator=g, requires_grad=True)
+    keep = torch.rand(*BROADCAST_SHAPES[shape](b, lq, lk), generator=g) > 0.4
+    keep[..., 0] = True  # every query keeps a key (the brute force gives NaN otherwise)
+    out = mha(q, kv, kv, mask=keep.to(dtype))
+    ref = _brute_force(mha, q, kv, kv, keep if keep.dim() != 3 else keep[:, None])
+    assert out.shape == (b, lq, D)
+    _assert_close(out, ref, "forward")
+    w = torch.randn(b, lq, D, generator=g)
+    inputs = [q] if self_attn else [q, kv]
+    g_ours = torch.autograd.grad((out * w).sum(), inputs + list(mha.parameters()))
+    g_ref = torch.autograd.grad((ref * w).sum(), inputs + list(mha.parameters()))
+    for i, (a, r) in enumerate(zip(g_ours, g_ref)):
+        _assert_close(a, r, f"gradient #{i}")
+
+
+def test_b11k_mask_equals_key_padding_mask_and_empty_rows_are_zero() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H, dropout=0.0)
+    q, kv = torch.randn(3, 4, D), torch.randn(3, 6, D)
+    kpm = torch.rand(3, 6) > 0.3
+    kpm[:, 0] = True
+    kpm[2] = False  # sample 2: nothing to attend to
+    out = mha(q, kv, kv, mask=kpm[:, None, None, :])
+    assert torch.allclose(out, mha(q, kv, kv, key_padding_mask=kpm), atol=1e-6)
+    assert torch.equal(out[2], torch.zeros(4, D))  # zeros, not the chapter's NaN
+    both = mha(q, kv, kv, mask=kpm[:, None, None, :].long(), key_padding_mask=kpm)  # masks combine (AND)
+    assert torch.allclose(both, out, atol=1e-6)
+
+
+def test_bad_mask_shapes_name_expected_and_got() -> None:
+    x, kv = torch.randn(2, 3, D), torch.randn(2, 5, D)
+    _mha_error(r"mask: expected shape \(2, 4, 3, 5\) \(B, H, Lq, Lk\).*got \(2, 2, 3, 5\)", x, kv, kv,
+               mask=torch.ones(2, 2, 3, 5, dtype=torch.bool))
+    _mha_error(r"mask: expected shape \(2, 4, 3, 5\).*got \(2, 1, 1, 4\)", x, kv, kv,
+               mask=torch.ones(2, 1, 1, 4, dtype=torch.bool))  # Lk never broadcasts
+    _mha_error(r"mask: expected shape \(2, 3, 5\) \(B, Lq, Lk\).*got \(3, 3, 5\)", x, kv, kv,
+               mask=torch.ones(3, 3, 5, dtype=torch.bool))
+    _mha_error(r"mask: expected shape \(Lq, Lk\)=\(3, 5\).*got \(1, 1, 1, 1, 5\)", x, kv, kv,
+               mask=torch.ones(1, 1, 1, 1, 5, dtype=torch.bool))
+    _mha_error(r"mask: expected dtype torch.bool .* got torch.float32", x, kv, kv, mask=torch.ones(3, 5))
+    _mha_error("mask: expected a boolean torch.Tensor, got list", x, kv, kv, mask=[[1] * 5] * 3)
+
+
+class ChapterMHA(nn.Module):
+    """The chapter's MultiHeadAttention (separate q/k/v/out Linear layers, ``masked_fill(mask == 0, -inf)``),
+    written for this test to produce its state dict and expected outputs."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.h, self.hd = num_heads, d_model // num_heads
+        self.q_proj, self.k_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.v_proj, self.out_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        b = query.shape[0]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, -1, self.h, self.hd).transpose(1, 2)  # (B, H, L, hd)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
+        if mask is not None:
+            scores = scores.masked_fill(mask == 0, float("-inf"))
+        out = self.dropout(scores.softmax(-1)) @ v  # (B, H, Lq, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(b, -1, self.h * self.hd))
+
+
+def test_chapter_state_dict_loads_and_gives_the_chapters_outputs() -> None:
+    torch.manual_seed(0)
+    chap = ChapterMHA(D, H).eval()
+    ours = MultiHeadAttention(D, H).eval()
+    result = ours.load_state_dict(chap.state_dict())  # strict: every key mapped, none left over
+    assert not result.missing_keys and not result.unexpected_keys
+    g = torch.Generator().manual_seed(3)
+    x, kv = torch.randn(2, 5, D, generator=g), torch.randn(2, 7, D, generator=g)
+    keep = (torch.rand(2, 1, 5, 7, generator=g) > 0.3).long()
+    keep[..., 0] = 1
+    pad = torch.ones(2, 1, 1, 7, dtype=torch.long)
+    pad[1, ..., 4:] = 0
+    with torch.no_grad():
+        for q, k, mask in [(x, x, None), (x, kv, None), (x, kv, keep), (x, kv, pad), (x, x, keep[..., :5])]:
+            assert torch.allclose(ours(q, k, k, mask=mask), chap(q, k, k, mask=mask), atol=1e-5)
+    # nested under a prefix, as inside a chapter model
+    outer_chap, outer_ours = nn.ModuleDict({"attn": chap}), nn.ModuleDict({"attn": MultiHeadAttention(D, H)})
+    outer_ours.load_state_dict(outer_chap.state_dict())
+    assert torch.equal(outer_ours["attn"].in_proj_weight, ours.in_proj_weight)
+
+
+def test_own_state_dict_still_loads_and_mismatches_are_reported() -> None:
+    torch.manual_seed(0)
+    a, b = MultiHeadAttention(D, H), MultiHeadAttention(D, H)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert set(a.state_dict()) == {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"}
+    with pytest.raises(RuntimeError, match="q_proj.bias"):  # no biases here to load the chapter's into
+        MultiHeadAttention(D, H, bias=False).load_state_dict(ChapterMHA(D, H).state_dict())
+    partial = {k: v for k, v in ChapterMHA(D, H).state_dict().items() if not k.startswith("v_proj")}
+    with pytest.raises(RuntimeError, match="in_proj_weight"):  # incomplete: left as is, reported
+        MultiHeadAttention(D, H).load_state_dict(partial)

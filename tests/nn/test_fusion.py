@@ -14,6 +14,7 @@ from vlafoundry.nn.fusion import (
     LateFusion,
     MultimodalFusionNetwork,
     VisionLanguageFusion,
+    _pooled_as_tokens,
     masked_mean_pool,
 )
 
@@ -169,6 +170,54 @@ def test_fusion_bad_inputs() -> None:
         m(batch["visual_features"], batch["language_features"][:2])
     with pytest.raises(ValueError, match="extra_tokens: expected a tensor of rank 3"):
         FiLMFusion(D)(batch["visual_features"], None, extra_tokens=torch.randn(B, D))
+
+
+POOLED = ["early", "late", "late0"]  # the chapter's EarlyFusion / LateFusion take pooled (B, D) features
+
+
+@pytest.mark.parametrize("name", POOLED)
+def test_pooled_features_equal_length_one_sequences(name: str) -> None:
+    """(B, D) is read as a sequence of one token: same output (atol 1e-6) and gradients as x[:, None]."""
+    torch.manual_seed(0)
+    m = FACTORIES[name]().eval()
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(B, D, generator=g, requires_grad=True)
+    l = torch.randn(B, D, generator=g)
+    e = torch.randn(B, D, generator=g)
+    out = m(v, l)
+    assert out.shape == (B, D) and torch.isfinite(out).all()
+    assert torch.allclose(out, m(v[:, None], l[:, None]), atol=1e-6)
+    (gv,) = torch.autograd.grad(out.pow(2).sum(), v)
+    (gv_seq,) = torch.autograd.grad(m(v[:, None], l[:, None]).pow(2).sum(), v)
+    assert torch.allclose(gv, gv_seq, atol=1e-6)
+    # with a per-sample presence mask (B,), extra tokens, and mixed with token sequences
+    present = torch.tensor([True, False, True, True])
+    seq = torch.randn(B, LL, D, generator=g)
+    pooled_out = m(v, seq, visual_mask=present, extra_tokens=e)
+    seq_out = m(v[:, None], seq, visual_mask=present[:, None], extra_tokens=e[:, None])
+    assert torch.allclose(pooled_out, seq_out, atol=1e-6)
+    # an absent pooled vector is the same as an absent modality
+    assert torch.allclose(pooled_out[1], m(None, seq[1:2], extra_tokens=e[1:2])[0], atol=1e-5)
+
+
+def test_token_sequences_pass_unchanged_and_bad_pooled_inputs_raise() -> None:
+    """Token sequences (the policies' form) reach the modules untouched: the same tensor objects, so the existing
+    behaviour (covered by the tests above) is unchanged. Pooled inputs are validated like sequences."""
+    batch = _batch()
+    for key, mkey in [("visual_features", "visual_mask"), ("extra_tokens", "extra_mask")]:
+        x, mask = _pooled_as_tokens(batch[key], batch[mkey])
+        assert x is batch[key] and mask is batch[mkey]
+    assert _pooled_as_tokens(None, None) == (None, None)
+    for name in POOLED:
+        m = FACTORIES[name]()
+        with pytest.raises(ValueError, match="visual_mask: expected shape \\(4,\\)"):
+            m(torch.randn(B, D), None, visual_mask=torch.ones(B, 1, dtype=torch.bool))
+        with pytest.raises(ValueError, match="visual_features: expected a tensor of rank 2 or 3"):
+            m(torch.randn(D), None)
+        with pytest.raises(ValueError, match="language_features: expected last dimension 16"):
+            m(None, torch.randn(B, 8))
+        with pytest.raises(ValueError, match="one batch size"):
+            m(torch.randn(B, D), torch.randn(B - 1, D))
 
 
 # ------------------------------------------------------------------------------------ MultimodalFusionNetwork

@@ -244,3 +244,69 @@ def test_all_padding_and_empty_input():
     y = m(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.bool))
     assert (y == 0).all() and m.aux_loss.item() == 0.0 and m.last_stats["tokens_dropped"] == 0.0
     assert m(torch.randn(0, 8)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU, torch.nn.SiLU, torch.nn.Tanh])  # Tanh: the autograd fallback
+@pytest.mark.parametrize("load_groups", [None, 3])
+def test_activations_match_per_token_reference(act, load_groups):
+    torch.manual_seed(7)
+    m = MultimodalMixtureOfExperts(num_experts=5, d_model=6, d_ff=10, act_layer=act, load_groups=load_groups)
+    assert m._fast_path(torch.zeros(1, 6)) == (act is not torch.nn.Tanh)
+    x = torch.randn(4, 5, 6, requires_grad=True)
+    y = m(x)
+    y_ref, aux_ref, _, _ = reference_moe(m, x)
+    assert torch.allclose(y, y_ref, atol=ATOL)
+    w = torch.randn_like(y)
+    for a, b in zip(_grads((y * w).sum() + m.aux_loss, m, x), _grads((y_ref * w).sum() + aux_ref, m, x)):
+        assert torch.allclose(a, b, atol=ATOL)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"load_groups": 2}, {"trim_buffer": False}, {"expert_capacity": 2}])
+def test_gradients_reach_input_and_every_parameter(cfg):
+    """Inside a network the input requires a gradient: the hand-written expert backward must deliver it, and every
+    parameter's, exactly as autograd does. Float64, dropout on; the seed is reset before each call so that every
+    evaluation draws the same dropout mask."""
+    torch.manual_seed(8)
+    m = MultimodalMixtureOfExperts(num_experts=4, d_model=5, d_ff=7, dropout=0.3, **cfg).double().train()
+    x = torch.randn(2, 6, 5, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def run(fast: bool) -> list[torch.Tensor]:
+        m._fast_path = lambda buf: fast  # instance attribute shadows the method
+        torch.manual_seed(0)
+        y = m(x)
+        grads = _grads((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + m.aux_loss, m, x)
+        del m._fast_path
+        return [y, *grads]
+
+    fast = run(True)
+    assert fast[1] is not None and fast[1].abs().sum() > 0  # input gradient
+    for name, g in zip(names, fast[2:]):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+    # The dropout masks are drawn differently (one (R, H) draw vs one per expert), so compare without dropout too.
+    m.drop.p = 0.0
+    fast0, slow0 = run(True), run(False)
+    for what, a, b in zip(["output", "input", *names], fast0, slow0):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), what
+
+    def experts(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        params = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+        return torch.func.functional_call(m, params, (x.detach(),), strict=False)
+
+    m.drop.p = 0.3  # float64 gradcheck of the expert parameters (the router runs in float32), dropout on
+    assert torch.autograd.gradcheck(experts, (m.w1, m.b1, m.w2, m.b2), eps=1e-6, atol=1e-8)
+
+
+def test_input_without_gradient_and_frozen_experts():
+    torch.manual_seed(9)
+    m = MultimodalMixtureOfExperts(num_experts=4, d_model=6, d_ff=8)
+    x = torch.randn(3, 6)
+    m(x).sum().backward()  # input without grad: parameters still get theirs
+    assert all(p.grad is not None for p in m.parameters())
+    m.zero_grad(set_to_none=True)
+    for p in (m.w1, m.b1, m.w2, m.b2):
+        p.requires_grad_(False)
+    x.requires_grad_(True)
+    m(x).sum().backward()
+    assert x.grad is not None and m.w1.grad is None and m.router.weight.grad is not None

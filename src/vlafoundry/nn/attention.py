@@ -21,7 +21,12 @@ class MultiHeadAttention(nn.Module):
 
     ``forward(query (B, Lq, D), key (B, Lk, D), value (B, Lk, D), mask=None, key_padding_mask=None) -> (B, Lq, D)``
 
-    * ``mask``: bool, True = may attend, shape ``(Lq, Lk)``, ``(B, Lq, Lk)`` or ``(B, H, Lq, Lk)``.
+    * ``mask``: True = may attend, shape ``(Lq, Lk)``, ``(B, Lq, Lk)`` or ``(B, H, Lq, Lk)``, where every
+      dimension but ``Lk`` may also be 1 and is then broadcast: the chapter's and common shapes ``(B, 1, Lq, Lk)``
+      (one mask for all heads), ``(B, 1, 1, Lk)`` (padding, one row for all queries), ``(B, 1, Lk)`` or ``(1, Lk)``.
+      Boolean, or an integer 0/1 tensor with the chapter's meaning (its ``masked_fill(mask == 0, -inf)``: nonzero =
+      may attend, 0 = blocked). Floating-point masks are refused: PyTorch's float masks are *additive* (0 = attend,
+      ``-inf`` = blocked), the opposite reading of a 0/1 mask, so neither can be assumed.
     * ``key_padding_mask``: bool ``(B, Lk)``, True = valid key.
 
     Changes from the chapter's ``MultiHeadAttention`` and why:
@@ -34,8 +39,12 @@ class MultiHeadAttention(nn.Module):
       produces ``NaN`` that poisons the whole batch through the loss. Here such a query row returns exactly zeros in
       the forward pass (after the output projection too: it adds nothing to a residual stream) and has finite, zero
       gradients.
-    * The chapter has no key padding mask and accepts masks of any shape silently; here masks are validated
-      (bool, exact shapes) together with rank, width, dtype and device of the inputs, raising ``ValueError``.
+    * The chapter has no key padding mask and accepts masks of any shape silently (a wrong one broadcasts into a
+      wrong result or fails deep inside ``masked_fill``); here masks are validated (bool or integer, the shapes
+      above) together with rank, width, dtype and device of the inputs, raising ``ValueError`` naming expected and
+      found shapes.
+    * A state dict of the chapter's module (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) loads into this one:
+      a load pre-hook packs the three projections into ``in_proj_weight`` / ``in_proj_bias``.
     * Self-attention (``query is key is value``) uses one packed ``(3D, D)`` in-projection matmul, like
       ``torch.nn.MultiheadAttention``; ``key is value`` uses one packed ``(2D, D)`` matmul. Parameters are named as in
       ``torch.nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), so its ``state_dict``
@@ -77,6 +86,24 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}"
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, local_metadata: dict, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        """Also accept the chapter's layout: separate ``q_proj``/``k_proj``/``v_proj`` ``Linear`` layers are packed
+        into ``in_proj_weight`` (rows q, k, v, as the chapter's projections compute them) and ``in_proj_bias``
+        (when this module has biases; otherwise the chapter's biases stay unexpected keys). ``out_proj`` has the
+        same name and layout in both. Our own and ``torch.nn.MultiheadAttention`` state dicts load unchanged."""
+        names = [f"{prefix}{p}_proj.weight" for p in "qkv"]
+        if all(n in state_dict for n in names) and f"{prefix}in_proj_weight" not in state_dict:
+            state_dict[f"{prefix}in_proj_weight"] = torch.cat([state_dict.pop(n) for n in names], dim=0)  # (3D, D)
+            biases = [f"{prefix}{p}_proj.bias" for p in "qkv"]
+            if self.in_proj_bias is not None and all(n in state_dict for n in biases):
+                state_dict[f"{prefix}in_proj_bias"] = torch.cat([state_dict.pop(n) for n in biases], dim=0)  # (3D,)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     # ------------------------------------------------------------------ helpers
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -117,7 +144,8 @@ class MultiHeadAttention(nn.Module):
         value: torch.Tensor,
         mask: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None,
-    ) -> None:
+    ) -> torch.Tensor | None:
+        """Validate the inputs; return ``mask`` as a bool tensor (or None)."""
         ref = self.out_proj.weight
         dev = ref.device
         check_tensor("query", query, ndim=3, last_dim=self.d_model, device=dev, like=ref)
@@ -139,21 +167,41 @@ class MultiHeadAttention(nn.Module):
         if key_padding_mask is not None:
             check_mask("key_padding_mask", key_padding_mask, (b, lk))
         if mask is not None:
-            if not isinstance(mask, torch.Tensor):
-                raise ValueError(f"mask: expected a boolean torch.Tensor, got {type(mask).__name__}")
-            shapes = {2: (lq, lk), 3: (b, lq, lk), 4: (b, self.num_heads, lq, lk)}
-            if mask.dim() not in shapes:
-                raise ValueError(
-                    f"mask: expected shape (Lq, Lk)={shapes[2]}, (B, Lq, Lk)={shapes[3]} or "
-                    f"(B, H, Lq, Lk)={shapes[4]}, got {tuple(mask.shape)}"
-                )
-            check_mask("mask", mask, shapes[mask.dim()])
+            mask = self._check_mask(mask, b, lq, lk)
         check_same_device(query=query, key=key, value=value, mask=mask, key_padding_mask=key_padding_mask)
+        return mask
+
+    def _check_mask(self, mask: object, b: int, lq: int, lk: int) -> torch.Tensor:
+        """Validate ``mask`` (see the class docstring) and return it as a bool tensor (True = may attend)."""
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"mask: expected a boolean torch.Tensor, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() or mask.is_complex():
+                raise ValueError(
+                    f"mask: expected dtype torch.bool (True = may attend) or an integer 0/1 mask, got {mask.dtype} "
+                    "(a float mask is ambiguous: additive in PyTorch, 0/1 in the chapter; pass mask != 0 or mask == 0)"
+                )
+            mask = mask != 0  # the chapter's convention: masked_fill(mask == 0, -inf)
+        full = {2: (lq, lk), 3: (b, lq, lk), 4: (b, self.num_heads, lq, lk)}
+        names = {2: "(Lq, Lk)", 3: "(B, Lq, Lk)", 4: "(B, H, Lq, Lk)"}
+        if mask.dim() not in full:
+            raise ValueError(
+                f"mask: expected shape (Lq, Lk)={full[2]}, (B, Lq, Lk)={full[3]} or (B, H, Lq, Lk)={full[4]} "
+                f"(any dimension but Lk may be 1), got {tuple(mask.shape)}"
+            )
+        want = full[mask.dim()]
+        if mask.shape[-1] != lk or any(m not in (1, w) for m, w in zip(mask.shape[:-1], want[:-1])):
+            raise ValueError(
+                f"mask: expected shape {want} {names[mask.dim()]} (any dimension but Lk may be 1), "
+                f"got {tuple(mask.shape)}"
+            )
+        return mask
 
     def _combine_masks(
         self, mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merge both masks into one broadcastable (B|1, H|1, Lq|1, Lk) bool mask.
+        """Merge both masks into one broadcastable (B|1, H|1, Lq|1, Lk) bool mask (``mask`` already validated, any
+        of its dimensions but Lk possibly 1).
 
         Returns ``(attn_mask, row_ok)``: ``row_ok`` (same leading dims, last dim 1) is False for query rows that
         may attend to no key; those rows are opened to every key in ``attn_mask`` (so no kernel ever sees an empty
@@ -195,7 +243,7 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_inputs(query, key, value, mask, key_padding_mask)
+        mask = self._check_inputs(query, key, value, mask, key_padding_mask)
         b, lq, _ = query.shape
         q, k, v = self._project(query, key, value)  # (B, H, L*, hd)
         p = self.dropout if self.training else 0.0

@@ -6,6 +6,9 @@ Fusion contract (EarlyFusion, LateFusion, VisionLanguageFusion, FiLMFusion)::
             visual_mask (B, Lv) bool | None = None, language_mask (B, Ll) bool | None = None,
             extra_tokens (B, Le, D) | None = None, extra_mask (B, Le) bool | None = None) -> (B, D)
 
+:class:`EarlyFusion` and :class:`LateFusion` also take pooled features ``(B, D)`` for any modality, as the chapter's
+versions do (mask ``(B,)``, True = present): a pooled vector is a sequence of one token, ``x[:, None]``.
+
 A ``None`` modality is absent for the whole batch; a mask row that is all False (or a zero-length sequence) is
 absent for that sample. Either way a learned placeholder token of that modality stands in, so the output is finite
 and the module works with any subset of its inputs. ``extra_tokens`` carries further modalities (proprioceptive
@@ -53,17 +56,28 @@ def _trunc_normal(*shape: int) -> nn.Parameter:
 
 def _check_seq(
     name: str, x: torch.Tensor | None, mask: torch.Tensor | None, width: int, mask_name: str,
-    like: torch.Tensor | None = None,
+    like: torch.Tensor | None = None, pooled_ok: bool = False,
 ) -> None:
-    """Validate one modality's tokens (B, L, width) and mask (B, L); ``like``: a parameter of the module."""
+    """Validate one modality's tokens (B, L, width) and mask (B, L); ``like``: a parameter of the module.
+    ``pooled_ok``: also accept pooled features (B, width) with a mask (B,)."""
     if x is None:
         if mask is not None:
             raise ValueError(f"{mask_name}: given without {name} (pass None for both, or the tensor too)")
         return
-    check_tensor(name, x, ndim=3, last_dim=width, like=like)
+    check_tensor(name, x, ndim=(2, 3) if pooled_ok else 3, last_dim=width, like=like)
     if mask is not None:
-        check_mask(mask_name, mask, x.shape[:2])
+        check_mask(mask_name, mask, x.shape[:-1])  # (B, L), or (B,) for pooled features
         check_same_device(**{name: x, mask_name: mask})
+
+
+def _pooled_as_tokens(
+    x: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Pooled features (B, D) -> a length-1 token sequence (B, 1, D), their mask (B,) -> (B, 1); token
+    sequences (and None) pass unchanged. Inputs were validated by :func:`_check_seq`."""
+    if x is None or x.dim() == 3:
+        return x, mask
+    return x.unsqueeze(1), None if mask is None else mask.unsqueeze(1)
 
 
 def _batch_size(named: dict[str, torch.Tensor | None]) -> int:
@@ -208,6 +222,7 @@ class EarlyFusion(nn.Module):
     concatenated along the sequence axis with modality-type embeddings so any lengths work and every token can
     attend to every other. The chapter's per-token ReLU MLP is replaced by self-attention blocks (its MLP never mixes
     tokens), padding is masked, absent modalities get learned placeholders, and ``ffn_layer`` is injectable.
+    Pooled ``(B, D)`` inputs, the chapter's use, are accepted and read as one token each (mask ``(B,)``).
     """
 
     def __init__(
@@ -248,9 +263,14 @@ class EarlyFusion(nn.Module):
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self))
-        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self))
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self))
+        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self),
+                   pooled_ok=True)
+        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self),
+                   pooled_ok=True)
+        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self), pooled_ok=True)
+        visual_features, visual_mask = _pooled_as_tokens(visual_features, visual_mask)  # (B, Lv, D)
+        language_features, language_mask = _pooled_as_tokens(language_features, language_mask)  # (B, Ll, D)
+        extra_tokens, extra_mask = _pooled_as_tokens(extra_tokens, extra_mask)  # (B, Le, D)
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )
@@ -296,7 +316,9 @@ class LateFusion(nn.Module):
     Changes from the chapter's ``LateFusion`` and why: the chapter concatenates the encoded token sequences along
     the feature axis, which fails when ``Lv != Ll`` (and is not late fusion: it mixes per position); here each
     modality is pooled first, ignoring padding. A hidden layer makes the combiner an MLP rather than one ``Linear``;
-    absent modalities, extra tokens and ``ffn_layer`` are supported.
+    absent modalities, extra tokens and ``ffn_layer`` are supported. Pooled ``(B, D)`` inputs, what the chapter's
+    version was written for, are accepted and read as one token each (mask ``(B,)``): the encoder then sees a single
+    token and the pooling returns it, as the chapter's per-vector ``Linear`` would.
     """
 
     def __init__(
@@ -339,9 +361,14 @@ class LateFusion(nn.Module):
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self))
-        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self))
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self))
+        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self),
+                   pooled_ok=True)
+        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self),
+                   pooled_ok=True)
+        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self), pooled_ok=True)
+        visual_features, visual_mask = _pooled_as_tokens(visual_features, visual_mask)  # (B, Lv, D)
+        language_features, language_mask = _pooled_as_tokens(language_features, language_mask)  # (B, Ll, D)
+        extra_tokens, extra_mask = _pooled_as_tokens(extra_tokens, extra_mask)  # (B, Le, D)
         b = _batch_size(
             {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
         )

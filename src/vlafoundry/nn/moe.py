@@ -4,20 +4,25 @@
 :class:`~vlafoundry.nn.blocks.TransformerEncoderBlock`). Routing is top-k on the router softmax, with GShard/Switch
 capacity: every expert processes at most ``C`` token-slots per forward, first choices of all tokens take priority
 over second choices, and slots over capacity are dropped (they contribute zero; the caller's residual connection
-carries the token through). Dispatch is vectorised: slot positions come from a cumulative sum over one-hot
-assignments, tokens are gathered into a buffer of expert rows (a contiguous block per expert), the experts run on
+carries the token through). Dispatch is vectorised: slot positions come from a stable sort of the slots by
+expert, tokens are gathered into a buffer of expert rows (a contiguous block per expert), the experts run on
 their blocks, and results are added back with ``index_add``. No Python loop over tokens and no boolean masks: on CPU
 each expert is one matmul pair on exactly its kept rows (E calls, no padding); on GPUs the experts are sorted by
 load and run as a few batched matmuls, each group padded only to its fullest expert (``load_groups``).
+
+The experts' forward and backward are written out (:class:`_ExpertFFN`) for GELU, ReLU and SiLU experts outside
+autocast: outputs, activations and gradients go into one preallocated tensor each, the activation and its derivative
+run once over the whole buffer, so a training step costs 6 matmul calls per expert plus a few whole-buffer
+operations, with no zero-filled full-size gradients and no per-expert concatenations. Other activations (or
+autocast) use the same layout through autograd.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlafoundry.nn._checks import check_mask, check_same_device, check_tensor
@@ -45,6 +50,145 @@ class _PermuteRows(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (inverse,) = ctx.saved_tensors
         return grad.index_select(0, inverse), None, None
+
+
+# Activations whose derivative _ExpertFFN writes out by hand; any other act_layer runs through autograd.
+_ActGrad = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+_ACT_GRADS: dict[type[nn.Module], _ActGrad] = {
+    nn.GELU: lambda act, grad, pre: torch.ops.aten.gelu_backward(grad, pre, approximate=act.approximate),
+    nn.ReLU: lambda act, grad, pre: grad * (pre > 0),
+    nn.SiLU: lambda act, grad, pre: torch.ops.aten.silu_backward(grad, pre),
+}
+
+# One group of the buffer: (expert ids, rows per expert). Its experts' rows are consecutive in the buffer.
+Group = tuple[list[int], int]
+
+
+def _expert_slice(p: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """``p[ids]`` for the (E, ...) expert parameter ``p``: a view when ``ids`` are consecutive, else a gather."""
+    if len(ids) == 1:
+        return p[ids[0]]
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return p[ids[0] : ids[0] + len(ids)]
+    return p.index_select(0, torch.tensor(ids, device=p.device))
+
+
+class _ExpertFFN(torch.autograd.Function):
+    """Every expert's ``act(x W1 + b1) [dropout] W2 + b2`` on its rows of the dispatch buffer, backward written out.
+
+    The matmuls write straight into one preallocated tensor each (outputs, hidden pre-activations, input and weight
+    gradients): no per-expert concatenation, no zero-filled full-size gradient per expert, and one autograd node
+    instead of ~10 per expert. The activation, its derivative, dropout and the bias gradients run once over the
+    whole ``(R, H)`` buffer rather than once per expert, so a step costs 2 matmul calls per expert forward and 4
+    backward plus a handful of whole-buffer operations.
+
+    ``groups``: consecutive buffer blocks, each ``(ids, width)``: ``len(ids)`` experts of ``width`` rows each; a group
+    of one expert is a plain matmul, a group of several a batched one. ``keep_prob``: dropout on the hidden
+    activations with this probability of keeping a unit (None: no dropout).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, buf: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                w2: torch.Tensor, b2: torch.Tensor, act: nn.Module, groups: list[Group],
+                keep_prob: float | None) -> torch.Tensor:
+        r, d, h = buf.shape[0], buf.shape[1], w1.shape[2]
+        pre = buf.new_empty(r, h)  # (R, H); every row belongs to exactly one group
+        for ids, width, rows in _blocks(groups):
+            _matmul(buf[rows], w1, b1, ids, width, pre[rows])
+        hidden = act(pre)  # (R, H)
+        keep = None
+        if keep_prob is not None:
+            keep = torch.empty_like(hidden).bernoulli_(keep_prob).div_(keep_prob)  # (R, H): 0 or 1 / keep_prob
+            hidden = hidden * keep
+        out = buf.new_empty(r, d)  # (R, D)
+        for ids, width, rows in _blocks(groups):
+            _matmul(hidden[rows], w2, b2, ids, width, out[rows])
+        ctx.act, ctx.groups = act, groups
+        ctx.save_for_backward(buf, w1, w2, pre, hidden, keep)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        buf, w1, w2, pre, hidden, keep = ctx.saved_tensors
+        groups: list[Group] = ctx.groups
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:5])
+        g = grad_out.contiguous()  # (R, D)
+        g_hidden = torch.empty_like(hidden)  # (R, H)
+        g_w2 = _empty_weight_grad(w2, groups) if need_w else None
+        for ids, width, rows in _blocks(groups):
+            _matmul(g[rows], w2, None, ids, width, g_hidden[rows], transpose=True)  # g W2^T
+            if g_w2 is not None:
+                _weight_grad(hidden[rows], g[rows], ids, width, g_w2)  # hidden^T g
+        if keep is not None:
+            g_hidden.mul_(keep)
+        g_pre = _ACT_GRADS[type(ctx.act)](ctx.act, g_hidden, pre)  # (R, H)
+        g_x = torch.empty_like(buf) if need_x else None  # (R, D)
+        g_w1 = _empty_weight_grad(w1, groups) if need_w else None
+        for ids, width, rows in _blocks(groups):
+            if g_x is not None:
+                _matmul(g_pre[rows], w1, None, ids, width, g_x[rows], transpose=True)  # g_pre W1^T
+            if g_w1 is not None:
+                _weight_grad(buf[rows], g_pre[rows], ids, width, g_w1)  # x^T g_pre
+        g_b1 = g_b2 = None
+        if need_w:  # bias gradients: row sums per expert, one index_add over the whole buffer each
+            row_expert = torch.repeat_interleave(
+                torch.tensor([e for ids, _ in groups for e in ids], device=buf.device),
+                torch.tensor([w for ids, w in groups for _ in ids], device=buf.device),
+            )  # (R,)
+            e = w1.shape[0]
+            g_b1 = g_pre.new_zeros(e, g_pre.shape[1]).index_add_(0, row_expert, g_pre).unsqueeze(1)  # (E, 1, H)
+            g_b2 = g.new_zeros(e, g.shape[1]).index_add_(0, row_expert, g).unsqueeze(1)  # (E, 1, D)
+        return g_x, g_w1, g_b1, g_w2, g_b2, None, None, None
+
+
+def _empty_weight_grad(w: torch.Tensor, groups: list[Group]) -> torch.Tensor:
+    """Uninitialised gradient for the (E, In, Out) weight ``w``, zeroed only for experts that keep no row (the
+    others are written whole by :func:`_weight_grad`)."""
+    grad = torch.empty_like(w)
+    idle = [e for ids, width in groups if width == 0 for e in ids]
+    if idle:
+        grad.index_fill_(0, torch.tensor(idle, device=w.device), 0.0)
+    return grad
+
+
+def _blocks(groups: list[Group]) -> Iterator[tuple[list[int], int, slice]]:
+    """The non-empty groups with their buffer rows."""
+    offset = 0
+    for ids, width in groups:
+        n = len(ids) * width
+        if n > 0:
+            yield ids, width, slice(offset, offset + n)
+        offset += n
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, ids: list[int], width: int,
+            out: torch.Tensor, transpose: bool = False) -> None:
+    """``out = x @ w[e] (+ b[e])`` for the experts ``ids`` of one group, each on its ``width`` rows of ``x``
+    (``w[e]^T`` with ``transpose``); ``x`` (G*W, In), ``out`` (G*W, Out), written in place."""
+    we = _expert_slice(w, ids)
+    if len(ids) == 1:
+        we = we.t() if transpose else we
+        if b is None:
+            torch.mm(x, we, out=out)
+        else:
+            torch.addmm(_expert_slice(b, ids), x, we, out=out)
+        return
+    we = we.transpose(1, 2) if transpose else we
+    x3, out3 = x.view(len(ids), width, -1), out.view(len(ids), width, -1)  # (G, W, In), (G, W, Out)
+    if b is None:
+        torch.bmm(x3, we, out=out3)
+    else:
+        torch.baddbmm(_expert_slice(b, ids), x3, we, out=out3)
+
+
+def _weight_grad(x: torch.Tensor, g: torch.Tensor, ids: list[int], width: int, grad: torch.Tensor) -> None:
+    """``grad[e] = x_e^T g_e`` for the experts ``ids`` of one group (x (G*W, In), g (G*W, Out), grad (E, In, Out))."""
+    if len(ids) == 1:
+        torch.mm(x.t(), g, out=grad[ids[0]])
+        return
+    x3, g3 = x.view(len(ids), width, -1), g.view(len(ids), width, -1)
+    grad.index_copy_(0, torch.tensor(ids, device=grad.device), torch.bmm(x3.transpose(1, 2), g3))
 
 
 class MultimodalMixtureOfExperts(nn.Module):
@@ -163,13 +307,15 @@ class MultimodalMixtureOfExperts(nn.Module):
     def _aux_loss(self, probs: torch.Tensor, first: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Switch load-balancing loss E * sum_e f_e P_e over valid tokens."""
         e = self.num_experts
-        onehot = F.one_hot(first, e).to(probs.dtype)  # (N, E)
         if valid is None:
-            f, p = onehot.mean(dim=0), probs.mean(dim=0)
+            w = probs.new_ones(first.shape[0])  # (N,)
+            denom = float(first.shape[0])
+            p = probs.mean(dim=0)
         else:
-            w = valid.to(probs.dtype)[:, None]
+            w = valid.to(probs.dtype)  # (N,)
             denom = w.sum().clamp_min(1.0)
-            f, p = (onehot * w).sum(0) / denom, (probs * w).sum(0) / denom
+            p = (probs * w[:, None]).sum(0) / denom
+        f = probs.new_zeros(e).index_add_(0, first, w) / denom  # (E,) fraction of first choices
         return self.aux_loss_weight * e * (f * p).sum()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,16 +346,21 @@ class MultimodalMixtureOfExperts(nn.Module):
         # Slot-major order (all first choices, then all second choices...) gives first choices priority.
         slot_expert = top_e.transpose(0, 1).reshape(-1)  # (k*N,) slot s = choice s // N of token s % N
         slot_gate = gates.transpose(0, 1).reshape(-1)  # (k*N,)
-        onehot = F.one_hot(slot_expert, e)  # (k*N, E)
         if valid is not None:
             routed = valid.repeat(k)  # (k*N,)
-            onehot = onehot * routed[:, None]
+            bucket = torch.where(routed, slot_expert, torch.full_like(slot_expert, e))  # unrouted slots: bucket E
         else:
             routed = torch.ones_like(slot_expert, dtype=torch.bool)
-        # Position of each slot in its expert's queue: running count of earlier slots sent to the same expert.
-        position = onehot.cumsum(dim=0).gather(1, slot_expert[:, None]).squeeze(1) - 1  # (k*N,)
+            bucket = slot_expert
+        # Position of each slot in its expert's queue (the number of earlier slots sent to the same expert): rank
+        # in a stable sort by expert, minus the expert's first rank.
+        counts = torch.bincount(bucket, minlength=e + 1)  # (E+1,)
+        by_expert = torch.argsort(bucket, stable=True)  # (k*N,) slots grouped by expert, slot order kept
+        first_rank = torch.cumsum(counts, 0) - counts  # (E+1,)
+        rank = torch.arange(bucket.numel(), device=x.device) - first_rank[bucket[by_expert]]  # (k*N,) sorted order
+        position = torch.empty_like(rank).scatter_(0, by_expert, rank)  # (k*N,) slot order
         keep = routed & (position < cap)
-        load = onehot.sum(dim=0)  # (E,) slots assigned to each expert before the capacity cut
+        load = counts[:e]  # (E,) slots assigned to each expert before the capacity cut
         order, groups, row_start, rows = self._layout(load, cap)  # buffer layout, see _layout
         dest = torch.where(keep, row_start[slot_expert] + position, torch.full_like(position, rows))  # (k*N,)
 
@@ -218,7 +369,16 @@ class MultimodalMixtureOfExperts(nn.Module):
         slot_token = torch.arange(n, device=x.device).repeat(k)  # (k*N,)
         source = x.new_zeros(rows + 1, dtype=torch.long).scatter_(0, dest, slot_token)[:rows]  # (R,)
         buf = x_flat.index_select(0, source)  # (R, D)
-        out = self._run_experts(buf, order, groups)  # (R, D)
+        if self._fast_path(buf):
+            ids = list(range(e)) if order is None else order.tolist()
+            fast_groups: list[Group] = []
+            for count, width in groups:
+                fast_groups.append((ids[:count], width))
+                ids = ids[count:]
+            keep_prob = 1.0 - self.drop.p if isinstance(self.drop, nn.Dropout) and self.training else None
+            out = _ExpertFFN.apply(buf, self.w1, self.b1, self.w2, self.b2, self.act, fast_groups, keep_prob)
+        else:
+            out = self._run_experts(buf, order, groups)  # (R, D)
 
         # Combine: scale each buffer row by its slot's gate (0 for empty rows) and add it into its token's output.
         row_gate = (slot_gate * keep).to(x.dtype)  # (k*N,), dropped slots carry 0
@@ -227,6 +387,15 @@ class MultimodalMixtureOfExperts(nn.Module):
 
         self._record_stats(routed, keep, load, cap, n)
         return y.view_as(x)
+
+    def _fast_path(self, buf: torch.Tensor) -> bool:
+        """Whether the experts can run as :class:`_ExpertFFN` (hand-written backward): a known, out-of-place
+        activation, no autocast (its outputs are written into preallocated tensors) and one dtype throughout."""
+        if type(self.act) not in _ACT_GRADS or getattr(self.act, "inplace", False):
+            return False
+        if torch.is_autocast_enabled(buf.device.type):
+            return False
+        return buf.dtype == self.w1.dtype
 
     def _num_groups(self, device: torch.device) -> int:
         if self.load_groups is not None:
@@ -288,12 +457,13 @@ class MultimodalMixtureOfExperts(nn.Module):
             params = tuple(_PermuteRows.apply(p, order, inverse) for p in params)
         counts = [count for count, _ in groups]
         chunks = zip(*(p.split(counts) for p in params)) if len(groups) > 1 else [params]
+        # split, not slicing: split's backward is one concatenation, where each slice's backward would zero-fill
+        # a gradient of buf's full size (E of them per step when the input requires a gradient)
+        blocks = buf.split([count * width for count, width in groups]) if len(groups) > 1 else [buf]
         outs = []
-        offset = 0
-        for (count, width), (w1, b1, w2, b2) in zip(groups, chunks):
+        for (count, width), (w1, b1, w2, b2), xb in zip(groups, chunks, blocks):  # xb: (G*W, D)
             if width == 0:  # these experts keep nothing
                 continue
-            xb = buf[offset : offset + count * width]  # (G*W, D)
             if count == 1:  # (W, D) @ (D, H): a plain matmul (squeeze, not [0]: its backward zero-fills nothing)
                 hidden = self.drop(self.act(torch.addmm(b1.squeeze(0), xb, w1.squeeze(0))))  # (W, H)
                 outs.append(torch.addmm(b2.squeeze(0), hidden, w2.squeeze(0)))  # (W, D)
@@ -301,7 +471,6 @@ class MultimodalMixtureOfExperts(nn.Module):
                 xb = xb.view(count, width, self.d_model)  # (G, W, D)
                 hidden = self.drop(self.act(torch.baddbmm(b1, xb, w1)))  # (G, W, H)
                 outs.append(torch.baddbmm(b2, hidden, w2).reshape(count * width, self.d_model))  # (G*W, D)
-            offset += count * width
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     @torch.no_grad()
