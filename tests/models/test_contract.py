@@ -89,7 +89,7 @@ def test_a_toy_policy_type_trains_saves_and_acts_on_a_toy_env_family(plugins, tm
     generate_dataset("toy/corridor", 40, tmp_path / "data", seed=0, progress=False)
     cfg = from_dict(ExperimentConfig, {
         "name": "toy",
-        "data": {"path": str(tmp_path / "data"), "env": "toy/corridor", "val_fraction": 0.0},
+        "data": {"path": str(tmp_path / "data"), "env": "toy/corridor", "val_fraction": 0.25},
         "model": {"type": "toy_mlp", "hidden": 16},
         "train": {"steps": 60, "batch_size": 16, "lr": 1e-2, "warmup_steps": 1, "progress": False,
                   "log_every": 20, "eval_every": 60, "checkpoint_every": 60},
@@ -108,6 +108,16 @@ def test_a_toy_policy_type_trains_saves_and_acts_on_a_toy_env_family(plugins, tm
 
     result = evaluate_policy(again, "toy/corridor", episodes=20, workers=0, seed_start=10**9)
     assert result.summary["success_rate"] == 1.0
+
+    # the eval pipeline, as `vlafoundry eval RUN` runs it: closed loop, offline pass, report
+    from vlafoundry.eval.pipeline import evaluate_checkpoint
+
+    run = evaluate_checkpoint(tmp_path / "run", {"episodes": 10, "workers": 0, "gifs": 0, "robustness": True},
+                              log=lambda *a: None)
+    assert run.env == "toy/corridor" and run.closed_loop.summary["success_rate"] == 1.0
+    assert (tmp_path / "run" / "eval.json").is_file() and (tmp_path / "run" / "report.md").is_file()
+    assert run.offline["metrics"]["action_acc"] == 1.0 and run.offline["metrics"]["samples"] >= 1
+    assert any("from the policy's own forward" in n for n in run.notes)
 
 
 # ------------------------------------------------------------------------------------------ the folder format

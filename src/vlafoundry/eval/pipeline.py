@@ -302,6 +302,10 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
                                        progress="paraphrased instructions", **common)  # fmt: skip
                 log(_rows_text("paraphrased instructions", para.rows))
         plan = _OfflinePlan.of(ds, opts) if ds is not None else None
+        if plan is not None and not has_eval_hooks(policy):
+            with stage("offline pass", f"{plan.max_items} held-out items through the policy's forward"):
+                offline = _contract_offline_pass(policy, ds, plan, notes, log)
+            ds = plan = None  # the per-modality measures below need the hooks
         if plan is not None:
             with stage("offline pass", plan.describe()):
                 offline = _offline_pass(policy, cfg, ds, plan, env, notes, log)
@@ -310,7 +314,7 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
                 robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common)
                 for r in robustness:
                     log(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
-    if offline is not None:
+    if offline is not None and "_outputs" in offline:
         with stage("bias", "held-out accuracy per subgroup"):
             from vlafoundry.eval.offline import offline_bias
 
@@ -391,6 +395,47 @@ def _offline_pass(policy: Any, cfg: Any, ds: Any, plan: _OfflinePlan, env: str, 
         notes.append(f"offline metrics use the held-out split of the training data ({data_env}), not {env}")
     return {"dataset": str(ds.root), "split": "val", "metrics": metrics, "balance": balance, "bias": None,
             "show_itm": show_itm, "_outputs": outputs}  # fmt: skip
+
+
+#: What the per-modality offline measures (retrieval, ITM, modality balance, subgroups) read of a policy, beyond
+#: the policy contract (VLAPolicy has them; a policy with only the contract gets the metrics of its own forward).
+EVAL_HOOKS: tuple[str, ...] = ("prepare", "encode", "features", "action_outputs", "pooled_observation",
+                               "pooled_instruction")
+
+
+def has_eval_hooks(policy: Any) -> bool:
+    return all(callable(getattr(policy, name, None)) for name in EVAL_HOOKS)
+
+
+def _contract_offline_pass(policy: Any, ds: Any, plan: _OfflinePlan, notes: list[str], log: Log) -> dict[str, Any]:
+    """Held-out metrics of a policy that has only the contract: its ``forward`` metrics (loss, action accuracy or
+    error), averaged over the same held-out items the full pass would read, weighted by batch size."""
+    import numpy as np
+    import torch
+
+    from vlafoundry.train.trainer import scalars
+
+    order = np.random.default_rng(0).permutation(len(ds))[: plan.max_items]
+    sums: dict[str, float] = {}
+    was_training = policy.training
+    policy.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(order), plan.batch_items):
+                idx = order[i : i + plan.batch_items].tolist()
+                _, metrics = policy(ds.__getitems__(idx))
+                for k, v in scalars(metrics).items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+    finally:
+        policy.train(was_training)
+    metrics = {k: v / max(1, len(order)) for k, v in sums.items()}
+    metrics["samples"] = float(len(order))
+    log("offline (held-out split, " + f"{len(order)} items): "
+        + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "samples"))
+    notes.append(f"offline metrics from the policy's own forward: model.type {getattr(policy, 'type', '?')!r} has no "
+                 f"{'/'.join(EVAL_HOOKS[1:4])} hooks, so no retrieval, ITM, modality balance or subgroup accuracy")
+    return {"dataset": str(ds.root), "split": "val", "metrics": metrics, "balance": None, "bias": None,
+            "show_itm": False}
 
 
 def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, Any], ds: Any,
