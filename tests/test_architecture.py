@@ -1,8 +1,9 @@
 """The import rule of docs/architecture.md: packages import only from lower layers, so no package cycle exists.
 
 Layers, lowest first: core (``vlafoundry.config``, ``io``, ``normalize``, ``registry``, ``progress`` and the package
-root) < {``nn``, ``envs``} < ``data`` < ``models`` < ``train`` < ``eval`` < ``cli``. A module may import its own
-package and any lower layer; ``nn`` and ``envs`` (one layer) never import each other. Every import counts, also
+root) < {``nn``, ``envs``} < ``data`` < ``models`` < ``train`` < {``eval``, ``serving``} < ``cli``. A module may import
+its own package and any lower layer; packages of one layer (``nn`` and ``envs``; ``eval`` and ``serving``) never
+import each other. Every import counts, also
 those inside functions (a lazy import is still a dependency).
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import vlafoundry
 
 ROOT = Path(vlafoundry.__file__).parent
-LAYER = {"core": 0, "nn": 1, "envs": 1, "data": 2, "models": 3, "train": 4, "eval": 5, "cli": 6}
+LAYER = {"core": 0, "nn": 1, "envs": 1, "data": 2, "models": 3, "train": 4, "eval": 5, "serving": 5, "cli": 6}
 
 
 def package_of(module: str) -> str:
