@@ -1,4 +1,4 @@
-"""``vlafoundry data generate | inspect | verify``."""
+"""``vlafoundry data generate | inspect | verify | export``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,27 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from vlafoundry.data.lerobot_export import export_dataset_lerobot
+
+    if args.format != "lerobot":
+        print(f"error: --format: expected 'lerobot', got {args.format!r}", file=sys.stderr)
+        return 2
+    try:
+        info, note = export_dataset_lerobot(args.dir, args.out, fps=args.fps, images=not args.no_images,
+                                            overwrite=args.overwrite, video_codec=args.video_codec, env_name=args.env)
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"note: {note}")
+    images = [k for k, f in info["features"].items() if f["dtype"] == "video" or k == "observation.grid"]
+    print(f"wrote LeRobot {info['codebase_version']} dataset: {info['total_episodes']} episodes, "
+          f"{info['total_frames']} frames, {info['total_tasks']} tasks, {info['fps']} fps"
+          + (f", image feature {images[0]}" if images else "") + f" to {args.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="generate, inspect and verify demonstration datasets")
     parser.set_defaults(handler=lambda args: (parser.print_help(), 0)[1])
@@ -87,6 +108,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="print a dataset summary")
     ins.add_argument("dir")
     ins.set_defaults(handler=_inspect)
+
+    exp = sub.add_parser("export", help="write a dataset in another format (LeRobot v3.0; see docs/interop.md)")
+    exp.add_argument("dir", help="a vlafoundry, Minari or LeRobot dataset directory")
+    exp.add_argument("--format", default="lerobot", help="output format: lerobot (LeRobot dataset v3.0)")
+    exp.add_argument("--out", required=True, help="output directory (the LeRobot dataset root)")
+    exp.add_argument("--fps", type=int, default=10, help="frames per second recorded in info.json and the videos "
+                                                        "(BabyAI and Meta-World have no clock; default 10)")
+    exp.add_argument("--no-images", action="store_true", help="leave images out (states, actions and tasks only)")
+    exp.add_argument("--video-codec", default=None, help="PyAV encoder for RGB video (default libx264, near-lossless; "
+                                                         "LeRobot's own default is libsvtav1)")
+    exp.add_argument("--env", default=None, help="env name of a source that does not record one")
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    exp.set_defaults(handler=_export)
 
     ver = sub.add_parser("verify", help="check checksums, sizes and structure")
     ver.add_argument("dir")

@@ -245,7 +245,8 @@ def export_lerobot(
     extra = {
         "format": "vlafoundry extras for a LeRobot dataset",
         "repo_id": repo_id,
-        "env": {k: env[k] for k in ("name", "family", "tasks", "spec") if k in env} | {"image": image_mode},
+        "env": {k: env[k] for k in ("name", "family", "tasks") if k in env}
+        | {"image": image_mode, "spec": dict(env["spec"], image_shape=features[image_key]["shape"] if image_key else None)},
         "features": {"state": "observation.state", "action": "action", "image": image_key or "none",
                      "discrete": discrete},
         "episode_seed": [int(ep["seed"]) for ep in eps],
@@ -259,3 +260,29 @@ def export_lerobot(
 def _mk(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def export_dataset_lerobot(root: str | os.PathLike[str], out: str | os.PathLike[str], *, fps: int = 10,
+                           images: bool = True, overwrite: bool = False, video_codec: str | None = None,
+                           env_name: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """Export any dataset DemoDataset reads (vlafoundry, Minari, LeRobot) to LeRobot v3.0 in ``out``.
+
+    Returns (info.json, a note on what was not exported or None)."""
+    from vlafoundry.data.source import iterate_source_episodes, resolve_source
+
+    src = resolve_source(root, env_name=env_name)
+    env = dict(src.metadata["env"])
+    if not env.get("name"):
+        raise ValueError(f"{root}: no vlafoundry env recorded; pass --env")
+    episodes = list(iterate_source_episodes(src))
+    has_image = any(ep.get("image") is not None for ep in episodes)
+    mode = env.get("image") if has_image else None
+    if has_image and mode is None:  # a user's Minari dataset does not say: BabyAI grids are 7x7, renderings larger
+        mode = "rgb" if np.asarray(episodes[0]["image"]).shape[1] > 16 else "symbolic"
+    note = None
+    if has_image and not images:
+        note = f"images ({mode}) not exported (--no-images): the LeRobot dataset holds states, actions and tasks only"
+        mode = None
+    info = export_lerobot(episodes, out, env=env, fps=fps, image_mode=mode if has_image else None,
+                          overwrite=overwrite, video_codec=video_codec)
+    return info, note

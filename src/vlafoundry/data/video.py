@@ -42,7 +42,7 @@ def encode_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int, cod
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"video.height": h, "video.width": w, "video.codec": stream.codec_context.name, "video.pix_fmt": pix_fmt,
+    return {"video.height": h, "video.width": w, "video.codec": stream.codec_context.codec.canonical_name, "video.pix_fmt": pix_fmt,
             "video.fps": int(fps), "video.channels": 3, "has_audio": False, "is_depth_map": False}
 
 

@@ -250,12 +250,15 @@ def apply_dataset_metadata(cfg: ExperimentConfig, root: str | Path, explicit: tu
     ``explicit``: the dotted keys the user set on the command line (``data.env``); one of them contradicting the
     dataset is a :class:`ConfigError` naming both values. Returns a one-line note listing the values that changed
     (``None`` when the config already agreed)."""
-    from vlafoundry.data.format import META_FILE, read_json
+    from vlafoundry.data.format import META_FILE
+    from vlafoundry.data.source import dataset_metadata
 
     root = Path(root)
     try:
-        meta = read_json(root / META_FILE)
+        meta = dataset_metadata(root)  # vlafoundry.json, or what a LeRobot dataset's meta/ says in its terms
     except (OSError, ValueError):
+        meta = None
+    if meta is None:
         return None  # not a dataset (yet): ensure_dataset / DemoDataset say so with the path
     facts = dataset_facts(meta)
     changed: dict[str, Any] = {}

@@ -79,15 +79,16 @@ def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = 
     A complete dataset already in the cache is reused as it is; an interrupted generation is resumed.
     """
     from vlafoundry.data import META_FILE, generate_dataset
+    from vlafoundry.data.lerobot import is_lerobot_dataset
 
     root = cfg.data.dataset_dir()
     if cfg.data.path is None and dist_info.is_main and not (root / META_FILE).exists():
         generate_dataset(cfg.data.env, cfg.data.episodes, root, workers=cfg.data.workers, seed=cfg.data.seed,
                          image=cfg.data.image, progress=progress, action_noise=cfg.data.action_noise)
     barrier(dist_info)
-    if not (root / META_FILE).exists():
-        raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}); "
-                                "create one with `vlafoundry data generate`")
+    if not (root / META_FILE).exists() and not is_lerobot_dataset(root):
+        raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}) nor a LeRobot v3.0 "
+                                "one (no meta/info.json); create one with `vlafoundry data generate`")
     return root
 
 
