@@ -12,6 +12,11 @@ import numpy as np
 DEFAULT_CODEC = "libx264"
 DEFAULT_PIX_FMT = "yuv444p"
 DEFAULT_OPTIONS = {"crf": "0", "g": "2"}
+#: pixel format and options per encoder (LeRobot's default is libsvtav1 at crf 30, 4:2:0); others: 4:2:0, GOP 2
+CODEC_PRESETS: dict[str, tuple[str, dict[str, str]]] = {
+    "libx264": (DEFAULT_PIX_FMT, DEFAULT_OPTIONS),
+    "libsvtav1": ("yuv420p", {"crf": "30", "g": "2"}),
+}
 
 
 def _av() -> Any:
@@ -24,16 +29,21 @@ def _av() -> Any:
 
 
 def encode_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int, codec: str = DEFAULT_CODEC,
-                 pix_fmt: str = DEFAULT_PIX_FMT, options: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write ``frames`` (N, H, W, 3) uint8 RGB to ``path`` at ``fps``; returns LeRobot's ``video.*`` info fields."""
+                 pix_fmt: str | None = None, options: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write ``frames`` (N, H, W, 3) uint8 RGB to ``path`` at ``fps``; returns LeRobot's ``video.*`` info fields.
+
+    ``pix_fmt`` / ``options`` default to the codec's preset (:data:`CODEC_PRESETS`)."""
     av = _av()
+    preset_fmt, preset_opts = CODEC_PRESETS.get(codec, ("yuv420p", {"g": "2"}))
+    pix_fmt = pix_fmt or preset_fmt
+    options = preset_opts if options is None else options
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"encode_video: expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     n, h, w, _ = frames.shape
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=int(fps), options=dict(DEFAULT_OPTIONS if options is None else options))
+        stream = container.add_stream(codec, rate=int(fps), options=dict(options))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
