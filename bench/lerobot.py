@@ -32,7 +32,7 @@ def _timed(fn):
 
 
 def bench_dataset(root: Path, out: Path) -> dict:
-    (_, note), export_s = _timed(lambda: export_dataset_lerobot(root, out))
+    (_, _note), export_s = _timed(lambda: export_dataset_lerobot(root, out))
     src = resolve_source(root)
     list(iterate_source_episodes(src))  # warm-up
     minari_eps, minari_s = _timed(lambda: list(iterate_source_episodes(src)))

@@ -12,16 +12,16 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from vlafoundry.data import DemoDataset  # noqa: E402
-from vlafoundry.data.lerobot import (  # noqa: E402
+from vlafoundry.data import DemoDataset
+from vlafoundry.data.lerobot import (
     MAPPING_ENV,
     FeatureMap,
     load_info,
     read_lerobot_episodes,
     read_stats,
 )
-from vlafoundry.data.lerobot_export import export_dataset_lerobot, feature_stats  # noqa: E402
-from vlafoundry.data.source import iterate_source_episodes, resolve_source  # noqa: E402
+from vlafoundry.data.lerobot_export import export_dataset_lerobot, feature_stats
+from vlafoundry.data.source import iterate_source_episodes, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "lerobot"

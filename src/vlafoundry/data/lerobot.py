@@ -42,7 +42,7 @@ IMAGE_DTYPES = ("video", "image")
 def _pa() -> Any:
     try:
         import pyarrow as pa
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError as exc:  # pragma: no cover - the extra is installed in CI
         raise ImportError("LeRobot datasets need pyarrow: pip install 'vla-foundry[lerobot]' (or `pip install pyarrow`)"
                           ) from exc

@@ -48,11 +48,11 @@ def feature_stats(x: np.ndarray, image: bool = False) -> dict[str, list[Any]]:
         flat = x.reshape(len(x), -1).astype(np.float64)
     out: dict[str, Any] = {
         "min": flat.min(0), "max": flat.max(0), "mean": flat.mean(0), "std": flat.std(0),
-        **{f"q{int(round(q * 100)):02d}": np.quantile(flat, q, axis=0) for q in QUANTILES},
+        **{f"q{round(q * 100):02d}": np.quantile(flat, q, axis=0) for q in QUANTILES},
     }
     shape = (x.shape[-1], 1, 1) if image else (x.shape[1:] or (1,))
     res: dict[str, list[Any]] = {k: np.asarray(v).reshape(shape).tolist() for k, v in out.items()}
-    res["count"] = [int(len(x))]
+    res["count"] = [len(x)]
     return res
 
 
