@@ -59,6 +59,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
                    help="override the softmax temperature of sampled actions (> 0; < 1 sharpens; default: the "
                    "checkpoint's model.sample_temperature)")  # fmt: skip
+    p.add_argument("--server", default=None, metavar="URL", help="act through a policy server (ws://HOST:PORT, "
+                   "`vlafoundry serve`) instead of loading the policy here; same seeds and results as in-process; "
+                   "offline metrics and pictures that read the network are skipped")  # fmt: skip
+    p.add_argument("--api-key-env", default=None, metavar="VAR", help="with --server: the API key is in this "
+                   "environment variable")  # fmt: skip
     p.set_defaults(handler=run_eval)
 
 
@@ -78,7 +83,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     given = {name: getattr(args, name, None) for name in OPTION_NAMES}
     try:
-        evaluate_checkpoint(args.checkpoint, given, label=flag)
+        if getattr(args, "server", None):
+            from vlafoundry.cli.serve import evaluate_through_server
+
+            evaluate_through_server(args.checkpoint, given, args.server, args.api_key_env, label=flag)
+        else:
+            evaluate_checkpoint(args.checkpoint, given, label=flag)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@ _COMMANDS = {
     "train": "vlafoundry.cli.train",
     "eval": "vlafoundry.cli.evaluate",
     "quickstart": "vlafoundry.cli.quickstart",
+    "serve": "vlafoundry.cli.serve",
+    "export": "vlafoundry.cli.export",
 }
 
 
