@@ -1,0 +1,53 @@
+"""ONNX export of the acting path: equal to PyTorch in onnxruntime (memory carried), refusals named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_policy, observation
+
+pytest.importorskip("onnx", reason="ONNX export tests need the onnx extra (onnx)")
+pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
+
+
+@pytest.mark.parametrize("kw", [{}, {"memory": None, "history": 2, "chunk": 3}])
+def test_export_matches_pytorch(tmp_path, kw):
+    from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
+
+    p = make_policy(**kw)
+    obs = heldout_observations(p, "babyai/GoToLocal", rows=4, steps=4)
+    rng = np.random.default_rng(0)
+    # other batch sizes and instruction lengths through the same graph (dynamic axes)
+    r = export_onnx(p, tmp_path / "p.onnx", [*obs, observation(3, rng), observation(1, rng)])
+    assert r.max_abs_diff < 1e-4 and r.action_agreement == 1.0 and r.checked_rows == 4 * 4 + 4
+    meta = json.loads(r.sidecar.read_text())
+    assert meta["inputs"] == r.inputs and meta["processor"]["tokenizer"] is not None
+    assert ("memory_in" in r.inputs) == (p.memory is not None) and "lang_ids" in r.inputs
+
+
+def test_export_refuses_pretrained_language():
+    from vlafoundry.serving.onnx_export import ExportError, check_exportable
+
+    p = make_policy()
+    p.cfg.language = "pretrained"  # the check reads the config only
+    with pytest.raises(ExportError, match="model.language: expected 'scratch' or 'none'.*MiniLM"):
+        check_exportable(p)
+
+    class Other:
+        type = "onehot_mlp"
+
+    with pytest.raises(ExportError, match="model.type"):
+        check_exportable(Other())
+
+
+def test_cli_export(tiny_run, tmp_path, capsys):
+    from vlafoundry.cli.main import main
+
+    out = tmp_path / "policy.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(out), "--check-rows", "3", "--check-steps", "3"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert "max abs difference" in text and "memory_in" in text and "agree on 100.0% of rows" in text
