@@ -60,3 +60,45 @@ def test_eval_server_refuses_options_the_server_owns(tiny_run, tmp_path, capsys)
     rc = main(["eval", str(tiny_run), "--server", "ws://127.0.0.1:1", "--action-selection", "greedy",
                "--out", str(tmp_path)])
     assert rc == 2 and "--action-selection: not available with --server" in capsys.readouterr().err
+
+
+def test_cli_serve_onnx_backend_subprocess(tiny_run, tmp_path):
+    """`vlafoundry serve RUN --backend onnx --port 0` in its own process: it prints its URL, answers /health and
+    an act request, and stops on SIGINT."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    import numpy as np
+
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime")
+    from vlafoundry.serving.client import PolicyClient
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlafoundry", "serve", str(tiny_run), "--port", "0", "--backend",
+                             "onnx"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = None
+        for _ in range(50):
+            line = proc.stdout.readline()
+            m = re.search(r"on (ws://127\.0\.0\.1:\d+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the server did not print its address"
+        port = url.rsplit(":", 1)[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            assert r.read() == b"ok\n"
+        with PolicyClient(url, timeout=20) as c:
+            assert c.metadata["batching"] == "rows"
+            obs = {"image": np.zeros((2, 7, 7, 3), np.uint8), "state": np.zeros((2, 4), np.float32),
+                   "instruction": ["go to the red ball"] * 2}
+            assert c.select_action(obs).shape == (2,)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)

@@ -51,3 +51,44 @@ def test_cli_export(tiny_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert "max abs difference" in text and "memory_in" in text and "agree on 100.0% of rows" in text
+
+
+def test_onnx_backend_acts_like_pytorch_and_serves(tmp_path, served):
+    """The onnxruntime policy (GRU state per row) picks the same actions as the PyTorch policy, in-process and
+    behind the server with concurrent per-client state."""
+    from vlafoundry.serving.client import PolicyClient
+    from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
+    from vlafoundry.serving.onnx_runtime import OnnxPolicy
+
+    p = make_policy()
+    obs = heldout_observations(p, "babyai/GoToLocal", rows=4, steps=6)
+    export_onnx(p, tmp_path / "p.onnx", obs[:2])
+    onnx_policy = OnnxPolicy(make_policy(), tmp_path / "p.onnx")
+    ref = make_policy()
+    ref.reset()
+    onnx_policy.reset()
+    expected = []
+    for t, o in enumerate(obs):
+        expected.append(ref.select_action(o))
+        np.testing.assert_array_equal(onnx_policy.select_action(o), expected[-1])
+        if t == 2:
+            ref.reset([1])
+            onnx_policy.reset([1])
+    srv = served(OnnxPolicy(make_policy(), tmp_path / "p.onnx"))
+    with PolicyClient(srv.url, timeout=20) as c:
+        assert c.metadata["batching"] == "rows" and not c.stateless
+        c.reset()
+        for t, o in enumerate(obs):
+            np.testing.assert_array_equal(c.select_action(o), expected[t])
+            if t == 2:
+                c.reset([1])
+
+
+def test_onnx_backend_refuses_windows(tmp_path):
+    from vlafoundry.serving.onnx_export import ExportError, export_onnx
+    from vlafoundry.serving.onnx_runtime import OnnxPolicy
+
+    p = make_policy(memory=None, history=2)
+    export_onnx(p, tmp_path / "p.onnx", [observation(2, np.random.default_rng(0))])
+    with pytest.raises(ExportError, match="model.history/model.chunk: the onnx backend expected 1 and 1, got 2"):
+        OnnxPolicy(p, tmp_path / "p.onnx")

@@ -70,7 +70,7 @@ class Actor:
 
     def new_session(self) -> Session:
         if self.mode == "rows":
-            return Session(acting=ActingState(self.policy))
+            return Session(acting=type(self._own)(self.policy))
         if self.mode == "copy":
             return Session(policy=copy.deepcopy(self.policy))
         return Session()
@@ -133,7 +133,7 @@ class Actor:
         states = [s.acting for s, _ in items]
         if len({st.memory_h is None for st in states}) != 1 or len({tuple(st.history) for st in states}) != 1:
             raise ValueError("sessions in different acting phases")
-        m = ActingState(self.policy)
+        m = type(self._own)(self.policy)
         m.generator = self._shared_generator
         m.history = {k: torch.cat([st.history[k] for st in states]) for k in states[0].history}
         m.valid = torch.cat([st.valid for st in states])
