@@ -1,7 +1,7 @@
 """Policy-server latency and throughput on loopback (docs/serving.md).
 
     python bench/serve.py [--run RUN] [--requests 1000] [--seconds 5] [--clients 1,4,16] [--server-threads 1]
-        [--batch-window-ms 2] [--json-only]
+        [--batch-window-ms 2] [--backend torch|onnx] [--json-only]
 
 The server runs in its own process (as `vlafoundry serve` does) with the quickstart-sized policy: a trained run
 (``--run``) or, without one, the babyai-gotolocal preset network (GRU memory) built on 20 generated episodes with
@@ -36,7 +36,9 @@ def _observation(rng: np.random.Generator, n: int = 1) -> dict[str, Any]:
             "instruction": ["go to the red ball"] * n}
 
 
-def _serve(run: str | None, threads: int, window: float, conn: Any) -> None:
+def _serve(run: str | None, threads: int, window: float, backend: str, conn: Any) -> None:
+    import tempfile
+
     import torch
 
     from _policies import quickstart_policy
@@ -44,6 +46,13 @@ def _serve(run: str | None, threads: int, window: float, conn: Any) -> None:
 
     torch.set_num_threads(threads)
     policy, what = quickstart_policy(run)
+    if backend == "onnx":
+        from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
+        from vlafoundry.serving.onnx_runtime import OnnxPolicy
+
+        path = Path(tempfile.mkdtemp(prefix="vlafoundry-bench-")) / "policy.onnx"
+        export_onnx(policy, path, heldout_observations(policy, "babyai/GoToLocal", rows=4, steps=4))
+        policy = OnnxPolicy(policy, path, threads=threads)
     rng = np.random.default_rng(0)
     obs = _observation(rng)
     policy.reset()
@@ -130,11 +139,13 @@ def main() -> int:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--server-threads", type=int, default=1)
     ap.add_argument("--batch-window-ms", type=float, default=2.0)
+    ap.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(args.run, args.server_threads, args.batch_window_ms, child), daemon=True)
+    proc = ctx.Process(target=_serve, args=(args.run, args.server_threads, args.batch_window_ms,
+                                                 args.backend, child), daemon=True)
     proc.start()
     try:
         if not parent.poll(300):
@@ -148,14 +159,14 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.join(10)
-    result = {"bench": "serve", "policy": what, "cpus": os.cpu_count(), "server_threads": args.server_threads,
+    result = {"bench": "serve", "backend": args.backend, "policy": what, "cpus": os.cpu_count(), "server_threads": args.server_threads,
               "batch_window_ms": args.batch_window_ms, "loadavg_1min_before_after": [load0, load1],
               "in_process_select_action_ms": inproc_ms, "one_client": {
                   "requests": args.requests, "p50_ms": float(np.percentile(ts, 50)),
                   "p99_ms": float(np.percentile(ts, 99)), "mean_ms": float(ts.mean())},
               "throughput": rows}
     if not args.json_only:
-        print(f"policy: {what}\nin-process select_action (1 row): {inproc_ms:.2f} ms")
+        print(f"policy: {what}\nbackend: {args.backend}\nin-process select_action (1 row): {inproc_ms:.2f} ms")
         o = result["one_client"]
         print(f"one client, {args.requests} round trips: p50 {o['p50_ms']:.2f} ms  p99 {o['p99_ms']:.2f} ms")
         print(f"{'clients':>8} {'actions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'rows/batch':>10}")
