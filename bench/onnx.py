@@ -59,7 +59,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from vlafoundry.serving.onnx_export import export_onnx, heldout_observations, latency
+    from vlafoundry.serving.onnx_export import (
+        export_onnx,
+        heldout_observations,
+        latency,
+    )
     from vlafoundry.serving.onnx_runtime import OnnxPolicy
 
     policy, what = _quickstart_policy(args.run)

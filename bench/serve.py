@@ -40,8 +40,8 @@ def _serve(run: str | None, threads: int, window: float, backend: str, conn: Any
     import tempfile
 
     import torch
-
     from _policies import quickstart_policy
+
     from vlafoundry.serving.server import PolicyServer, ServerConfig
 
     torch.set_num_threads(threads)
@@ -125,7 +125,6 @@ def _throughput(url: str, clients: int, seconds: float) -> dict[str, float]:
     for c in conns:
         c.close()
     all_lat = np.concatenate([np.asarray(x) for x in lat]) * 1e3
-    batches = max(h1["batches"] - h0["batches"] - clients, 1)  # minus the health requests' no-ops
     return {"clients": clients, "actions_per_s": sum(counts) / elapsed,
             "p50_ms": float(np.percentile(all_lat, 50)), "p99_ms": float(np.percentile(all_lat, 99)),
             "rows_per_batch": (h1["served"] - h0["served"]) / max(h1["batches"] - h0["batches"], 1)}

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_policy, observation
 
 pytest.importorskip("onnx", reason="ONNX export tests need the onnx extra (onnx)")

@@ -8,7 +8,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import make_policy, observation
 
 

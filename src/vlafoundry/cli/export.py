@@ -25,7 +25,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from vlafoundry.serving.onnx_export import check_exportable, export_onnx, heldout_observations
+    from vlafoundry.serving.onnx_export import (
+        check_exportable,
+        export_onnx,
+        heldout_observations,
+    )
     from vlafoundry.train import load_run
 
     policy, cfg, _ = load_run(args.checkpoint, device="cpu")

@@ -76,7 +76,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def _onnx_policy(policy: Any, env: str | None, path: str | None, threads: int | None) -> Any:
     import tempfile
 
-    from vlafoundry.serving.onnx_export import check_exportable, export_onnx, heldout_observations
+    from vlafoundry.serving.onnx_export import (
+        check_exportable,
+        export_onnx,
+        heldout_observations,
+    )
     from vlafoundry.serving.onnx_runtime import OnnxPolicy
 
     check_exportable(policy)

@@ -89,7 +89,7 @@ def decode(payload: bytes | str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         msg = msgpack.unpackb(bytes(payload), object_hook=hook, raw=False, strict_map_key=True)
     except CodecError:
         raise
-    except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several types (ExtraData, FormatError, ...)
         raise CodecError(f"message: expected msgpack, got undecodable bytes ({type(exc).__name__}: {exc})"[:300]
                          ) from None
     if not isinstance(msg, dict):

@@ -24,9 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from vlafoundry.serving.codec import DEFAULT_MAX_MESSAGE_BYTES, CodecError, decode, encode
-from vlafoundry.serving.protocol import (MESSAGE_TYPES, ProtocolError, check_observation, check_rows, metadata,
-                                         observation_spec)
+from vlafoundry.serving.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    CodecError,
+    decode,
+    encode,
+)
+from vlafoundry.serving.protocol import (
+    MESSAGE_TYPES,
+    ProtocolError,
+    check_observation,
+    check_rows,
+    metadata,
+    observation_spec,
+)
 from vlafoundry.serving.state import Actor, Session
 
 API_KEY_HEADER = "Authorization"  # "Bearer <key>" (also accepted: "X-API-Key: <key>")
