@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_policy, observation
+from serving_helpers import make_policy, observation  # tests/serving/serving_helpers.py
 
 pytest.importorskip("onnx", reason="ONNX export tests need the onnx extra (onnx)")
 pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
@@ -55,6 +55,8 @@ def test_cli_export(tiny_run, tmp_path, capsys):
 def test_onnx_backend_acts_like_pytorch_and_serves(tmp_path, served):
     """The onnxruntime policy (GRU state per row) picks the same actions as the PyTorch policy, in-process and
     behind the server with concurrent per-client state."""
+    pytest.importorskip("websockets", reason="serving needs the serve extra (websockets)")
+    pytest.importorskip("msgpack", reason="serving needs the serve extra (msgpack)")
     from vlafoundry.serving.client import PolicyClient
     from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
     from vlafoundry.serving.onnx_runtime import OnnxPolicy

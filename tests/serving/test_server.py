@@ -8,7 +8,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import make_policy, observation
+from serving_helpers import make_policy, observation  # tests/serving/serving_helpers.py
+
+pytest.importorskip("msgpack", reason="serving tests need the serve extra (msgpack)")
+pytest.importorskip("websockets", reason="serving tests need the serve extra (websockets)")
 
 
 def _client(srv, **kw):
@@ -194,3 +197,29 @@ def test_codec_round_trip_and_refusals():
         encode({"o": np.array([object()], dtype=object)})
     with pytest.raises(CodecError, match="elements"):
         decode(encode({"x": {"__ndarray__": True, "dtype": "|u1", "shape": [10**6, 10**6], "data": b""}}))
+
+
+def test_oversized_frame_closes_only_that_connection(served):
+    from vlafoundry.serving.codec import decode
+
+    srv = served(make_policy(), max_message_bytes=16 * 1024)
+    rng = np.random.default_rng(4)
+    good = _client(srv)
+    good.reset()
+    bad = _raw(srv)
+    bad.send(b"\x00" * (1024 * 1024))  # over 4x the limit: refused by the websocket layer (close 1009)
+    with pytest.raises(Exception):  # noqa: B017 - ConnectionClosed* (its exact class depends on timing)
+        decode(bad.recv(10))
+    assert good.select_action(observation(2, rng)).shape == (2,)
+
+
+def test_reset_rows_are_checked_against_the_clients_rows(served):
+    from vlafoundry.serving.client import ServerError
+
+    srv = served(make_policy())
+    with _client(srv) as c:
+        c.reset()
+        c.select_action(observation(2, np.random.default_rng(5)))
+        with pytest.raises(ServerError, match=r"rows: expected ints in \[0, 2\) \(this client's rows\), got \[5\]"):
+            c.reset([5])
+        c.reset([1])
