@@ -223,3 +223,69 @@ def test_reset_rows_are_checked_against_the_clients_rows(served):
         with pytest.raises(ServerError, match=r"rows: expected ints in \[0, 2\) \(this client's rows\), got \[5\]"):
             c.reset([5])
         c.reset([1])
+
+
+class _CountingPolicy:
+    """A stateful policy type without an ActingState: the action of a row is how many steps it has acted since its
+    last reset (so any mixing of clients' state shows)."""
+
+    type = "counting"
+
+    def __init__(self, stateless: bool = False) -> None:
+        from vlafoundry.models.processor import PolicyProcessor
+        from vlafoundry.models.spec import PolicySpec
+
+        self.spec = PolicySpec(env="babyai/GoToLocal", action_type="discrete", action_dim=1, num_actions=7,
+                               state_dim=4, state_mean=[0.0] * 4, state_std=[1.0] * 4)
+        self.processor = PolicyProcessor(self.spec, state=True)
+        self.stateless = stateless
+        self.count: np.ndarray | None = None
+
+    def eval(self):
+        return self
+
+    def select_action(self, obs):
+        n = self.processor.check_observation(obs)
+        if self.stateless:
+            return np.asarray(obs["state"])[:, 0].astype(np.int64)  # a function of the row's observation only
+        if self.count is None or len(self.count) != n:
+            self.count = np.zeros(n, dtype=np.int64)
+        self.count += 1
+        return self.count.copy()
+
+    def reset(self, env_indices=None):
+        if env_indices is None or self.count is None:
+            self.count = None
+        else:
+            self.count[np.asarray(env_indices)] = 0
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_other_policy_types_copy_or_stack(served, stateless):
+    srv = served(_CountingPolicy(stateless), batch_window_ms=20)
+    results: dict[int, list[np.ndarray]] = {}
+
+    def run(k: int) -> None:
+        with _client(srv) as c:
+            c.reset()
+            out = []
+            for t in range(5):
+                state = np.full((k + 1, 4), float(k), np.float32)
+                out.append(c.select_action({"state": state, "instruction": ["go"] * (k + 1)}))
+                if t == 2:
+                    c.reset([0])
+            results[k] = out
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with _client(srv) as c:
+        assert c.metadata["batching"] == ("stateless" if stateless else "copy")
+    for k in range(3):
+        if stateless:
+            assert all((a == k).all() and a.shape == (k + 1,) for a in results[k])
+        else:  # each client's own counters: 1, 2, 3, then row 0 reset -> 1, 2
+            assert [int(a[0]) for a in results[k]] == [1, 2, 3, 1, 2]
+            assert [int(a[-1]) for a in results[k]] == ([1, 2, 3, 1, 2] if k == 0 else [1, 2, 3, 4, 5])
