@@ -32,6 +32,7 @@ def test_eval_through_server_equals_in_process(tiny_run, tmp_path, monkeypatch):
     key = [(e["seed"], e["success"], e["length"], e["return"]) for e in local["episodes"]]
     assert key == [(e["seed"], e["success"], e["length"], e["return"]) for e in remote["episodes"]]
     assert local["rows"] == remote["rows"] and local["subgroups"] == remote["subgroups"]
+    assert remote["served_by"]["batching"] == "rows" and remote["served_by"]["action_selection"] == "sample"
 
 
 def test_evaluate_policy_through_client_same_actions(tiny_run):

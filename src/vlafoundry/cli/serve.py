@@ -91,6 +91,16 @@ def _onnx_policy(policy: Any, env: str | None, path: str | None, threads: int | 
     return OnnxPolicy(policy, path, threads=threads)
 
 
+def _plain(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
 def evaluate_through_server(checkpoint: str, given: dict[str, Any], url: str, api_key_env: str | None,
                             label: Any) -> Any:
     """``vlafoundry eval CHECKPOINT --server URL``: the run's config (env, seeds, eval keys) from CHECKPOINT, the
@@ -118,4 +128,12 @@ def evaluate_through_server(checkpoint: str, given: dict[str, Any], url: str, ap
     with PolicyClient(url, api_key=key) as client:
         print(f"acting through {url} ({client.metadata.get('policy_type')}, batching: "
               f"{client.metadata.get('batching')})")
-        return run_evaluation(client, cfg, options, checkpoint=ckpt, label=label)
+        run = run_evaluation(client, cfg, options, checkpoint=ckpt, label=label)
+        meta = client.metadata
+    # say in eval.json where the actions came from (the pipeline sees only a client, not the policy's config)
+    from vlafoundry.io import write_json_atomic
+
+    run.payload["served_by"] = {"url": url, "policy_type": meta.get("policy_type"), "batching": meta.get("batching"),
+                                "action_selection": meta.get("action_selection")}
+    write_json_atomic(run.out / "eval.json", run.payload, default=_plain)
+    return run
