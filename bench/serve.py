@@ -27,7 +27,18 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ holds onnx.py: keep this folder off sys.path so that `import onnx` finds the package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def _quickstart_policy(run: str | None) -> tuple[Any, str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_policies", _HERE / "_policies.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.quickstart_policy(run)
 
 
 def _observation(rng: np.random.Generator, n: int = 1) -> dict[str, Any]:
@@ -40,12 +51,11 @@ def _serve(run: str | None, threads: int, window: float, backend: str, conn: Any
     import tempfile
 
     import torch
-    from _policies import quickstart_policy
 
     from vlafoundry.serving.server import PolicyServer, ServerConfig
 
     torch.set_num_threads(threads)
-    policy, what = quickstart_policy(run)
+    policy, what = _quickstart_policy(run)
     if backend == "onnx":
         from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
         from vlafoundry.serving.onnx_runtime import OnnxPolicy
