@@ -84,9 +84,9 @@ def _batch_size(named: dict[str, torch.Tensor | None]) -> int:
     sizes = {k: v.shape[0] for k, v in named.items() if v is not None}
     if not sizes:
         raise ValueError(f"expected at least one of {', '.join(named)} to be a tensor, got all None")
-    if len(set(sizes.values())) > 1:
+    if len({int(n) for n in sizes.values()}) > 1:  # by value: under ONNX tracing sizes are 0-d tensors
         raise ValueError(f"expected one batch size for all inputs, got {sizes}")
-    return next(iter(sizes.values()))
+    return next(iter(sizes.values()))  # as given: a traced size keeps the batch axis dynamic
 
 
 def _with_placeholder(

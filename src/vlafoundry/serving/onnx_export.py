@@ -25,11 +25,9 @@ tokenizer), policy types other than ``vla``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,28 +53,6 @@ def check_exportable(policy: Any) -> None:
                           "separately or train with model.language scratch)")
     if getattr(policy.cfg, "moe", False):
         pass  # MoE routing exports (dense dispatch); checked numerically like everything else
-
-
-@contextlib.contextmanager
-def _tracing_safe_batch_size() -> Iterator[None]:
-    """While tracing, sizes are 0-d tensors and ``vlafoundry.nn.fusion._batch_size`` compares them in a set (by
-    identity), so equal batch sizes look different. Compare their values for the duration of the export (to be
-    fixed in nn/fusion.py: ``int(v.shape[0])``)."""
-    from vlafoundry.nn import fusion
-
-    original = fusion._batch_size
-
-    def by_value(named: dict[str, torch.Tensor | None]) -> Any:
-        sizes = {k: v.shape[0] for k, v in named.items() if v is not None}
-        if not sizes or len({int(n) for n in sizes.values()}) > 1:
-            return original(named)  # raises, naming the inputs
-        return next(iter(sizes.values()))  # the traced size: the batch axis stays dynamic
-
-    fusion._batch_size = by_value
-    try:
-        yield
-    finally:
-        fusion._batch_size = original
 
 
 class ActingGraph(nn.Module):
@@ -174,7 +150,7 @@ def export_onnx(policy: Any, out: str | Path, observations: list[dict[str, Any]]
     dynamic.update({k: {0: "batch"} for k in outputs})
     # The TorchScript exporter (tracing): the layers' data-dependent input checks (index ranges) run on the
     # example and are not part of the graph; torch.export (dynamo=True) refuses them as data-dependent guards.
-    with torch.no_grad(), _tracing_safe_batch_size(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(_Positional(graph, names), tuple(ex[k] for k in names), str(out), input_names=names,
                           output_names=outputs, dynamic_axes=dynamic, opset_version=opset, dynamo=False)
