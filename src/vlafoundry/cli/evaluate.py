@@ -38,6 +38,10 @@ def register(subparsers: Any) -> None:
                    "adds a language-generalisation evaluation")  # fmt: skip
     p.add_argument("--robustness", action="store_true", default=None,
                    help="also evaluate with each modality removed / noised")
+    p.add_argument("--generalisation", action="store_true", default=None,
+                   help="also run the language generalisation suite: paraphrases (the family's shipped file, or "
+                   "--paraphrases), held-out colour-object pairs (data.hold_out_pairs) and a held-out template, each "
+                   "beside in-distribution success on the same seeds (docs/evaluation.md)")  # fmt: skip
     p.add_argument("--offline", action=argparse.BooleanOptionalAction, default=None,
                    help="offline metrics on the training data's held-out split: action accuracy/error, retrieval "
                    "recall@k, ITM accuracy, modality balance, accuracy per subgroup (default: on when the dataset "
@@ -68,6 +72,7 @@ def register(subparsers: Any) -> None:
 
 
 OPTION_NAMES = ("env", "episodes", "workers", "num_envs", "seed_start", "max_steps", "paraphrases", "robustness",
+                "generalisation",
                 "offline", "offline_samples", "balance", "balance_samples", "gifs", "out", "device",
                 "action_selection", "sample_temperature")  # fmt: skip
 

@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from vlafoundry.data.format import (
 )
 from vlafoundry.data.rollout import check_action_noise, run_expert_episode
 from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
+from vlafoundry.envs.babyai_missions import BABYAI_COLORS
 from vlafoundry.envs import Env, canonical_name, expand_env_names, get_family, make_env
 from vlafoundry.envs.family import split_name
 
@@ -49,6 +51,8 @@ PLAN_FILE = "plan.json"
 # an env whose expert solves none of this many seeds has no demonstrations to give: stop instead of trying
 # max(2N, N + 1000) seeds
 FAIL_FAST_SEEDS = 200
+HOLD_OUT_OBJECTS: tuple[str, ...] = ("box", "ball", "key", "door")
+_PAIR = re.compile(r"\b(" + "|".join(BABYAI_COLORS) + r") (" + "|".join(HOLD_OUT_OBJECTS) + r")\b")
 LISTED_FAILURES = 20  # failed seeds named on stderr (all of them are in the dataset's metadata)
 
 
@@ -63,6 +67,10 @@ class GenerationConfig:
     max_steps: int | None = None
     episode_timeout_s: float = 10.0
     action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
+    hold_out_pairs: tuple[str, ...] = ()  # BabyAI "colour object" pairs no mission may name (held-out compositions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hold_out_pairs", parse_hold_out_pairs(self.hold_out_pairs))
 
     def tasks(self) -> list[str]:
         return expand_env_names(self.env)
@@ -82,6 +90,40 @@ class GenerationResult:
     episodes_generated: int
     shards_reused: int
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ held-out compositions
+HELD_OUT_REASON = "held out pair: "  # failure reason prefix of a seed skipped because its mission names one
+
+
+def parse_hold_out_pairs(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"red ball,green key"`` (or a list of such strings) -> ``("green key", "red ball")``: sorted, unique,
+    each a BabyAI colour and object type; anything else raises ``ValueError`` naming expected vs got."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    pairs: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"hold_out_pairs: expected 'colour object' strings, got {type(item).__name__} {item!r}")
+        words = item.lower().split()
+        if not words:
+            continue
+        if (len(words) != 2 or words[0] not in BABYAI_COLORS or words[1] not in HOLD_OUT_OBJECTS):
+            raise ValueError(f"hold_out_pairs: expected 'colour object' with colour in {list(BABYAI_COLORS)} and "
+                             f"object in {list(HOLD_OUT_OBJECTS)}, got {item.strip()!r}")
+        pairs.add(" ".join(words))
+    return tuple(sorted(pairs))
+
+
+def mission_pairs(instruction: str) -> list[str]:
+    """The ``"colour object"`` pairs a BabyAI mission names (descriptions without a colour name none)."""
+    return [f"{m.group(1)} {m.group(2)}" for m in _PAIR.finditer(" ".join(str(instruction).lower().split()))]
+
+
+def held_out_in(instruction: str, pairs: Sequence[str]) -> str | None:
+    """The first held-out pair ``instruction`` names, or None."""
+    return next((p for p in mission_pairs(instruction) if p in pairs), None)
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -107,6 +149,11 @@ def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
     for i in range(k * size, (k + 1) * size):
         env = _get_env(tasks[i % len(tasks)], cfg.image, cfg.max_steps)
         seed = cfg.seed + i
+        if cfg.hold_out_pairs:
+            pair = held_out_in(env.reset(seed=seed)["instruction"], cfg.hold_out_pairs)
+            if pair is not None:
+                failures.append((seed, HELD_OUT_REASON + pair))
+                continue
         ep, reason = run_expert_episode(env, seed, cfg.episode_timeout_s, cfg.action_noise)
         if ep is None:
             failures.append((seed, reason))
@@ -211,6 +258,8 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
                     steps += res["steps"]
                     episodes += res["ok"]
                     for seed, reason in res["failed"]:
+                        if reason.startswith(HELD_OUT_REASON):
+                            continue  # skipped on purpose, not an expert failure
                         reasons[_reason_kind(reason)] += 1
                         listed = sum(reasons.values())
                         if listed <= LISTED_FAILURES:
@@ -327,7 +376,9 @@ def _assemble(root: Path, cfg: GenerationConfig, num_shards: int) -> dict[str, A
 
     shard_dir = root / SHARD_DIR
     tasks = cfg.tasks()
-    episodes, failures = _collect(cfg, shard_dir, num_shards)
+    episodes, skipped = _collect(cfg, shard_dir, num_shards)
+    failures = [(s, r) for s, r in skipped if not r.startswith(HELD_OUT_REASON)]
+    held_out = len(skipped) - len(failures)
     spec = _env_spec_dict(cfg, tasks)
     dataset_id = _write_minari(root, cfg, episodes, spec)
     minari_root = root / MINARI_DIR
@@ -359,7 +410,8 @@ def _assemble(root: Path, cfg: GenerationConfig, num_shards: int) -> dict[str, A
             "episodes": len(episodes),
             "steps": int(sum(len(ep["action"]) for ep in episodes)),
             "failed": len(failures),
-            "seeds_used": len(episodes) + len(failures),
+            "held_out": held_out,  # seeds skipped because their mission names a held-out pair
+            "seeds_used": len(episodes) + len(skipped),
             "per_task": per_task,
         },
         "failed_seeds": [{"seed": s, "reason": r} for s, r in failures],
@@ -387,6 +439,7 @@ def generate_dataset(
     progress: bool = True,
     start_method: str | None = None,
     action_noise: float = 0.0,
+    hold_out_pairs: str | Sequence[str] | None = None,
 ) -> GenerationResult:
     """Generate ``episodes`` expert demonstrations of ``env`` into ``out``: an env or suite name, or an env list
     (comma-separated names of one family, or a suite file; see :mod:`vlafoundry.envs.names`), whose tasks take
@@ -397,7 +450,9 @@ def generate_dataset(
     ``overwrite``. ``workers`` processes share the shards; the bytes do not depend on it. ``action_noise`` > 0
     executes noisy actions (Gaussian for continuous actions, random with that probability for discrete ones) and
     records the expert's labels (DART, see
-    :func:`~vlafoundry.data.rollout.run_expert_episode`).
+    :func:`~vlafoundry.data.rollout.run_expert_episode`). ``hold_out_pairs`` (BabyAI: ``"red ball,green key"``)
+    skips every seed whose mission names one of those colour-object pairs, so the policy never hears them; the
+    pairs are recorded under ``generation.hold_out_pairs`` and the skipped seeds under ``counts.held_out``.
     """
     if episodes <= 0:
         raise ValueError(f"episodes: expected > 0, got {episodes}")
@@ -406,12 +461,15 @@ def generate_dataset(
     check_action_noise(action_noise)  # the env-independent part, before any env is built
     name = canonical_name(env)  # an env list or suite file becomes "a/x,a/y" (one family, each task once)
     family = get_family(name)
+    pairs = parse_hold_out_pairs(hold_out_pairs)
+    if pairs and family.name != "babyai":
+        raise ValueError(f"hold_out_pairs: expected a BabyAI env (colour-object missions), got {name!r}")
     if image not in family.image_modes:
         raise ValueError(f"image: expected one of {list(family.image_modes)} for {family.name} envs, got {image!r}")
     expand_env_names(name)  # validates the names early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
-                           action_noise=float(action_noise))
+                           action_noise=float(action_noise), hold_out_pairs=pairs)
     root = Path(out)
     t0 = time.perf_counter()
     # build (and import) the first env in the parent: forked workers inherit it instead of re-importing

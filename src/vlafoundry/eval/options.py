@@ -76,6 +76,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": _int(0),
     "paraphrases": _opt_str(),
     "robustness": _bool(),
+    "generalisation": _bool(),
     "offline": _bool(optional=True),
     "offline_samples": _int(1),
     "balance": _bool(),
@@ -103,6 +104,8 @@ class EvalOptions:
             ``eval.max_steps``; default 0).
         paraphrases: JSON paraphrase file; adds a language-generalisation evaluation.
         robustness: add the missing-modality / noise table.
+        generalisation: add the language generalisation suite (paraphrases, held-out colour-object pairs, a
+            held-out template; :mod:`vlafoundry.eval.generalisation`).
         offline: offline metrics on the training data's held-out split; None = when the dataset is on disk.
         offline_samples: about this many held-out steps at most for the offline metrics (default 5,000; for a
             memory policy, whole episodes: as many as hold about this many steps on average).
@@ -124,6 +127,7 @@ class EvalOptions:
     max_steps: int = 0
     paraphrases: str | None = None
     robustness: bool = False
+    generalisation: bool = False
     offline: bool | None = None
     offline_samples: int = DEFAULT_OFFLINE_SAMPLES
     balance: bool = True

@@ -10,6 +10,8 @@ which runs, in this order, each stage timed and announced on the terminal:
    ITM, and modality balance on its first ``balance_samples`` items);
 3. ``robustness`` (``--robustness``): every condition on the same workers; the full-input row reuses the rollouts
    and the offline pass of stages 1-2;
+   ``generalisation`` (``--generalisation``): paraphrases, held-out pairs and a held-out template on the same
+   workers (:mod:`vlafoundry.eval.generalisation`);
 4. ``bias``: held-out accuracy per subgroup, from the outputs of stage 2;
 5. ``pictures``: similarity heat map, attention maps, GIF replays;
 6. ``report``: ``eval.json``, ``report.md``, ``report.html``.
@@ -35,7 +37,7 @@ from vlafoundry.eval.rollout import EvalResult
 __all__ = ["STAGES", "EvalRun", "evaluate_checkpoint", "itm_verdict", "offline_dataset", "run_dir_of",
            "run_evaluation"]  # fmt: skip
 
-STAGES: tuple[str, ...] = ("rollouts", "offline pass", "robustness", "bias", "pictures", "report")
+STAGES: tuple[str, ...] = ("rollouts", "offline pass", "robustness", "generalisation", "bias", "pictures", "report")
 OFFLINE_BATCH_STEPS = 1024  # held-out steps per offline batch (whole episodes for a memory policy: about this many)
 _ITM_KEYS = ("itm_acc", "itm_acc_matched", "itm_acc_negative", "itm_balanced_acc")
 
@@ -52,7 +54,7 @@ class EvalRun:
         out: the folder written to.
         env: the environment or suite evaluated; ``env_kwargs`` the ``make_env`` keywords used.
         closed_loop: the closed-loop result; ``paraphrase`` the paraphrased run (or None).
-        robustness: robustness rows (or None); ``offline``: ``{"dataset", "split", "metrics", "balance", "bias"}``
+        robustness: robustness rows (or None); ``generalisation``: the suite's probe rows (or None); ``offline``: ``{"dataset", "split", "metrics", "balance", "bias"}``
             (or None).
         notes: notes shown in the report (why a section is missing, caveats).
         payload: the content of ``eval.json``; ``report``: paths of ``markdown``, ``html``, ``assets``.
@@ -68,6 +70,7 @@ class EvalRun:
     closed_loop: EvalResult
     paraphrase: EvalResult | None = None
     robustness: list[dict[str, Any]] | None = None
+    generalisation: list[dict[str, Any]] | None = None
     offline: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     payload: dict[str, Any] = field(default_factory=dict)
@@ -292,7 +295,7 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
     common: dict[str, Any] = {"episodes": opts.episodes, "seed_start": opts.seed_start,
                               "training_seeds": training_seeds, "max_steps": opts.env_max_steps}  # fmt: skip
 
-    para = robustness = offline = None
+    para = robustness = offline = generalisation = None
     with VectorRollout(num_envs, opts.workers, env_kwargs) as pool:
         with stage("rollouts", f"{total} episodes of {env} on {num_envs} envs, {pool.workers} workers"):
             result = evaluate_policy(policy, names, rollout=pool, progress="closed loop", **common)
@@ -314,6 +317,15 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
                 robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common)
                 for r in robustness:
                     log(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
+        if opts.generalisation:
+            with stage("generalisation", "paraphrases, held-out pairs, held-out template vs in-distribution"):
+                from vlafoundry.eval.generalisation import run_generalisation
+
+                probes, gnotes = run_generalisation(policy, names, pool, result, episodes=opts.episodes, cfg=cfg,
+                                                    paraphrases=paraphrases, paraphrased=para,
+                                                    max_steps=opts.env_max_steps, log=log)  # fmt: skip
+                generalisation = [p.to_dict() for p in probes]
+                notes.extend(gnotes)
     if offline is not None and "_outputs" in offline:
         with stage("bias", "held-out accuracy per subgroup"):
             from vlafoundry.eval.offline import offline_bias
@@ -328,7 +340,8 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
         gifs = gif_specs(result.episodes, env_kwargs, opts.gifs, notes)
 
     run = EvalRun(options=opts, checkpoint=ckpt, out=out, env=env, env_kwargs=env_kwargs, closed_loop=result,
-                  paraphrase=para, robustness=robustness, offline=offline, notes=notes)  # fmt: skip
+                  paraphrase=para, robustness=robustness, offline=offline, notes=notes,
+                  generalisation=generalisation)  # fmt: skip
     with stage("report", str(out)):
         _write(run, cfg, policy, sim, alignment, attention, gifs)
     run.stage_s = stage.seconds
@@ -478,6 +491,13 @@ def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attent
             "paraphrased 95% CI": f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]",
             "fraction of episodes rewritten": p["paraphrased_fraction"],
         }
+    if run.generalisation:
+        tables["Language generalisation suite (success [95% CI] vs in-distribution)"] = {
+            f"{g['probe']} ({g['detail']})": (
+                f"{g['success_rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}], {g['episodes']} ep; in-distribution "
+                f"{g['in_dist_rate']:.3f} [{g['in_dist_ci_low']:.3f}, {g['in_dist_ci_high']:.3f}], "
+                f"{g['in_dist_episodes']} ep; Δ {g['delta']:+.3f}")
+            for g in run.generalisation}  # fmt: skip
     if alignment:
         tables["Alignment on evaluation episodes (first observation vs instruction)"] = alignment
 
@@ -491,6 +511,8 @@ def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attent
         payload["paraphrase"] = run.paraphrase.to_dict()
     if run.robustness is not None:
         payload["robustness"] = run.robustness
+    if run.generalisation is not None:
+        payload["generalisation"] = run.generalisation
     if alignment:
         payload["alignment"] = alignment
     if offline is not None:

@@ -35,6 +35,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/vlafoundry/datasets"
     action_noise: float = 0.0
     augment: str = "none"
+    hold_out_pairs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from vlafoundry.envs import canonical_name
@@ -51,6 +52,15 @@ class DataConfig:
         require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
                 "a finite number >= 0", self.action_noise)
         require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
+        from vlafoundry.data.generate import parse_hold_out_pairs
+
+        try:  # "colour object" pairs no training mission names (held-out compositions)
+            self.hold_out_pairs = list(parse_hold_out_pairs(self.hold_out_pairs))
+        except ValueError as exc:
+            raise ConfigError(f"data.{exc}") from None
+        require(not (self.hold_out_pairs and self.augment == "colour"), "data.hold_out_pairs",
+                "no held-out pairs with data.augment colour (relabelled colours would name them)",
+                self.hold_out_pairs)
         from vlafoundry.envs import get_family
 
         try:
@@ -65,7 +75,8 @@ class DataConfig:
 
         slug = env_slug(self.env)  # an env list: a short hashed slug
         noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
-        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}"
+        held = ("-ho-" + "+".join(p.replace(" ", "_") for p in self.hold_out_pairs)) if self.hold_out_pairs else ""
+        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}{held}"
 
 
 @dataclass
