@@ -20,6 +20,7 @@ _COMMANDS = {
     "quickstart": "vlafoundry.cli.quickstart",
     "serve": "vlafoundry.cli.serve",
     "export": "vlafoundry.cli.export",
+    "run": "vlafoundry.cli.run",
 }
 
 

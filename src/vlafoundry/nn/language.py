@@ -91,6 +91,13 @@ class LanguageEncoder(nn.Module):
         max_length: tokenizer truncation length.
         save_backbone: whether ``state_dict()`` includes the encoder weights. Default: only when not frozen
             (a frozen encoder is rebuilt from ``model_name``; ``load_state_dict`` then keeps the loaded weights).
+        adapter: hidden width of a small trainable residual adapter after the projection
+            (``x + W2 GELU(W1 LayerNorm(x))``, ``W2`` zero-initialised so it starts as the identity); 0 = none.
+
+    The feature cache holds the frozen encoder's hidden states (before the trainable projection and adapter, so
+    they keep learning), keyed by the exact instruction string, least recently used first out beyond
+    ``cache_size``; it is cleared by ``.to()`` / ``.half()`` (any ``_apply``) and is never part of ``state_dict()``.
+    ``cache_hits`` / ``cache_misses`` count instructions served from / added to it.
 
     ``forward(text: list[str]) -> (features (B, L, d_model), mask (B, L) bool)``, True = valid token
     (L = longest instruction in the batch, CLS and SEP included).
@@ -105,8 +112,13 @@ class LanguageEncoder(nn.Module):
         max_length: int = 64,
         cache_size: int = 1024,
         save_backbone: bool | None = None,
+        adapter: int = 0,
     ) -> None:
         super().__init__()
+        if cache_size < 0:
+            raise ValueError(f"cache_size: expected an integer >= 0, got {cache_size}")
+        if adapter < 0:
+            raise ValueError(f"adapter: expected an integer >= 0 (0 = no adapter), got {adapter}")
         path = default_language_model_path() if model_name is None else str(model_name)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -128,6 +140,12 @@ class LanguageEncoder(nn.Module):
         self.projection: nn.Module = (
             nn.Linear(self.hidden_size, d_model) if self.hidden_size != d_model else nn.Identity()
         )
+        self.adapter: nn.Module | None = None
+        if adapter > 0:
+            self.adapter = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, adapter), nn.GELU(),
+                                         nn.Linear(adapter, d_model))
+            nn.init.zeros_(self.adapter[-1].weight)
+            nn.init.zeros_(self.adapter[-1].bias)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -207,6 +225,8 @@ class LanguageEncoder(nn.Module):
         if isinstance(self.projection, nn.Linear):
             hidden = hidden.to(self.projection.weight.dtype)
         features = self.projection(hidden)  # (B, L, D)
+        if self.adapter is not None:
+            features = features + self.adapter(features)  # (B, L, D)
         return features, mask
 
 
