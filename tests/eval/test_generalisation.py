@@ -1,0 +1,191 @@
+"""The language generalisation suite: the held-out colour-object pairs option (metadata, no held-out pair
+generated), the shipped and target paraphrase files, and the three probes run by ``vlafoundry eval
+--generalisation``."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from random_policy import RandomPolicy  # tests/random_policy.py
+from vlafoundry.data.generate import generate_dataset, held_out_in, mission_pairs, parse_hold_out_pairs
+from vlafoundry.eval.generalisation import (TEMPLATE_REWRITE, held_out_pairs_of, run_generalisation, scan_seeds,
+                                            shipped_paraphrases, unique_target)  # fmt: skip
+from vlafoundry.eval.paraphrase import ParaphraseMap, load_paraphrases
+
+HERE = Path(__file__).parent
+TARGET = HERE / "generalisation_target_paraphrases.json"
+PAIRS = ["red ball", "green key", "grey box", "blue ball"]
+
+
+# --------------------------------------------------------------------------------------- held-out pairs option
+
+
+def test_parse_pairs_and_mission_pairs():
+    assert parse_hold_out_pairs("Red Ball, green key,,") == ("green key", "red ball")
+    assert parse_hold_out_pairs(["grey box", "grey box"]) == ("grey box",)
+    assert parse_hold_out_pairs(None) == ()
+    with pytest.raises(ValueError, match=r"expected 'colour object' .* got 'pink ball'"):
+        parse_hold_out_pairs("pink ball")
+    with pytest.raises(ValueError, match=r"got 'red'"):
+        parse_hold_out_pairs(["red"])
+    assert mission_pairs("put the red ball next to a grey box") == ["red ball", "grey box"]
+    assert mission_pairs("go to a key") == []
+    assert held_out_in("pick up the grey box behind you", PAIRS) == "grey box"
+    assert held_out_in("go to the grey ball", PAIRS) is None
+
+
+def test_held_out_pairs_are_never_generated_and_recorded(tmp_path):
+    res = generate_dataset("babyai/GoToLocal", 30, tmp_path / "ds", workers=1, seed=0, progress=False,
+                           hold_out_pairs=",".join(PAIRS))  # fmt: skip
+    meta = json.loads((tmp_path / "ds" / "vlafoundry.json").read_text())
+    assert meta["generation"]["hold_out_pairs"] == sorted(PAIRS)
+    counts = meta["counts"]
+    assert counts["episodes"] == 30 and counts["held_out"] > 0
+    assert counts["seeds_used"] == counts["episodes"] + counts["failed"] + counts["held_out"]
+    assert all(held_out_in(i, PAIRS) is None for i in meta["instructions"])
+    assert not any(f["reason"].startswith("held out") for f in meta["failed_seeds"])
+    assert res.metadata["counts"] == counts
+    # the same seeds without the option do name held-out pairs
+    from vlafoundry.envs import make_env
+
+    env = make_env("babyai/GoToLocal")
+    named = [s for s in range(counts["seeds_used"]) if held_out_in(env.reset(seed=s)["instruction"], PAIRS)]
+    assert len(named) == counts["held_out"]
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(dataset_dir=lambda: tmp_path / "ds", hold_out_pairs=[]))
+    assert held_out_pairs_of(cfg) == sorted(PAIRS)  # read from the metadata
+
+
+def test_hold_out_pairs_config_key_and_errors(tmp_path):
+    from vlafoundry.config import ConfigError
+    from vlafoundry.train.config import load_config
+
+    cfg = load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball, green key]"])
+    assert cfg.data.hold_out_pairs == ["green key", "red ball"]
+    assert cfg.data.dataset_dir().name.endswith("-ho-green_key+red_ball")
+    assert not load_config("babyai-gotolocal", []).data.dataset_dir().name.count("-ho-")
+    with pytest.raises(ConfigError, match="data.hold_out_pairs: expected 'colour object'.*got 'red bal'"):
+        load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red bal]"])
+    with pytest.raises(ConfigError, match="data.hold_out_pairs: expected no held-out pairs with data.augment colour"):
+        load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball]", "--data.augment", "colour"])
+    with pytest.raises(ValueError, match="hold_out_pairs: expected a BabyAI env"):
+        generate_dataset("metaworld/reach", 1, tmp_path / "mw", hold_out_pairs="red ball", progress=False)
+
+
+# ------------------------------------------------------------------------------------------- paraphrase files
+
+
+def _missions(level: str, n: int = 40) -> list[str]:
+    from vlafoundry.envs import make_env
+
+    env = make_env(level)
+    return sorted({env.reset(seed=s)["instruction"] for s in range(n)})
+
+
+@pytest.mark.parametrize("family", ["babyai", "metaworld"])
+def test_shipped_paraphrase_files_load(family):
+    path = shipped_paraphrases(family)
+    assert path is not None and path.is_file()
+    assert len(load_paraphrases(path)) > 0
+
+
+@pytest.mark.parametrize("level", ["babyai/GoToLocal", "babyai/PickupLoc", "babyai/PutNextLocal", "babyai/GoToObj"])
+def test_babyai_file_rewrites_every_mission_of_the_local_levels(level):
+    para = load_paraphrases(shipped_paraphrases("babyai"))
+    for m in _missions(level):
+        alts, _ = para.alternatives(m)
+        rewrites = {para.rewrite(m, k) for k in range(len(alts))}
+        assert m not in rewrites and len(rewrites) == len(alts), m
+
+
+def test_babyai_file_is_varied():
+    data = json.loads(shipped_paraphrases("babyai").read_text())
+    goto = data["go to {article} {color} {object}"]
+    assert len(goto) >= 10
+    assert any(a.startswith("please") or "could you" in a for a in goto)  # polite
+    assert any(not a.startswith("go to") and a.index("{object}") < a.index(":") for a in goto if ":" in a)  # reordered
+    assert any(len(a.split()) >= 9 for a in goto)  # longer sentences
+    assert any(w in a.split() for a in goto for w in ("too", "that", "one"))  # typo / other articles
+    assert any("{object} that is {color}" in a for a in goto)  # other word order
+
+
+def test_target_file_is_independent_of_the_shipped_one():
+    target = load_paraphrases(TARGET)
+    shipped = json.loads(shipped_paraphrases("babyai").read_text())
+    shipped_alts = {a for k, v in shipped.items() if not k.startswith("#") for a in v}
+    target_alts = {a for k, v in json.loads(TARGET.read_text()).items() if not k.startswith("#") for a in v}
+    assert not shipped_alts & target_alts
+    for m in _missions("babyai/GoToLocal"):
+        assert target.rewrite(m) not in (None, m)
+
+
+# ------------------------------------------------------------------------------------------------- the probes
+
+
+def test_template_probe_seeds_name_a_unique_target():
+    from vlafoundry.envs import make_env
+
+    seeds = scan_seeds("babyai/GoToLocal", {}, 10**9, 3, unique_target, 2000)
+    assert len(seeds) == 3
+    env = make_env("babyai/GoToLocal")
+    rewrite = ParaphraseMap.from_mapping(TEMPLATE_REWRITE)
+    for s in seeds:
+        m = env.reset(seed=s)["instruction"]
+        target = m.split()[-1]
+        assert sum(o is not None and o.type == target for o in env.unwrapped.grid.grid) == 1
+        assert rewrite(m) == f"go to the {target}"
+
+
+def test_suite_runs_three_probes_on_the_same_seeds():
+    from vlafoundry.eval.rollout import VectorRollout, evaluate_policy
+
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(hold_out_pairs=PAIRS))
+    policy = RandomPolicy()
+    with VectorRollout(4, 0, {"max_steps": 5}) as pool:
+        base = evaluate_policy(policy, ["babyai/GoToLocal"], episodes=6, rollout=pool, max_steps=5)
+        rows, notes = run_generalisation(policy, ["babyai/GoToLocal"], pool, base, episodes=6, cfg=cfg,
+                                         max_steps=5, log=lambda s: None)  # fmt: skip
+    assert [r.probe for r in rows] == ["paraphrases", "held-out pairs", "held-out template"]
+    para, pairs, tpl = (r.to_dict() for r in rows)
+    assert para["episodes"] == para["in_dist_episodes"] == 6 and para["rewritten_fraction"] == 1.0
+    assert para["detail"] == "file babyai.json"
+    assert pairs["episodes"] == 6 and pairs["in_dist_episodes"] == sum(
+        held_out_in(e["instruction"], PAIRS) is None for e in base.episodes)
+    assert tpl["episodes"] == tpl["in_dist_episodes"] == 6
+    for d in (para, pairs, tpl):
+        assert 0.0 <= d["ci_low"] <= d["success_rate"] <= d["ci_high"] <= 1.0
+        assert d["delta"] == pytest.approx(d["success_rate"] - d["in_dist_rate"])
+    assert notes == []
+
+
+def test_suite_notes_what_it_cannot_measure():
+    from vlafoundry.eval.rollout import VectorRollout, evaluate_policy
+
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(hold_out_pairs=[]))
+    with VectorRollout(2, 0, {"max_steps": 3}) as pool:
+        base = evaluate_policy(RandomPolicy(), ["babyai/PickupLoc"], episodes=2, rollout=pool, max_steps=3)
+        rows, notes = run_generalisation(RandomPolicy(), ["babyai/PickupLoc"], pool, base, episodes=2, cfg=cfg,
+                                         max_steps=3, log=lambda s: None)  # fmt: skip
+    assert [r.probe for r in rows] == ["paraphrases"]
+    assert any("no held-out pairs" in n for n in notes) and any("no held-out template" in n for n in notes)
+
+
+def test_eval_cli_generalisation_writes_the_table(tmp_path, monkeypatch):
+    import vlafoundry.train.trainer
+    from vlafoundry.cli.main import main
+    from vlafoundry.train.config import load_config
+
+    cfg = load_config("babyai-gotolocal", ["--data.episodes", "50", "--data.path", str(tmp_path / "no-data")])
+    monkeypatch.setattr(vlafoundry.train.trainer, "load_run", lambda path, device="cpu": (RandomPolicy(), cfg, {}))
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000010").mkdir(parents=True)
+    rc = main(["eval", str(run), "--gifs", "0", "--out", str(tmp_path / "o"), "--episodes", "3", "--workers", "0",
+               "--max-steps", "4", "--generalisation"])
+    assert rc == 0
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert [g["probe"] for g in res["generalisation"]] == ["paraphrases", "held-out template"]
+    assert res["options"]["generalisation"] is True
+    assert "Language generalisation suite" in (tmp_path / "o" / "report.md").read_text()
