@@ -67,10 +67,11 @@ class GenerationConfig:
     max_steps: int | None = None
     episode_timeout_s: float = 10.0
     action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
-    hold_out_pairs: tuple[str, ...] = ()  # BabyAI "colour object" pairs no mission may name (held-out compositions)
+    # BabyAI "colour object" pairs no mission may name (held-out compositions); a list, as in plan.json
+    hold_out_pairs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hold_out_pairs", parse_hold_out_pairs(self.hold_out_pairs))
+        object.__setattr__(self, "hold_out_pairs", list(parse_hold_out_pairs(self.hold_out_pairs)))
 
     def tasks(self) -> list[str]:
         return expand_env_names(self.env)
@@ -469,7 +470,7 @@ def generate_dataset(
     expand_env_names(name)  # validates the names early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
-                           action_noise=float(action_noise), hold_out_pairs=pairs)
+                           action_noise=float(action_noise), hold_out_pairs=list(pairs))
     root = Path(out)
     t0 = time.perf_counter()
     # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
