@@ -152,6 +152,9 @@ def test_suite_runs_three_probes_on_the_same_seeds():
     para, pairs, tpl = (r.to_dict() for r in rows)
     assert para["episodes"] == para["in_dist_episodes"] == 6 and para["rewritten_fraction"] == 1.0
     assert para["detail"] == "file babyai.json"
+    assert sum(n for _, n in para["per_phrasing"].values()) == 6
+    assert set(para["per_phrasing"]) <= set(json.loads(shipped_paraphrases("babyai").read_text())[
+        "go to {article} {color} {object}"])
     assert pairs["episodes"] == 6 and pairs["in_dist_episodes"] == sum(
         held_out_in(e["instruction"], PAIRS) is None for e in base.episodes)
     assert tpl["episodes"] == tpl["in_dist_episodes"] == 6

@@ -21,7 +21,7 @@ episode and says how many it found.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from vlafoundry.eval.paraphrase import ParaphraseMap, load_paraphrases
 from vlafoundry.eval.stats import wilson_interval
 
-__all__ = ["PROBES", "ProbeResult", "TEMPLATE_REWRITE", "held_out_pairs_of", "run_generalisation",
+__all__ = ["PROBES", "ProbeResult", "TEMPLATE_REWRITE", "held_out_pairs_of", "per_phrasing", "run_generalisation",
            "scan_seeds", "shipped_paraphrases", "unique_target"]  # fmt: skip
 
 PROBES: tuple[str, ...] = ("paraphrases", "held-out pairs", "held-out template")
@@ -53,6 +53,7 @@ class ProbeResult:
     in_dist_successes: int
     rewritten_fraction: float = 1.0
     note: str = ""
+    per_phrasing: dict[str, list[int]] = field(default_factory=dict)  # alternative -> [successes, episodes]
 
     @property
     def success_rate(self) -> float:
@@ -73,7 +74,14 @@ class ProbeResult:
         d = self.to_dict()
         return (f"  {self.probe:<18} {d['success_rate']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] "
                 f"({self.episodes} ep)  in-distribution {d['in_dist_rate']:.3f} [{d['in_dist_ci_low']:.3f}, "
-                f"{d['in_dist_ci_high']:.3f}] ({self.in_dist_episodes} ep)  Δ {d['delta']:+.3f}  {self.detail}")
+                f"{d['in_dist_ci_high']:.3f}] ({self.in_dist_episodes} ep)  Δ {d['delta']:+.3f}  {self.detail}"
+                + self._phrasing_range())
+
+    def _phrasing_range(self) -> str:
+        rates = [s / n for s, n in self.per_phrasing.values() if n]
+        if len(rates) < 2:
+            return ""
+        return f"; per phrasing {min(rates):.3f} to {max(rates):.3f} ({len(rates)} phrasings)"
 
 
 def shipped_paraphrases(family: str) -> Path | None:
@@ -174,7 +182,8 @@ def run_generalisation(policy: Any, names: Sequence[str], pool: Any, closed_loop
         s = summarize_episodes(paraphrased, "all")
         rows.append(ProbeResult("paraphrases", f"file {Path(paraphrases.source).name}", len(paraphrased),
                                 s["successes"], len(base), sum(bool(e["success"]) for e in base),
-                                s["paraphrased_fraction"]))  # fmt: skip
+                                s["paraphrased_fraction"],
+                                per_phrasing=per_phrasing(paraphrased, paraphrases)))  # fmt: skip
 
     # (b) held-out colour-object pairs
     pairs = held_out_pairs_of(cfg) if cfg is not None else []
@@ -212,6 +221,19 @@ def run_generalisation(policy: Any, names: Sequence[str], pool: Any, closed_loop
     for r in rows:
         log(r.line())
     return rows, notes
+
+
+def per_phrasing(records: Sequence[dict[str, Any]], paraphrases: ParaphraseMap) -> dict[str, list[int]]:
+    """``{alternative as written in the file: [successes, episodes]}`` (``"(not rewritten)"`` for the rest); episode
+    seed ``s`` used alternative ``s % len``, as the rollouts do."""
+    out: dict[str, list[int]] = {}
+    for r in records:
+        found = paraphrases.alternatives(r["instruction"]) if r.get("paraphrased") else None
+        key = "(not rewritten)" if found is None else found[0][int(r["seed"]) % len(found[0])]
+        cell = out.setdefault(key, [0, 0])
+        cell[0] += int(bool(r["success"]))
+        cell[1] += 1
+    return out
 
 
 def _scanned_jobs(names: Sequence[str], env_kwargs: dict[str, Any], start: int, episodes: int,
