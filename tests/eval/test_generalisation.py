@@ -9,11 +9,22 @@ import types
 from pathlib import Path
 
 import pytest
-
 from random_policy import RandomPolicy  # tests/random_policy.py
-from vlafoundry.data.generate import generate_dataset, held_out_in, mission_pairs, parse_hold_out_pairs
-from vlafoundry.eval.generalisation import (TEMPLATE_REWRITE, held_out_pairs_of, run_generalisation, scan_seeds,
-                                            shipped_paraphrases, unique_target)  # fmt: skip
+
+from vlafoundry.data.generate import (
+    generate_dataset,
+    held_out_in,
+    mission_pairs,
+    parse_hold_out_pairs,
+)
+from vlafoundry.eval.generalisation import (
+    TEMPLATE_REWRITE,
+    held_out_pairs_of,
+    run_generalisation,
+    scan_seeds,
+    shipped_paraphrases,
+    unique_target,
+)
 from vlafoundry.eval.paraphrase import ParaphraseMap, load_paraphrases
 
 HERE = Path(__file__).parent

@@ -66,7 +66,7 @@ def test_adapter_starts_as_identity_and_trains():
     torch.manual_seed(0)
     enc = LanguageEncoder(d_model=32, max_length=16, adapter=16)
     plain_feats = enc.projection(enc._frozen_features(TEXTS[:2])[0])
-    feats, mask = enc(TEXTS[:2])
+    feats, _ = enc(TEXTS[:2])
     torch.testing.assert_close(feats, plain_feats)
     feats.sum().backward()
     assert enc.adapter[-1].weight.grad is not None and enc.adapter[-1].weight.grad.abs().sum() > 0

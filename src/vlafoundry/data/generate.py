@@ -42,8 +42,8 @@ from vlafoundry.data.format import (
 )
 from vlafoundry.data.rollout import check_action_noise, run_expert_episode
 from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
-from vlafoundry.envs.babyai_missions import BABYAI_COLORS
 from vlafoundry.envs import Env, canonical_name, expand_env_names, get_family, make_env
+from vlafoundry.envs.babyai_missions import BABYAI_COLORS
 from vlafoundry.envs.family import split_name
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ def parse_hold_out_pairs(value: str | Sequence[str] | None) -> tuple[str, ...]:
     pairs: set[str] = set()
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"hold_out_pairs: expected 'colour object' strings, got {type(item).__name__} {item!r}")
+            raise ValueError(  # noqa: TRY004 (config errors are ValueErrors, reported as ConfigError)
+                f"hold_out_pairs: expected 'colour object' strings, got {type(item).__name__} {item!r}")
         words = item.lower().split()
         if not words:
             continue

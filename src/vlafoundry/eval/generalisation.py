@@ -29,8 +29,17 @@ from typing import Any
 from vlafoundry.eval.paraphrase import ParaphraseMap, load_paraphrases
 from vlafoundry.eval.stats import wilson_interval
 
-__all__ = ["PROBES", "ProbeResult", "TEMPLATE_REWRITE", "held_out_pairs_of", "per_phrasing", "run_generalisation",
-           "scan_seeds", "shipped_paraphrases", "unique_target"]  # fmt: skip
+__all__ = [
+    "PROBES",
+    "TEMPLATE_REWRITE",
+    "ProbeResult",
+    "held_out_pairs_of",
+    "per_phrasing",
+    "run_generalisation",
+    "scan_seeds",
+    "shipped_paraphrases",
+    "unique_target",
+]
 
 PROBES: tuple[str, ...] = ("paraphrases", "held-out pairs", "held-out template")
 MAX_SCAN_FACTOR = 40  # seeds scanned per wanted episode at most
