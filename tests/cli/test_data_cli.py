@@ -38,3 +38,22 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert res.returncode == 1 and "vlafoundry.json: missing" in res.stderr
     res = subprocess.run([sys.executable, "-m", "vlafoundry", "data", "generate", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--episodes" in res.stdout and "--max-steps" in res.stdout
+
+
+def test_generate_hold_out_pairs_flag(tmp_path):
+    """`vlafoundry data generate --hold-out-pairs` reaches the generator: recorded in the metadata, no mission names a
+    held-out pair."""
+    import json
+
+    from vlafoundry.cli.main import main
+
+    out = tmp_path / "ds"
+    rc = main(["data", "generate", "babyai/GoToLocal", "--episodes", "12", "--out", str(out), "--no-progress",
+               "--hold-out-pairs", "red ball,green key"])
+    assert rc == 0
+    meta = json.loads((out / "vlafoundry.json").read_text())
+    assert sorted(meta["generation"]["hold_out_pairs"]) == ["green key", "red ball"]
+    from vlafoundry.data import DemoDataset
+
+    missions = set(DemoDataset(out, split="all").instructions)
+    assert not any("red ball" in m or "green key" in m for m in missions), missions

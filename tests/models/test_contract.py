@@ -235,3 +235,12 @@ def test_a_checkpoint_written_before_the_policy_contract_still_loads_and_compute
     with torch.no_grad():
         out = policy.action_outputs(policy.features(policy.encode(policy.prepare(batch))))
     torch.testing.assert_close(out, torch.from_numpy(np.load(folder / "expected_logits.npy")), rtol=1e-5, atol=1e-5)
+
+
+def test_language_adapter_reaches_the_pretrained_encoder_and_is_refused_elsewhere():
+    from vlafoundry.config import ConfigError
+    from vlafoundry.models import PolicyConfig
+
+    with pytest.raises(ConfigError, match=r"model.language_adapter: expected 0 unless model.language is 'pretrained'"):
+        PolicyConfig(language="scratch", language_adapter=8)
+    assert PolicyConfig(language="pretrained", language_adapter=8).language_adapter == 8

@@ -22,13 +22,16 @@ def _generate(args: argparse.Namespace) -> int:
             episode_timeout_s=args.episode_timeout,
             progress=not args.no_progress,
             action_noise=args.action_noise,
+            hold_out_pairs=args.hold_out_pairs,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = result.metadata["counts"]
     print(
-        f"wrote {counts['episodes']} episodes ({counts['steps']} steps, {counts['failed']} failed seeds skipped) "
+        f"wrote {counts['episodes']} episodes ({counts['steps']} steps, {counts['failed']} failed seeds skipped"
+        + (f", {counts['held_out']} seeds skipped for naming a held-out pair" if counts.get("held_out") else "")
+        + ") "
         f"to {result.root} in {result.wall_s:.1f}s"
         + (f" (resumed {result.shards_reused} finished shards)" if result.shards_reused else "")
     )
@@ -103,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="DART: execute noisy actions, record the expert's clean ones. Continuous (Meta-World): "
                           "Gaussian noise of SIGMA x half the action range; discrete (BabyAI): a uniformly random "
                           "action with probability SIGMA. Default 0")
+    gen.add_argument("--hold-out-pairs", default=None, metavar="PAIRS",
+                     help="BabyAI: colour-object pairs no recorded mission may name, comma-separated, e.g. "
+                          "'red ball,green key' (recorded in the metadata; evaluate on them with eval --generalisation)")
     gen.set_defaults(handler=_generate)
 
     ins = sub.add_parser("inspect", help="print a dataset summary")

@@ -56,7 +56,8 @@ class PolicyConfig(ModelConfig):
     vision: ``grid`` embeds BabyAI's symbolic 7x7x3 view per cell (49 tokens); ``patch`` is the ViT-style
     :class:`~vlafoundry.nn.VisionEncoder` over RGB images; ``none`` for state-only benchmarks (Meta-World).
     language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
-    dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`.
+    dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`
+    (``language_adapter``: width of its optional trainable residual adapter, 0 = none).
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
@@ -103,6 +104,7 @@ class PolicyConfig(ModelConfig):
     moe_top_k: int = 2
     moe_capacity_factor: float = 1.25
     pretrained_model: str | None = None
+    language_adapter: int = 0
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
@@ -128,7 +130,7 @@ class PolicyConfig(ModelConfig):
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
         for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
-        for k in ("num_layers", "vision_layers", "text_layers", "state_fourier"):
+        for k in ("num_layers", "vision_layers", "text_layers", "state_fourier", "language_adapter"):
             require(getattr(self, k) >= 0, f"model.{k}", "an integer >= 0", getattr(self, k))
         require(self.d_model % self.num_heads == 0, "model.d_model",
                 f"a multiple of model.num_heads={self.num_heads}", self.d_model)
@@ -136,6 +138,9 @@ class PolicyConfig(ModelConfig):
         require(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
         require(not self.anchor_first or self.history >= 2, "model.anchor_first",
                 "false, or model.history >= 2 (the first frame plus the latest)", self.anchor_first)
+        require(self.language_adapter == 0 or self.language == "pretrained", "model.language_adapter",
+                f"0 unless model.language is 'pretrained' (got model.language={self.language!r})",
+                self.language_adapter)
         require(self.memory in MEMORY_KINDS, "model.memory", f"one of {list(MEMORY_KINDS)}", self.memory)
         require(self.memory == "none" or (self.history == 1 and self.chunk == 1), "model.memory",
                 f"'none' with model.history={self.history} and model.chunk={self.chunk} (a memory needs both 1)",

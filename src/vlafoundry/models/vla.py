@@ -111,7 +111,8 @@ class VLAPolicy(VLAObjectives, Policy):
                                                      num_layers=cfg.text_layers, num_heads=cfg.num_heads,
                                                      d_ff=cfg.d_ff)
         elif cfg.language == "pretrained":
-            self.text_encoder = LanguageEncoder(cfg.pretrained_model, d_model=d, freeze=True)
+            self.text_encoder = LanguageEncoder(cfg.pretrained_model, d_model=d, freeze=True,
+                                                adapter=cfg.language_adapter)
 
         # ---- fusion, memory (a GRU over the episode's fused step features: residual, then LayerNorm), head
         self.fusion = FUSIONS.get(cfg.fusion)(cfg, ffn)
