@@ -272,7 +272,8 @@ def split_name(name: str) -> tuple[EnvFamily, str]:
 
 
 #: Modules of the shipped families; each ends with its ``register_family(...)`` line.
-BUILTIN_FAMILY_MODULES: tuple[str, ...] = ("vlafoundry.envs.babyai", "vlafoundry.envs.metaworld")
+BUILTIN_FAMILY_MODULES: tuple[str, ...] = ("vlafoundry.envs.babyai", "vlafoundry.envs.metaworld",
+                                          "vlafoundry.envs.point")
 _builtin_loaded = False
 
 

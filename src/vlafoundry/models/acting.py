@@ -1,7 +1,11 @@
 """The acting state of a VLA policy: what ``select_action`` remembers between steps, per env.
 
 * a window of the last ``history`` frames (with ``anchor_first``, slot 0 keeps the episode's first frame);
-* a queue of the actions left from each env's last predicted chunk;
+* a queue of the actions left from each env's last predicted chunk (receding horizon: only the first
+  ``model.execute`` actions of a chunk are queued, then the policy re-plans);
+* with ``model.ensemble`` (ACT's temporal ensembling), each env's recent chunks with the step they were predicted at:
+  the action is the mean of every chunk's prediction for the current step, weighted ``exp(-decay * i)`` (i = 0 the
+  oldest); a new chunk every ``model.execute`` steps (every step when 0);
 * with a memory, each env's GRU hidden state;
 * the generator that sampled actions draw from (re-seeded by a full ``reset()``, so a rollout is reproducible).
 
@@ -18,26 +22,44 @@ import torch
 from vlafoundry.models.processor import MODALITIES, present_flags
 
 
+def temporal_ensemble(preds: np.ndarray, decay: float) -> np.ndarray:
+    """ACT's temporal ensembling: (M, A) predictions for one step, oldest first -> (A,) their mean weighted
+    ``exp(-decay * i)``."""
+    w = np.exp(-decay * np.arange(len(preds), dtype=np.float64))  # (M,)
+    return (np.tensordot(w, np.asarray(preds, dtype=np.float64), axes=1) / w.sum()).astype(np.float32)
+
+
 class ActingState:
     """Acting state of one policy (held, not owned: ``policy.acting``)."""
 
     def __init__(self, policy: Any) -> None:
         self._policy = policy
+        cfg = policy.cfg
+        self.chunk = int(cfg.chunk)
+        self.execute = int(getattr(cfg, "execute", 0)) or self.chunk  # actions acted on per predicted chunk
+        self.ensemble = bool(getattr(cfg, "ensemble", False))
+        self.decay = float(getattr(cfg, "ensemble_decay", 0.01))
+        self.replan_every = int(getattr(cfg, "execute", 0)) or 1  # with ensembling
+        if self.ensemble and policy.action_head.action_type != "continuous":
+            raise ValueError(f"model.ensemble: temporal ensembling averages continuous actions; the head "
+                             f"{policy.head_kind!r} acts in a {policy.action_head.action_type} space")
         self.generator = torch.Generator().manual_seed(0)
         self.history: dict[str, torch.Tensor] | None = None  # key -> (N, T, ...)
         self.valid: torch.Tensor | None = None  # (N, T) bool
         self.queue: list[list[Any]] = []
+        self.plans: list[list[tuple[int, np.ndarray]]] = []  # per env: (step predicted at, chunk (K, A))
+        self.steps: list[int] = []  # per env: steps acted in this episode
         self.memory_h: torch.Tensor | None = None  # (N, D)
 
     def reset(self, env_indices: Any = None) -> None:
         if env_indices is None or self.history is None:
             self.history, self.valid, self.memory_h = None, None, None
-            self.queue = []
+            self.queue, self.plans, self.steps = [], [], []
             self.generator.manual_seed(0)
             return
         for i in np.asarray(env_indices, dtype=np.int64).reshape(-1):
             self.valid[i] = False
-            self.queue[i] = []
+            self.queue[i], self.plans[i], self.steps[i] = [], [], 0
             if self.memory_h is not None:
                 self.memory_h[i] = 0.0
 
@@ -45,6 +67,8 @@ class ActingState:
         self.history = {k: v.unsqueeze(1).repeat(1, t, *([1] * (v.dim() - 1))) for k, v in frames.items()}
         self.valid = torch.zeros(n, t, dtype=torch.bool)
         self.queue = [[] for _ in range(n)]
+        self.plans = [[] for _ in range(n)]
+        self.steps = [0] * n
         self.memory_h = None
 
     @torch.no_grad()
@@ -75,7 +99,10 @@ class ActingState:
         self.valid[:, -1] = True
         if lo:
             self.valid[first, 0] = True
-        need = [i for i in range(n) if not self.queue[i]]
+        if self.ensemble:
+            need = [i for i in range(n) if self.steps[i] % self.replan_every == 0 or not self._covered(i)]
+        else:
+            need = [i for i in range(n) if not self.queue[i]]
         if need:
             idx = torch.as_tensor(need)
             batch: dict[str, Any] = {k: v[idx] for k, v in self.history.items()}
@@ -86,9 +113,27 @@ class ActingState:
                     batch[f"{m}_present"] = np.asarray(observation[f"{m}_present"])[need]
             chunk = p.predict_chunk(batch).cpu().numpy()  # (len(need), K[, A])
             for j, i in enumerate(need):
-                self.queue[i] = list(chunk[j])
-        actions = [self.queue[i].pop(0) for i in range(n)]
+                if self.ensemble:
+                    self.plans[i].append((self.steps[i], chunk[j]))
+                else:
+                    self.queue[i] = list(chunk[j][:self.execute])
+        if self.ensemble:
+            actions = [self._ensembled(i) for i in range(n)]
+        else:
+            actions = [self.queue[i].pop(0) for i in range(n)]
+        for i in range(n):
+            self.steps[i] += 1
         return np.stack(actions).astype(np.int64 if p.head_kind == "discrete" else np.float32)
+
+    def _covered(self, i: int) -> bool:
+        """Whether some kept chunk of env ``i`` predicts its current step."""
+        return any(s + len(c) > self.steps[i] for s, c in self.plans[i])
+
+    def _ensembled(self, i: int) -> np.ndarray:
+        """Env ``i``'s action now: the temporal ensemble of its chunks that cover this step (older ones dropped)."""
+        t = self.steps[i]
+        self.plans[i] = [(s, c) for s, c in self.plans[i] if s + len(c) > t]
+        return temporal_ensemble(np.stack([c[t - s] for s, c in self.plans[i]]), self.decay)
 
     def _act_with_memory(self, observation: dict[str, Any], frames: dict[str, torch.Tensor], instr: list[str],
                          n: int) -> np.ndarray:
@@ -105,4 +150,4 @@ class ActingState:
         return actions.cpu().numpy().astype(np.int64 if p.head_kind == "discrete" else np.float32)
 
 
-__all__ = ["ActingState"]
+__all__ = ["ActingState", "temporal_ensemble"]

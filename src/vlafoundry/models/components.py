@@ -196,5 +196,8 @@ def resolve_head(name: str, action_type: str) -> str:
     return "discrete" if action_type == "discrete" else "continuous"
 
 
+# the generative heads (flow matching, diffusion) register themselves in their own module
+from vlafoundry.models import generative as _generative  # noqa: E402,F401  (after HEADS: it imports from here)
+
 __all__ = ["FUSIONS", "HEADS", "ActionHead", "BinnedHead", "ContinuousHead", "DiscreteHead", "register_head",
            "resolve_head"]

@@ -60,7 +60,8 @@ class PolicyConfig(ModelConfig):
     (``language_adapter``: width of its optional trainable residual adapter, 0 = none).
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
-    tokens (ActionTokenizer), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
+    tokens (ActionTokenizer), ``flow`` (flow matching) or ``diffusion`` (DDPM/DDIM) over the chunk
+    (:mod:`vlafoundry.models.generative`), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
     anchor_first: with ``history`` >= 2, the oldest history slot always holds the episode's first observation
         (the view the instruction refers to: "the key on your left" means left of where the agent started), the
         other slots the latest frames: a one-frame memory at the cost of one extra frame.
@@ -75,6 +76,15 @@ class PolicyConfig(ModelConfig):
     action_selection: how ``select_action`` picks discrete/binned actions: ``greedy`` (argmax) or ``sample`` (from
     the softmax at ``sample_temperature``, with the policy's own generator, re-seeded by ``reset()``, so a rollout
     is reproducible). Sampling breaks the loops a deterministic cloned policy can fall into.
+    execute: receding horizon: act on the first ``execute`` actions of each predicted chunk, then predict a new one
+        (0: the whole chunk).
+    ensemble: ACT's temporal ensembling (continuous heads): predict a chunk every ``execute`` steps (1 when
+        ``execute`` is 0) and act on the weighted mean of every chunk's prediction for the current step, weights
+        ``exp(-ensemble_decay * i)`` with i = 0 the oldest prediction.
+    gen_hidden, gen_layers: width and residual blocks of the ``flow`` / ``diffusion`` heads' denoiser MLP.
+    flow_steps: Euler integration steps of ``head flow`` when acting (settable on a loaded policy's ``cfg``).
+    diffusion_steps: DDIM steps of ``head diffusion`` when acting; ``diffusion_train_steps`` noise levels in
+        training, ``diffusion_schedule`` ``cosine`` or ``linear`` betas.
     """
 
     vision: str = "grid"
@@ -107,6 +117,15 @@ class PolicyConfig(ModelConfig):
     language_adapter: int = 0
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
+    execute: int = 0
+    ensemble: bool = False
+    ensemble_decay: float = 0.01
+    gen_hidden: int = 256
+    gen_layers: int = 3
+    flow_steps: int = 10
+    diffusion_steps: int = 10
+    diffusion_train_steps: int = 100
+    diffusion_schedule: str = "cosine"
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
 
     def dataset_view(self) -> dict[str, Any]:
@@ -127,6 +146,15 @@ class PolicyConfig(ModelConfig):
         require(self.action_selection in ("greedy", "sample"), "model.action_selection", "one of ['greedy', 'sample']",
                 self.action_selection)
         require(self.sample_temperature > 0, "model.sample_temperature", "a number > 0", self.sample_temperature)
+        require(0 <= self.execute <= self.chunk, "model.execute", f"an integer in [0, model.chunk={self.chunk}]",
+                self.execute)
+        require(self.ensemble_decay >= 0, "model.ensemble_decay", "a number >= 0", self.ensemble_decay)
+        require(not self.ensemble or self.memory == "none", "model.ensemble", "false with a memory (chunk 1)",
+                self.ensemble)
+        for k in ("gen_hidden", "gen_layers", "flow_steps", "diffusion_steps", "diffusion_train_steps"):
+            require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
+        require(self.diffusion_schedule in ("cosine", "linear"), "model.diffusion_schedule",
+                "one of ['cosine', 'linear']", self.diffusion_schedule)
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
         for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
