@@ -1,7 +1,7 @@
 """A 2-D point-mass family whose expert demonstrations are multimodal: ``point/detour``.
 
-The agent starts near ``(0, -0.8)`` below a round obstacle (centre ``(0, 0)``, radius 0.3) and must reach the goal
-near ``(0, 0.8)`` above it without touching it. The expert detours through a waypoint on one side of the obstacle,
+The agent starts at ``(0, -0.8)`` below a round obstacle (centre ``(0, 0)``, radius 0.3) and must reach the goal
+at ``(0, 0.8)`` above it without touching it. The expert detours through a waypoint on one side of the obstacle,
 ``(-0.55, 0)`` or ``(+0.55, 0)``: which side is a function of the episode's seed only (:func:`detour_side`: even
 seeds left, odd seeds right), invisible in the observation. So half of the demonstrations go left and half go right
 from the same start states: a regression policy averages the two (straight up, into the obstacle), a generative
@@ -51,11 +51,11 @@ class PointDetourEnv:
         return {"state": state, "instruction": INSTRUCTION, "task": self.spec.name}
 
     def reset(self, seed: int | None = None) -> dict[str, Any]:
-        s = int(seed or 0)
-        rng = np.random.default_rng(s)
-        self.pos = np.array([rng.uniform(-0.05, 0.05), -0.8 + rng.uniform(-0.05, 0.05)])
-        self.goal = np.array([rng.uniform(-0.05, 0.05), 0.8 + rng.uniform(-0.05, 0.05)])
-        self.side, self.t = detour_side(s), 0
+        # start and goal are the same in every episode: what tells the two detours apart is only the seed, so the
+        # demonstrations are two modes from one state (a jittered start would let a regressor memorise the side)
+        self.pos = np.array([0.0, -0.8])
+        self.goal = np.array([0.0, 0.8])
+        self.side, self.t = detour_side(int(seed or 0)), 0
         return self._obs()
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

@@ -130,7 +130,8 @@ class GenerativeHead(ActionHead):
 
     # ---------------------------------------------------------------- sampling
     def default_steps(self) -> int:
-        return int(getattr(self.cfg, self.steps_key))
+        """The sampling steps the policy config asks for now (``model.flow_steps`` / ``model.diffusion_steps``)."""
+        raise NotImplementedError
 
     def sample(self, cond: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """Condition (B, D) -> actions (B, K, A) within the spec's bounds; the noise comes from ``generator``."""
@@ -153,6 +154,9 @@ class FlowMatchingHead(GenerativeHead):
     """Rectified flow over the chunk: ``x_t = (1 - t) noise + t x``, target velocity ``x - noise``."""
 
     steps_key = "flow_steps"
+
+    def default_steps(self) -> int:
+        return int(self.cfg.flow_steps)
 
     def training_loss(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         noise = torch.randn_like(x)  # (B, K, A)
@@ -189,6 +193,9 @@ class DiffusionHead(GenerativeHead):
     """DDPM training (epsilon prediction) and DDIM sampling (deterministic given the initial noise)."""
 
     steps_key = "diffusion_steps"
+
+    def default_steps(self) -> int:
+        return int(self.cfg.diffusion_steps)
 
     def __init__(self, d_model: int, spec: Any, cfg: Any) -> None:
         super().__init__(d_model, spec, cfg)
