@@ -69,13 +69,18 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"{'head':<11} {'steps':>5} {'ms/chunk':>9}")
     for r in rows:
         print(f"{r['head']:<11} {r['steps']:>5} {r['ms_per_chunk']:>9.2f}")
+    for r in rows:
+        print(json.dumps(r))
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------- detour
-def rollout(policy: Any, episodes: int, batch: int = 50) -> dict[str, Any]:
-    """Closed loop on evaluation seeds: success / collision rates, the side passed (by the sign of x at y = 0) and
-    the trajectories (list of (T, 2) arrays)."""
+def rollout(policy: Any, episodes: int, batch: int = 0) -> dict[str, Any]:
+    """Closed loop on evaluation seeds, ``batch`` envs at a time (0: all at once; each batch starts with ``reset()``,
+    which re-seeds the acting generator, so batches of one size would repeat each other's noise): success and
+    collision rates, the side of the obstacle passed (the sign of x where the path crosses y = 0; ``obstacle`` when it
+    hit it) and the trajectories (list of (T, 2) arrays)."""
+    batch = batch or episodes
     from vlafoundry.envs import make_env
     from vlafoundry.envs.spec import EVAL_SEED_BASE
 
@@ -86,6 +91,7 @@ def rollout(policy: Any, episodes: int, batch: int = 50) -> dict[str, Any]:
         envs = [make_env("point/detour") for _ in range(n)]
         obs = [e.reset(seed=EVAL_SEED_BASE + start + i) for i, e in enumerate(envs)]
         policy.reset()
+        policy.acting.generator.manual_seed(start)
         done = [False] * n
         paths = [[o["state"][:2].copy()] for o in obs]
         for _ in range(envs[0].spec.max_episode_steps):
@@ -103,13 +109,18 @@ def rollout(policy: Any, episodes: int, batch: int = 50) -> dict[str, Any]:
             if all(done):
                 break
         trajs += [np.stack(p) for p in paths]
+    from vlafoundry.envs.point import OBSTACLE_RADIUS
+
     sides = []
     for p in trajs:
+        if np.linalg.norm(p, axis=1).min() < OBSTACLE_RADIUS:
+            sides.append("obstacle")
+            continue
         cross = p[np.argmin(np.abs(p[:, 1]))]  # the point nearest to y = 0
-        sides.append("left" if cross[0] < -0.1 else "right" if cross[0] > 0.1 else "middle")
+        sides.append("left" if cross[0] < 0 else "right")
     return {"success": success / episodes, "collision": collision / episodes,
             "left": sides.count("left") / episodes, "right": sides.count("right") / episodes,
-            "middle": sides.count("middle") / episodes, "trajectories": trajs}
+            "trajectories": trajs}
 
 
 #: Bench labels -> ``vlafoundry train`` overrides (``continuous-mse``: regression with the averaging loss).
@@ -146,17 +157,21 @@ def detour(args: argparse.Namespace) -> list[dict[str, Any]]:
                 run, data, head, seed, args.train_steps, args.extra)
             policy, _, _ = load_run(run, device="cpu")
             policy.eval()
+            for key, value in args.act.items():  # acting-time settings on the loaded policy's config
+                kind = type(getattr(policy.cfg, key))
+                setattr(policy.cfg, key, value.lower() in ("1", "true") if kind is bool else kind(value))
             r = rollout(policy, args.episodes)
             examples.setdefault(head, r["trajectories"][:40])
-            row = {"bench": "heads_detour", "head": head, "seed": seed, "train_steps": args.train_steps,
+            np.savez_compressed(run / "trajectories.npz", *r["trajectories"])
+            row = {"bench": "heads_detour", "head": head, "seed": seed, "act": args.act, "train_steps": args.train_steps,
                    "train_s": round(train_s, 1), "episodes": args.episodes,
                    **{k: v for k, v in r.items() if k != "trajectories"}}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'head':<11} {'seed':>4} {'success':>8} {'collision':>9} {'left':>6} {'right':>6} {'middle':>6}")
+    print(f"\n{'head':<15} {'seed':>4} {'success':>8} {'collision':>9} {'left':>6} {'right':>6}")
     for r in rows:
-        print(f"{r['head']:<11} {r['seed']:>4} {r['success']:>8.2f} {r['collision']:>9.2f} {r['left']:>6.2f} "
-              f"{r['right']:>6.2f} {r['middle']:>6.2f}")
+        print(f"{r['head']:<15} {r['seed']:>4} {r['success']:>8.2f} {r['collision']:>9.2f} {r['left']:>6.2f} "
+              f"{r['right']:>6.2f}")
     if args.plot:
         plot(examples, Path(args.plot))
     return rows
@@ -206,6 +221,11 @@ def plot(examples: dict[str, list[np.ndarray]], path: Path) -> None:
     print(f"plot: {path}")
 
 
+def _settings(text: str) -> dict[str, str]:
+    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (bools: 0/1 or false/true)."""
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -221,6 +241,8 @@ def main() -> None:
     det.add_argument("--demos", type=int, default=1000)
     det.add_argument("--train-steps", type=int, default=1500)
     det.add_argument("--plot", default=None)
+    det.add_argument("--act", type=_settings, default={},
+                     help="acting-time model settings for the evaluation, e.g. 'ensemble=1,execute=1' or 'flow_steps=5'")
     det.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `vlafoundry train` overrides")
     args = ap.parse_args()
     (latency if args.cmd == "latency" else detour)(args)

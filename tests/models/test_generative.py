@@ -147,7 +147,7 @@ def test_policy_trains_through_bc_loss_and_scores_offline(kind):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     p.eval()
     _, m1 = p(point_batch(seed=9))

@@ -34,15 +34,7 @@ class ActingState:
 
     def __init__(self, policy: Any) -> None:
         self._policy = policy
-        cfg = policy.cfg
-        self.chunk = int(cfg.chunk)
-        self.execute = int(getattr(cfg, "execute", 0)) or self.chunk  # actions acted on per predicted chunk
-        self.ensemble = bool(getattr(cfg, "ensemble", False))
-        self.decay = float(getattr(cfg, "ensemble_decay", 0.01))
-        self.replan_every = int(getattr(cfg, "execute", 0)) or 1  # with ensembling
-        if self.ensemble and policy.action_head.action_type != "continuous":
-            raise ValueError(f"model.ensemble: temporal ensembling averages continuous actions; the head "
-                             f"{policy.head_kind!r} acts in a {policy.action_head.action_type} space")
+        self._check_ensemble()
         self.generator = torch.Generator().manual_seed(0)
         self.history: dict[str, torch.Tensor] | None = None  # key -> (N, T, ...)
         self.valid: torch.Tensor | None = None  # (N, T) bool
@@ -50,6 +42,27 @@ class ActingState:
         self.plans: list[list[tuple[int, np.ndarray]]] = []  # per env: (step predicted at, chunk (K, A))
         self.steps: list[int] = []  # per env: steps acted in this episode
         self.memory_h: torch.Tensor | None = None  # (N, D)
+
+    # chunk execution settings, read from the policy config when acting (so they can be changed on a loaded policy)
+    @property
+    def execute(self) -> int:
+        """Actions acted on per predicted chunk (``model.execute``; 0 there means the whole chunk)."""
+        return int(self._policy.cfg.execute) or int(self._policy.cfg.chunk)
+
+    @property
+    def ensemble(self) -> bool:
+        return bool(self._policy.cfg.ensemble)
+
+    def _check_ensemble(self) -> None:
+        p = self._policy
+        if self.ensemble and p.action_head.action_type != "continuous":
+            raise ValueError(f"model.ensemble: temporal ensembling averages continuous actions; the head "
+                             f"{p.head_kind!r} acts in a {p.action_head.action_type} space")
+
+    @property
+    def replan_every(self) -> int:
+        """With ensembling: steps between predictions (``model.execute``, 0 meaning every step)."""
+        return int(self._policy.cfg.execute) or 1
 
     def reset(self, env_indices: Any = None) -> None:
         if env_indices is None or self.history is None:
@@ -100,6 +113,7 @@ class ActingState:
         if lo:
             self.valid[first, 0] = True
         if self.ensemble:
+            self._check_ensemble()
             need = [i for i in range(n) if self.steps[i] % self.replan_every == 0 or not self._covered(i)]
         else:
             need = [i for i in range(n) if not self.queue[i]]
@@ -133,7 +147,7 @@ class ActingState:
         """Env ``i``'s action now: the temporal ensemble of its chunks that cover this step (older ones dropped)."""
         t = self.steps[i]
         self.plans[i] = [(s, c) for s, c in self.plans[i] if s + len(c) > t]
-        return temporal_ensemble(np.stack([c[t - s] for s, c in self.plans[i]]), self.decay)
+        return temporal_ensemble(np.stack([c[t - s] for s, c in self.plans[i]]), float(self._policy.cfg.ensemble_decay))
 
     def _act_with_memory(self, observation: dict[str, Any], frames: dict[str, torch.Tensor], instr: list[str],
                          n: int) -> np.ndarray:
