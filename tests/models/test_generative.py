@@ -19,8 +19,8 @@ GENERATIVE = ["flow", "diffusion"]
 
 
 def head_cfg(**kw):
-    base = dict(chunk=2, gen_hidden=64, gen_layers=2, flow_steps=10, diffusion_steps=10, diffusion_train_steps=50,
-                diffusion_schedule="cosine")
+    base = {"chunk": 2, "gen_hidden": 64, "gen_layers": 2, "flow_steps": 10, "diffusion_steps": 10,
+            "diffusion_train_steps": 50, "diffusion_schedule": "cosine"}
     return SimpleNamespace(**{**base, **kw})
 
 

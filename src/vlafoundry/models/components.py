@@ -197,7 +197,7 @@ def resolve_head(name: str, action_type: str) -> str:
 
 
 # the generative heads (flow matching, diffusion) register themselves in their own module
-from vlafoundry.models import generative as _generative  # noqa: E402,F401  (after HEADS: it imports from here)
+from vlafoundry.models import generative as _generative  # noqa: F401  (after HEADS: it imports from here)
 
 __all__ = ["FUSIONS", "HEADS", "ActionHead", "BinnedHead", "ContinuousHead", "DiscreteHead", "register_head",
            "resolve_head"]
