@@ -254,3 +254,17 @@ def test_chunk_execution_config_is_checked():
                        ensemble=True)
     with pytest.raises(ValueError, match="model.ensemble.*continuous"):
         VLAPolicy(cfg, spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", GENERATIVE)
+def test_sampling_on_cuda_matches_cpu(kind):
+    # the noise comes from the acting generator on the CPU, so the same seed gives the same chunk on either device
+    p = make_policy(kind).eval()
+    with torch.no_grad():
+        p.action_head.net.out.weight.normal_(0, 0.3)
+    obs = {"state": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "instruction": ["go"] * 3}
+    p.reset()
+    cpu = p.select_action(obs)
+    p.to("cuda").reset()
+    np.testing.assert_allclose(p.select_action(obs), cpu, atol=1e-4)
