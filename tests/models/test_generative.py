@@ -268,3 +268,18 @@ def test_sampling_on_cuda_matches_cpu(kind):
     cpu = p.select_action(obs)
     p.to("cuda").reset()
     np.testing.assert_allclose(p.select_action(obs), cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_offline_metrics_score_generative_heads_through_the_head(kind):
+    """eval's offline pass asks the head for its entry scores (no per-kind decoding in eval)."""
+    from vlafoundry.eval.offline import _entry_scores
+
+    p = make_policy(kind).eval()
+    batch = point_batch(seed=3)
+    b = p.prepare(batch)
+    with torch.no_grad():
+        sample, correct, err = _entry_scores(p, p.action_outputs(p.features(p.encode(b))), b)
+    m = int(batch["action_mask"].sum())
+    assert sample.shape == correct.shape == err.shape == (m,) and not correct.any()
+    assert torch.isfinite(err).all() and (err >= 0).all()

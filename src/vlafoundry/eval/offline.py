@@ -160,12 +160,11 @@ def _entry_scores(policy: Any, outputs: torch.Tensor, b: dict[str, Any]
     if amask.dim() == 1:
         amask = amask.unsqueeze(1)
     sample = torch.arange(amask.shape[0], device=amask.device).unsqueeze(1).expand_as(amask)[amask]  # (M,)
-    if policy.head_kind == "discrete":
-        correct = (outputs.argmax(-1) == act)[amask]  # (M,)
-        return sample, correct, (~correct).float()
-    pred = outputs if policy.head_kind == "continuous" else policy.action_tokenizer.decode(outputs.argmax(-1))
-    err = (pred.to(act.device).float() - act.float()).abs().mean(-1)[amask]  # (M,)
-    return sample, torch.zeros_like(err, dtype=torch.bool), err
+    correct, err = policy.action_head.entry_scores(outputs, act)  # the head decides: (B, K) each, correct or None
+    err = err.to(amask.device).float()[amask]  # (M,)
+    if correct is None:
+        return sample, torch.zeros_like(err, dtype=torch.bool), err
+    return sample, correct.to(amask.device)[amask], err
 
 
 # ---------------------------------------------------------------------------------------------------- outputs

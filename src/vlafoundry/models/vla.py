@@ -317,8 +317,8 @@ class VLAPolicy(VLAObjectives, Policy):
         """Actions for every step of the chunk: (B, K) int64 or (B, K, A) float.
 
         ``sample`` (default: ``cfg.action_selection == "sample"``) draws discrete/binned actions from the softmax at
-        ``cfg.sample_temperature`` with the acting generator; otherwise the argmax. Continuous heads are
-        deterministic."""
+        ``cfg.sample_temperature`` with the acting generator; otherwise the argmax. The regression head is
+        deterministic; the generative heads (flow, diffusion) always sample, from the acting generator."""
         return self.pick(self.action_outputs(self.features(self.encode(self.prepare(batch)))), sample)
 
     def pick(self, out: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
