@@ -93,3 +93,12 @@ def test_onnx_backend_refuses_windows(tmp_path):
     export_onnx(p, tmp_path / "p.onnx", [observation(2, np.random.default_rng(0))])
     with pytest.raises(ExportError, match="model.history/model.chunk: the onnx backend expected 1 and 1, got 2"):
         OnnxPolicy(p, tmp_path / "p.onnx")
+
+
+def test_export_refuses_generative_heads():
+    from vlafoundry.serving.onnx_export import ExportError, check_exportable
+
+    p = make_policy()
+    p.head_kind = "flow"  # the check reads the head kind and config only
+    with pytest.raises(ExportError, match=r"model.head: expected 'discrete', 'continuous' or 'binned'.*got 'flow'"):
+        check_exportable(p)

@@ -51,8 +51,11 @@ def check_exportable(policy: Any) -> None:
         raise ExportError("model.language: expected 'scratch' or 'none' for ONNX export, got 'pretrained' (the "
                           "pretrained MiniLM encoder runs in transformers with its own WordPiece tokenizer; export it "
                           "separately or train with model.language scratch)")
-    if getattr(policy.cfg, "moe", False):
-        pass  # MoE routing exports (dense dispatch); checked numerically like everything else
+    if policy.head_kind not in ("discrete", "continuous", "binned"):
+        raise ExportError(f"model.head: expected 'discrete', 'continuous' or 'binned' for ONNX export, got "
+                          f"{policy.head_kind!r} (a generative head samples its chunk in a loop of "
+                          f"{policy.cfg.flow_steps if policy.head_kind == 'flow' else policy.cfg.diffusion_steps} "
+                          "denoiser calls from its own noise; serve it with `vlafoundry serve` instead)")
 
 
 class ActingGraph(nn.Module):
