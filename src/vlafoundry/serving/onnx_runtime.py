@@ -28,7 +28,7 @@ class OnnxActing(ActingState):
         p = self._policy
         n = p.processor.check_observation(observation)
         if self.history is None or len(self.queue) != n:
-            self.history, self.valid, self.queue = {}, torch.zeros(n, 1, dtype=torch.bool), [[] for _ in range(n)]
+            self._start({}, n, 1)  # the base state's per-row fields (queues, plans, step counters)
             self.memory_h = torch.zeros(n, p.cfg.d_model) if p.has_memory else None
         feeds = p.feeds(observation, n, self.memory_h)
         outs = p.session.run(None, feeds)

@@ -138,6 +138,8 @@ class Actor:
         m.history = {k: torch.cat([st.history[k] for st in states]) for k in states[0].history}
         m.valid = torch.cat([st.valid for st in states])
         m.queue = [list(q) for st in states for q in st.queue]
+        m.plans = [list(pl) for st in states for pl in st.plans]  # overlapping chunks (temporal ensembling)
+        m.steps = [n for st in states for n in st.steps]
         m.memory_h = None if states[0].memory_h is None else torch.cat([st.memory_h for st in states])
         self.policy.acting = m
         try:
@@ -150,6 +152,7 @@ class Actor:
             st.history = {k: v[a:b] for k, v in m.history.items()}
             st.valid = m.valid[a:b]
             st.queue = m.queue[a:b]
+            st.plans, st.steps = m.plans[a:b], m.steps[a:b]
             st.memory_h = None if m.memory_h is None else m.memory_h[a:b]
             a = b
         return self._split(actions, items)
