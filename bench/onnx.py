@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,6 @@ def _quickstart_policy(run: str | None) -> tuple[Any, str]:
     return mod.quickstart_policy(run)
 
 
-def _median_ms(fn: Any, repeats: int) -> float:
-    for _ in range(10):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default=None)
@@ -63,6 +51,7 @@ def main() -> int:
         export_onnx,
         heldout_observations,
         latency,
+        median_ms,
     )
     from vlafoundry.serving.onnx_runtime import OnnxPolicy
 
@@ -80,8 +69,8 @@ def main() -> int:
         policy.reset()
         onnx_policy.reset()
         rows.append({"rows": n, "graph_torch_ms": net["torch_ms"], "graph_onnxruntime_ms": net["onnxruntime_ms"],
-                     "select_action_torch_ms": _median_ms(lambda o=o: policy.select_action(o), args.repeats),
-                     "select_action_onnx_ms": _median_ms(lambda o=o: onnx_policy.select_action(o), args.repeats)})
+                     "select_action_torch_ms": median_ms(lambda o=o: policy.select_action(o), args.repeats),
+                     "select_action_onnx_ms": median_ms(lambda o=o: onnx_policy.select_action(o), args.repeats)})
     load1 = os.getloadavg()[0]
     result = {"bench": "onnx", "policy": what, "threads": args.threads, "cpus": os.cpu_count(),
               "loadavg_1min_before_after": [load0, load1], "max_abs_diff": report.max_abs_diff,

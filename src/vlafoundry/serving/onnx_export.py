@@ -256,20 +256,22 @@ def latency(policy: Any, path: str | Path, observation: dict[str, Any], repeats:
     feeds = example_inputs(policy, observation)
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
 
-    def timeit(fn: Any) -> float:
-        for _ in range(10):
-            fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts) * 1e3)
-
     with torch.no_grad():
-        torch_ms = timeit(lambda: graph(feeds))
-    return {"onnxruntime_ms": timeit(lambda: sess.run(None, np_feeds)), "torch_ms": torch_ms}
+        torch_ms = median_ms(lambda: graph(feeds), repeats)
+    return {"onnxruntime_ms": median_ms(lambda: sess.run(None, np_feeds), repeats), "torch_ms": torch_ms}
+
+
+def median_ms(fn: Any, repeats: int, warmup: int = 10) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
 
 
 __all__ = ["ActingGraph", "ExportError", "ExportReport", "check_exportable", "example_inputs", "export_onnx",
-           "latency"]
+           "latency", "median_ms"]
