@@ -17,6 +17,8 @@ state, past actions) already projected to the fusion width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -87,6 +89,18 @@ def _batch_size(named: dict[str, torch.Tensor | None]) -> int:
     if len({int(n) for n in sizes.values()}) > 1:  # by value: under ONNX tracing sizes are 0-d tensors
         raise ValueError(f"expected one batch size for all inputs, got {sizes}")
     return next(iter(sizes.values()))  # as given: a traced size keeps the batch axis dynamic
+
+
+def _token_inputs(module: nn.Module, d: int, *streams: torch.Tensor | None) -> tuple[tuple[Any, ...], int]:
+    """Checked (vision, mask, language, mask, extra, mask) streams, pooled (B, D) ones read as one token each,
+    and their common batch size."""
+    names = (("visual_features", "visual_mask"), ("language_features", "language_mask"), ("extra_tokens", "extra_mask"))
+    out: list[Any] = []
+    for (name, mask_name), x, mask in zip(names, streams[0::2], streams[1::2], strict=True):
+        _check_seq(name, x, mask, d, mask_name, first_parameter(module), pooled_ok=True)
+        out += list(_pooled_as_tokens(x, mask))  # (B, L, D), (B, L)
+    b = _batch_size({name: x for (name, _), x in zip(names, out[0::2], strict=True)})
+    return tuple(out), b
 
 
 def _with_placeholder(
@@ -262,23 +276,14 @@ class EarlyFusion(nn.Module):
         extra_tokens: torch.Tensor | None = None,
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self),
-                   pooled_ok=True)
-        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self),
-                   pooled_ok=True)
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self), pooled_ok=True)
-        visual_features, visual_mask = _pooled_as_tokens(visual_features, visual_mask)  # (B, Lv, D)
-        language_features, language_mask = _pooled_as_tokens(language_features, language_mask)  # (B, Ll, D)
-        extra_tokens, extra_mask = _pooled_as_tokens(extra_tokens, extra_mask)  # (B, Le, D)
-        b = _batch_size(
-            {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
-        )
+        (visual_features, visual_mask, language_features, language_mask, extra_tokens, extra_mask), b = _token_inputs(
+            self, self.feature_dim, visual_features, visual_mask, language_features, language_mask, extra_tokens,
+            extra_mask)
         v = None if visual_features is None else self.visual_proj(visual_features)
         l = None if language_features is None else self.language_proj(language_features)
         v, v_mask = _with_placeholder(v, visual_mask, self.visual_placeholder, b)
         l, l_mask = _with_placeholder(l, language_mask, self.language_placeholder, b)
-        cls = self.cls_token.to(v.dtype).expand(b, 1, d)
+        cls = self.cls_token.to(v.dtype).expand(b, 1, self.feature_dim)
         parts: list[Seq] = [(cls, None), (v + self.type_embed[0], v_mask), (l + self.type_embed[1], l_mask)]
         if extra_tokens is not None:
             parts.append((extra_tokens + self.type_embed[2], extra_mask))
@@ -360,18 +365,9 @@ class LateFusion(nn.Module):
         extra_tokens: torch.Tensor | None = None,
         extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        d = self.feature_dim
-        _check_seq("visual_features", visual_features, visual_mask, d, "visual_mask", first_parameter(self),
-                   pooled_ok=True)
-        _check_seq("language_features", language_features, language_mask, d, "language_mask", first_parameter(self),
-                   pooled_ok=True)
-        _check_seq("extra_tokens", extra_tokens, extra_mask, d, "extra_mask", first_parameter(self), pooled_ok=True)
-        visual_features, visual_mask = _pooled_as_tokens(visual_features, visual_mask)  # (B, Lv, D)
-        language_features, language_mask = _pooled_as_tokens(language_features, language_mask)  # (B, Ll, D)
-        extra_tokens, extra_mask = _pooled_as_tokens(extra_tokens, extra_mask)  # (B, Le, D)
-        b = _batch_size(
-            {"visual_features": visual_features, "language_features": language_features, "extra_tokens": extra_tokens}
-        )
+        (visual_features, visual_mask, language_features, language_mask, extra_tokens, extra_mask), b = _token_inputs(
+            self, self.feature_dim, visual_features, visual_mask, language_features, language_mask, extra_tokens,
+            extra_mask)
         pooled = []
         streams = [
             (visual_features, visual_mask, self.visual_encoder),
