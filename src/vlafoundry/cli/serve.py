@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,20 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.checkpoint} ({s.meta['policy_type']}, {env}, batching: {s.actor.mode}) on "
               f"ws://{args.host}:{s.port} (health: http://{args.host}:{s.port}/health)", flush=True)
 
+    async def main() -> None:
+        # SIGINT / SIGTERM stop the server gracefully, also where the shell started us with SIGINT ignored (a
+        # background job of a non-interactive shell inherits SIG_IGN, and Python then raises no KeyboardInterrupt)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # platforms without loop signal handlers
+                loop.add_signal_handler(sig, server.stop)
+        await server.serve(on_ready=ready)
+
     try:
-        asyncio.run(server.serve(on_ready=ready))
+        asyncio.run(main())
     except KeyboardInterrupt:
-        print("stopped")
+        pass
+    print("stopped", flush=True)
     return 0
 
 
