@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,18 +26,7 @@ from typing import Any
 
 import numpy as np
 
-# bench/ holds onnx.py: keep this folder off sys.path so that `import onnx` finds the package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-
-def _quickstart_policy(run: str | None) -> tuple[Any, str]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_policies", _HERE / "_policies.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.quickstart_policy(run)
+from _policies import quickstart_policy  # bench/_policies.py (this folder is on sys.path as the script's own)
 
 
 def _observation(rng: np.random.Generator, n: int = 1) -> dict[str, Any]:
@@ -55,7 +43,7 @@ def _serve(run: str | None, threads: int, window: float, backend: str, conn: Any
     from vlafoundry.serving.server import PolicyServer, ServerConfig
 
     torch.set_num_threads(threads)
-    policy, what = _quickstart_policy(run)
+    policy, what = quickstart_policy(run)
     if backend == "onnx":
         from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
         from vlafoundry.serving.onnx_runtime import OnnxPolicy

@@ -1,6 +1,6 @@
 """ONNX export of the quickstart-sized policy: accuracy against PyTorch and acting latency (docs/serving.md).
 
-    python bench/onnx.py [--run RUN] [--rows 1,16,64] [--repeats 200] [--threads 1] [--json-only]
+    python bench/onnx_latency.py [--run RUN] [--rows 1,16,64] [--repeats 200] [--threads 1] [--json-only]
 
 Exports the acting path (``vlafoundry.serving.onnx_export``) of a trained run (``--run``) or, without one, of the
 babyai-gotolocal preset network (GRU memory) built on 20 generated episodes with random weights; checks it with
@@ -15,25 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-# This file is named onnx.py: take its folder off sys.path so that `import onnx` finds the package, not this file.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-
-def _quickstart_policy(run: str | None) -> tuple[Any, str]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_policies", _HERE / "_policies.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.quickstart_policy(run)
+from _policies import quickstart_policy  # bench/_policies.py (this folder is on sys.path as the script's own)
 
 
 def main() -> int:
@@ -55,7 +42,7 @@ def main() -> int:
     )
     from vlafoundry.serving.onnx_runtime import OnnxPolicy
 
-    policy, what = _quickstart_policy(args.run)
+    policy, what = quickstart_policy(args.run)
     obs = heldout_observations(policy, policy.spec.env, rows=16, steps=12)
     path = Path(tempfile.mkdtemp(prefix="vlafoundry-bench-")) / "policy.onnx"
     report = export_onnx(policy, path, obs)
