@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vlafoundry.io import load_json_file, load_tensors, save_tensors, write_json_atomic
+from vlafoundry.models.base import PolicyLoadError, check_tensors
 
 MARKER = "COMPLETE"
 
@@ -288,26 +289,13 @@ def load_rng_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
     restore_rng(_load_tensors(ckpt_dir / "rng.safetensors"), state["rng"])
 
 
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
-                     allow_missing: tuple[str, ...] = (), strict: bool = True) -> dict[str, torch.Tensor]:
-    """Compare a loaded state dict with ``model``: missing, unexpected or mis-shaped tensors raise CheckpointError."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors and not k.startswith(allow_missing)]
-    if missing and strict:
-        raise CheckpointError(f"{source}: missing tensor {missing[0]!r} (shape {tuple(expected[missing[0]].shape)})"
-                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    unexpected = [k for k in tensors if k not in expected]
-    if unexpected and strict:
-        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}"
-                              + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
-    for k, v in tensors.items():
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{source}: tensor {k!r} expected shape {tuple(expected[k].shape)}, "
-                                  f"found {tuple(v.shape)}")
-        if k in expected and v.dtype != expected[k].dtype and not (v.is_floating_point()
-                                                                   and expected[k].is_floating_point()):
-            raise CheckpointError(f"{source}: tensor {k!r} expected dtype {expected[k].dtype}, found {v.dtype}")
-    return {k: v for k, v in tensors.items() if k in expected}
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Compare a loaded state dict with ``model`` (:func:`vlafoundry.models.base.check_tensors`, the one check):
+    missing, unexpected or mis-shaped tensors raise CheckpointError naming them."""
+    try:
+        return check_tensors(model, tensors, source)
+    except PolicyLoadError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def prune_checkpoints(ckdir: Path, keep: int) -> None:
