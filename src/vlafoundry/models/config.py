@@ -54,7 +54,13 @@ class PolicyConfig(ModelConfig):
     """Architecture of a VLA policy (``type: vla``), every piece drawn from ``vlafoundry.nn``.
 
     vision: ``grid`` embeds BabyAI's symbolic 7x7x3 view per cell (49 tokens); ``patch`` is the ViT-style
-    :class:`~vlafoundry.nn.VisionEncoder` over RGB images; ``none`` for state-only benchmarks (Meta-World).
+    :class:`~vlafoundry.nn.VisionEncoder` over RGB images (``patch_size`` pixels a side per token; frames
+    ``(K, H, W, 3)`` from K cameras become K token groups with a learned camera embedding); ``none`` for
+    state-only benchmarks.
+    vision_stem: how ``patch`` turns pixels into tokens: ``patch`` (the ViT's one strided convolution) or ``conv``
+    (a small convolutional stem, :class:`~vlafoundry.nn.vision.ConvStem`; ``patch_size`` a power of two).
+    image_shift: random-shift augmentation in training (DrQ; :func:`~vlafoundry.nn.augment.random_shift`): each
+    sample's frames move by up to this many pixels (0 = off). Needs ``vision`` ``patch``.
     language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
     dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`
     (``language_adapter``: width of its optional trainable residual adapter, 0 = none).
@@ -101,6 +107,8 @@ class PolicyConfig(ModelConfig):
     tokenizer: str = "word"
     tokenizer_vocab: int = 1000
     patch_size: int = 8
+    vision_stem: str = "patch"
+    image_shift: int = 0
     use_state: bool = True
     state_fourier: int = 0
     history: int = 1
@@ -155,6 +163,13 @@ class PolicyConfig(ModelConfig):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
         require(self.diffusion_schedule in ("cosine", "linear"), "model.diffusion_schedule",
                 "one of ['cosine', 'linear']", self.diffusion_schedule)
+        require(self.vision_stem in ("patch", "conv"), "model.vision_stem", "one of ['patch', 'conv']",
+                self.vision_stem)
+        require(self.vision_stem == "patch" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0),
+                "model.patch_size", "a power of two >= 2 with model.vision_stem=conv", self.patch_size)
+        require(self.image_shift >= 0, "model.image_shift", "an integer >= 0", self.image_shift)
+        require(self.image_shift == 0 or self.vision == "patch", "model.image_shift",
+                f"0 unless model.vision is 'patch' (got model.vision={self.vision!r})", self.image_shift)
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)
         for k in ("d_model", "num_heads", "d_ff", "history", "chunk", "embed_dim", "patch_size", "tokenizer_vocab"):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))

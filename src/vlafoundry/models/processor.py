@@ -135,15 +135,16 @@ class PolicyProcessor:
         if img is None:
             raise ValueError("batch: expected key 'image' for a policy with a vision encoder")
         img = torch.as_tensor(img)
-        if img.dim() == 4:
-            img = img.unsqueeze(1)  # (B, 1, H, W, C)
-        check_tensor("image", img, ndim=5, floating=False)
+        frame_rank = len(self.spec.image_shape or (0, 0, 0))  # 3: (H, W, C); 4: (K, H, W, C) from K cameras
+        if img.dim() == frame_rank + 1:
+            img = img.unsqueeze(1)  # (B, 1, [K,] H, W, C)
+        check_tensor("image", img, ndim=frame_rank + 2, floating=False)
         if img.shape[0] != b:
             raise ValueError(f"image: expected {b} rows (one per instruction), got shape {tuple(img.shape)}")
         if list(img.shape[2:]) != list(self.spec.image_shape or []):
             raise ValueError(f"image: expected frames of shape {tuple(self.spec.image_shape or ())}, "
                              f"got {tuple(img.shape[2:])}")
-        return img  # (B, T, H, W, C)
+        return img  # (B, T, [K,] H, W, C)
 
     def _state(self, batch: dict[str, Any], b: int) -> torch.Tensor:
         if batch.get("state") is None:

@@ -35,6 +35,7 @@ from vlafoundry.models.objectives import LossConfig, VLAObjectives
 from vlafoundry.models.processor import PolicyProcessor
 from vlafoundry.models.registry import register_policy
 from vlafoundry.models.spec import PolicySpec
+from vlafoundry.nn.augment import random_shift
 from vlafoundry.nn.blocks import TransformerEncoderBlock
 from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.fusion import masked_mean_pool
@@ -79,15 +80,19 @@ class VLAPolicy(VLAObjectives, Policy):
         # ---- vision
         self.vision_encoder: nn.Module | None = None
         if self.has_image:
-            h, w, c = spec.image_shape
+            if len(spec.image_shape) not in (3, 4):
+                raise ValueError(f"image data: expected frames (H, W, C) or (K, H, W, C) from K cameras, got shape "
+                                 f"{tuple(spec.image_shape)}")
+            cams = 1 if len(spec.image_shape) == 3 else int(spec.image_shape[0])
+            h, w, c = spec.image_shape[-3:]
             if cfg.vision == "grid":
-                if c != 3:
+                if c != 3 or cams != 1:
                     raise ValueError(f"model.vision=grid needs BabyAI's symbolic (H, W, 3) view, got image shape "
                                      f"{tuple(spec.image_shape)}; use model.vision=patch for RGB")
                 self.vision_encoder = SymbolicGridEncoder(d, cls_token=False)
                 self.num_image_tokens = h * w
             else:
-                self.vision_encoder = VisionEncoder(c, cfg.patch_size, d)
+                self.vision_encoder = VisionEncoder(c, cfg.patch_size, d, stem=cfg.vision_stem, num_cameras=cams)
                 self.num_image_tokens = self.vision_encoder.num_tokens(h, w)
             self.vision_context = nn.ModuleList(
                 TransformerEncoderBlock(d, cfg.num_heads, cfg.d_ff, cfg.dropout, ffn_layer=ffn)
@@ -187,16 +192,17 @@ class VLAPolicy(VLAObjectives, Policy):
     # ------------------------------------------------------------------ encoders
     def encode_image(self, image: torch.Tensor, frame_mask: torch.Tensor, mrm: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(B,T,H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N); with ``mrm`` also the MRM targets."""
+        """(B,T,[K,]H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N); with ``mrm`` also the MRM targets."""
         b, t = image.shape[:2]
-        flat = image.reshape(b * t, *image.shape[2:])  # (B*T, H, W, C)
+        if self.training and self.cfg.image_shift > 0:
+            image = random_shift(image, self.cfg.image_shift)  # one offset per sample, shared by its frames
+        flat = image.reshape(b * t, *image.shape[2:])  # (B*T, [K,] H, W, C)
         tokens = self.vision_encoder(flat)  # (B*T, N, D); uint8 RGB is read channels-last by VisionEncoder
         n = tokens.shape[1]
         extras: dict[str, torch.Tensor] = {}
         if mrm:
             patch_mask = self.pretrain_heads.mask_patches(b * t, n, 0.15, device=tokens.device)  # (B*T, N)
-            pos = self.vision_encoder.pos_cache.get(*self.grid_hw(image), tokens.device, tokens.dtype)
-            pos = pos.expand(b * t, -1, -1)
+            pos = self.image_positions(image, tokens).expand(b * t, -1, -1)  # (B*T, N, D)
             extras["mrm_target"] = tokens.detach()
             extras["mrm_mask"] = patch_mask
             tokens = torch.where(patch_mask.unsqueeze(-1), self.mrm_mask_token + pos, tokens)
@@ -209,11 +215,17 @@ class VLAPolicy(VLAObjectives, Policy):
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
 
     def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
-        """Token grid (rows, cols) of (B, T, H, W, C) frames: the cells, or the ViT's patches."""
-        h, w = image.shape[2], image.shape[3]
+        """Token grid (rows, cols) of one camera's (B, T, [K,] H, W, C) frames: the cells, or the ViT's patches."""
+        h, w = image.shape[-3], image.shape[-2]
         if self.cfg.vision == "grid":
             return h, w
         return self.vision_encoder.grid_size(h, w)
+
+    def image_positions(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(1, N, D): the fixed positions (and camera embeddings) the vision encoder added to its N tokens."""
+        if self.cfg.vision == "grid":
+            return self.vision_encoder.pos_cache.get(*self.grid_hw(image), tokens.device, tokens.dtype)
+        return self.vision_encoder.positions(image.shape[-3], image.shape[-2], tokens.device, tokens.dtype)
 
     def encode_state(self, state: torch.Tensor) -> torch.Tensor:
         """(B,T,S) standardised state -> (B,T,D) tokens."""

@@ -22,6 +22,7 @@ from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTo
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalContrastiveLearning, MultimodalPretrainingTask
 from vlafoundry.nn.moe import ConditionalComputationGate, MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import (
+    ConvStem,
     SinCosPositionCache,
     SymbolicGridEncoder,
     VisionEncoder,
@@ -33,7 +34,7 @@ from vlafoundry.nn.vision import (
 __all__ = [
     "FourierFeatures",
     "ActionDecoder", "ActionEncoder", "ActionSequenceProcessor", "ActionTokenizer",
-    "ConditionalComputationGate", "ContrastiveLoss", "CrossModalAttention", "EarlyFusion", "FFNFactory",
+    "ConditionalComputationGate", "ContrastiveLoss", "ConvStem", "CrossModalAttention", "EarlyFusion", "FFNFactory",
     "FeedForward", "FiLMFusion", "LanguageEncoder", "LateFusion", "MultiHeadAttention",
     "MultimodalContrastiveLearning", "MultimodalEncoder", "MultimodalFusionNetwork", "MultimodalMixtureOfExperts",
     "MultimodalPretrainingTask", "MultimodalTransformerBlock", "SinCosPositionCache", "SymbolicGridEncoder",

@@ -21,6 +21,7 @@ __all__ = [
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
     "SinCosPositionCache",
+    "ConvStem",
     "VisionEncoder",
     "SymbolicGridEncoder",
     "images_to_tensor",
@@ -113,6 +114,29 @@ def images_to_tensor(images: torch.Tensor | np.ndarray, dtype: torch.dtype = tor
     return images.permute(0, 3, 1, 2).to(dtype).div_(255.0)  # (B, C, H, W)
 
 
+class ConvStem(nn.Module):
+    """A small convolutional stem in place of the ViT's one-shot patch projection ("early convolutions",
+    Xiao et al. 2021): ``log2(patch_size)`` 3x3 stride-2 convolutions (GroupNorm + ``act_layer``), then a 1x1
+    projection to ``d_model``. Same token grid as a ``patch_size`` patch embedding; ``patch_size`` must be a power
+    of two. ``(B, C, H, W)`` -> ``(B, D, H/p, W/p)``."""
+
+    def __init__(self, input_channels: int, patch_size: int, d_model: int, width: int = 32,
+                 act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        if patch_size < 2 or patch_size & (patch_size - 1):
+            raise ValueError(f"patch_size: expected a power of two >= 2 for the convolutional stem, got {patch_size}")
+        layers: list[nn.Module] = []
+        ch_in, ch = input_channels, width
+        for _ in range(patch_size.bit_length() - 1):
+            layers += [nn.Conv2d(ch_in, ch, 3, stride=2, padding=1, bias=False), nn.GroupNorm(1, ch), act_layer()]
+            ch_in, ch = ch, min(2 * ch, d_model)
+        layers.append(nn.Conv2d(ch_in, d_model, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, D, H/p, W/p)
+
+
 class VisionEncoder(nn.Module):
     """ViT patch embedding: ``Conv2d`` patches + learned CLS token + fixed 2-D sin-cos positions.
 
@@ -120,29 +144,52 @@ class VisionEncoder(nn.Module):
     (any such size works, positions are built per grid). With ``channels_last_uint8=True`` (or any uint8
     input, which is always read as channels-last) it takes raw ``(B, H, W, C)`` uint8 images and scales them
     to ``[0, 1]`` first (see :func:`images_to_tensor`). Returns ``(B, 1 + H/p * W/p, D)``; token 0 is CLS.
+
+    ``stem``: ``"patch"`` (the chapter's one strided convolution) or ``"conv"`` (:class:`ConvStem`).
+    ``num_cameras`` K > 1: the input is ``(B, K, H, W, C)`` uint8 (or ``(B, K, C, H, W)`` float), every camera
+    goes through the same stem and gets its own CLS token, and a learned camera embedding is added to all of
+    camera k's tokens; the output is the K token groups one after the other, ``(B, K * (1 + H/p * W/p), D)``.
     """
 
-    def __init__(self, input_channels: int = 3, patch_size: int = 16, d_model: int = 768, dropout: float = 0.0) -> None:
+    def __init__(self, input_channels: int = 3, patch_size: int = 16, d_model: int = 768, dropout: float = 0.0,
+                 stem: str = "patch", num_cameras: int = 1) -> None:
         super().__init__()
         if d_model % 4 != 0:
             raise ValueError(f"d_model: expected a multiple of 4 (2-D sin-cos positions), got {d_model}")
         if patch_size <= 0:
             raise ValueError(f"patch_size: expected a positive integer, got {patch_size}")
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"stem: expected 'patch' or 'conv', got {stem!r}")
+        if num_cameras < 1:
+            raise ValueError(f"num_cameras: expected an integer >= 1, got {num_cameras}")
         self.input_channels = input_channels
         self.patch_size = patch_size
         self.d_model = d_model
-        self.conv_proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.stem = stem
+        self.num_cameras = num_cameras
+        if stem == "patch":
+            self.conv_proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        else:
+            self.conv_proj = ConvStem(input_channels, patch_size, d_model)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        self.camera_embed = nn.Parameter(torch.zeros(num_cameras, d_model)) if num_cameras > 1 else None
         self.pos_drop = nn.Dropout(dropout)
         self.pos_cache = SinCosPositionCache(d_model, cls_token=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # MAE: the patch projection is initialised like a Linear layer (xavier on the flattened kernel).
-        w = self.conv_proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.conv_proj.bias)
+        if self.stem == "patch":
+            # MAE: the patch projection is initialised like a Linear layer (xavier on the flattened kernel).
+            w = self.conv_proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.conv_proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
+        if self.camera_embed is not None:
+            nn.init.normal_(self.camera_embed, std=0.02)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.cls_token.dtype
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(H/p, W/p)`` for an image size; ``ValueError`` if not divisible."""
@@ -154,25 +201,40 @@ class VisionEncoder(nn.Module):
         return height // p, width // p
 
     def num_tokens(self, height: int, width: int) -> int:
+        """Tokens per observation: ``K * (1 + H/p * W/p)``."""
         gh, gw = self.grid_size(height, width)
-        return 1 + gh * gw
+        return self.num_cameras * (1 + gh * gw)
+
+    def positions(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """What is added to the stem's tokens: ``(1, K * (1 + N), D)`` sin-cos positions (+ camera embeddings)."""
+        pos = self.pos_cache.get(*self.grid_size(height, width), device, dtype)  # (1, 1+N, D)
+        if self.camera_embed is None:
+            return pos
+        cams = self.camera_embed.to(dtype).unsqueeze(1)  # (K, 1, D)
+        return (pos + cams).reshape(1, -1, self.d_model)  # (1, K*(1+N), D)
 
     def forward(self, x: torch.Tensor, channels_last_uint8: bool | None = None) -> torch.Tensor:
-        check_tensor("x", x, ndim=4, floating=None)
+        k = self.num_cameras
+        check_tensor("x", x, ndim=4 if k == 1 else 5, floating=None)
+        b = x.shape[0]
+        if k > 1:
+            if x.shape[1] != k:
+                raise ValueError(f"x: expected {k} cameras (B, K, H, W, C), got shape {tuple(x.shape)}")
+            x = x.reshape(b * k, *x.shape[2:])  # (B*K, H, W, C) or (B*K, C, H, W)
         if channels_last_uint8 is None:
             channels_last_uint8 = x.dtype == torch.uint8
         if channels_last_uint8:
-            x = images_to_tensor(x, dtype=self.conv_proj.weight.dtype)  # (B, C, H, W)
+            x = images_to_tensor(x, dtype=self.weight_dtype)  # (B*K, C, H, W)
         else:
             check_tensor("x", x, floating=True)
         if x.shape[1] != self.input_channels:
             raise ValueError(f"x: expected {self.input_channels} channels (B, C, H, W), got shape {tuple(x.shape)}")
-        check_tensor("x", x, device=self.conv_proj.weight.device)
-        gh, gw = self.grid_size(x.shape[2], x.shape[3])
-        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        tokens = torch.cat([cls, patches], dim=1)  # (B, 1+N, D)
-        tokens = tokens + self.pos_cache.get(gh, gw, tokens.device, tokens.dtype)
+        check_tensor("x", x, device=self.cls_token.device)
+        self.grid_size(x.shape[2], x.shape[3])
+        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B*K, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B*K, 1, D)
+        tokens = torch.cat([cls, patches], dim=1).reshape(b, -1, self.d_model)  # (B, K*(1+N), D)
+        tokens = tokens + self.positions(x.shape[2], x.shape[3], tokens.device, tokens.dtype)
         return self.pos_drop(tokens)
 
 
