@@ -91,10 +91,11 @@ def attention_frames(policy: Any, records: Sequence[Mapping[str, Any]], env_kwar
             amap = _attention_for(policy, o, attn_modules, torch)
             if amap is None:
                 break
-            view = _agent_view(env, o["image"])
+            image = o["image"] if o["image"].ndim == 3 else o["image"][0]  # several cameras: the first one's
+            view = _agent_view(env, image)
             frames.append(view)
             # Minigrid's symbolic grid is indexed (x, y); its rendering has rows = y.
-            maps.append(amap.T if view is not o["image"] else amap)
+            maps.append(amap.T if view is not image else amap)
             titles.append(f"step {t}")
             o, *_ = env.step(np.asarray(rec["actions"][t]))
     finally:
@@ -123,10 +124,16 @@ def _attention_for(policy: Any, o: dict[str, Any], modules: list[Any], torch: An
     batch = {"image": o["image"][None], "state": o["state"][None], "instruction": [o["instruction"]]}
     if hasattr(policy, "attention_maps"):
         return np.asarray(policy.attention_maps(batch)[0], dtype=float)
-    h, w = o["image"].shape[:2]
+    h, w = o["image"].shape[-3:-1]
     n_tokens = getattr(policy, "num_image_tokens", h * w)
     grid = policy.grid_hw(torch.as_tensor(o["image"][None, None])) if hasattr(policy, "grid_hw") else (h, w)
-    if grid[0] * grid[1] != n_tokens:
+    cells = grid[0] * grid[1]
+    cams = int(getattr(getattr(policy, "vision_encoder", None), "num_cameras", 1) or 1)
+    if n_tokens == cells:
+        first = 0  # one token per cell
+    elif n_tokens == cams * (1 + cells):
+        first = 1  # the ViT's token groups: [CLS, patches] per camera; the map shows the first camera's patches
+    else:
         return None
     for m in modules:
         m.record_attention, m.last_attention = True, None
@@ -138,7 +145,8 @@ def _attention_for(policy: Any, o: dict[str, Any], modules: list[Any], torch: An
     for m in modules:
         a = m.last_attention  # (B, heads, Lq, Lk)
         if a is not None and a.dim() == 4 and a.shape[-1] == n_tokens * history:
-            found.append(a[0, :, :, -n_tokens:].float().mean(dim=(0, 1)))  # newest frame's tokens, (N,)
+            newest = a[0, :, :, -n_tokens:].float().mean(dim=(0, 1))  # newest frame's tokens, (N,)
+            found.append(newest[first:first + cells])  # (cells,)
     if not found:
         return None
     return found[-1].reshape(grid).cpu().numpy()
