@@ -1,7 +1,7 @@
 """Success against number of bot demonstrations on a BabyAI level, next to the published BabyAI record.
 
     python bench/babyai_sample_efficiency.py GoToLocal --demos 1000,2000,5000 [--seeds 0,1] [--episodes 1000]
-        [--out bench/results/sample_efficiency] [--compare OTHER.csv=LABEL ...] [--section.key VALUE ...]
+        [--out bench/results/sample_efficiency] [--compare OTHER.csv=LABEL ...] [--pretrain] [--section.key VALUE ...]
 
 For each demonstration count N (and each training seed) it generates (or reuses, from the dataset cache) N bot
 episodes with seeds 0..N-1, trains the level's preset (``babyai-<level>``; extra dotted overrides are passed on),
@@ -43,6 +43,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per run (default 1000)")
     p.add_argument("--preset", default=None, help="preset (default babyai-<level lower-case>)")
+    p.add_argument("--pretrain", action="store_true",
+                   help="alignment-pretrain first (the preset's pretrain section: contrastive / ITM / MLM / MRM on the "
+                   "same demonstrations), then behaviour-clone from it, as `vlafoundry pretrain` + `train --init-from`")
     p.add_argument("--workers", type=int, default=2, help="generation/evaluation worker processes")
     p.add_argument("--out", default="bench/results/sample_efficiency")
     p.add_argument("--compare", action="append", default=[], metavar="CSV=LABEL",
@@ -71,7 +74,7 @@ def parse_compare(specs: list[str]) -> list[tuple[str, list[dict]]]:
 
 
 def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, workers: int, out: Path,
-            overrides: list[str]) -> dict:
+            overrides: list[str], pretrain: bool = False) -> dict:
     import torch
 
     from vlafoundry.eval.rollout import evaluate_policy
@@ -82,8 +85,13 @@ def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, worke
                                "--data.workers", str(workers), "--train.seed", str(seed), *overrides])
     run_dir = out / "runs" / f"{level}-n{demos}-s{seed}"
     t0 = time.perf_counter()
-    summary, trainer = fit_phase(cfg, run_dir)  # with the preset's train.restarts, if any
-    train_s = time.perf_counter() - t0
+    init_from = None
+    if pretrain:
+        init_from = run_dir / "pretrain"
+        fit_phase(cfg, init_from, phase="pretrain")
+    pretrain_s = time.perf_counter() - t0
+    summary, trainer = fit_phase(cfg, run_dir / "train" if pretrain else run_dir, init_from=init_from)
+    train_s = time.perf_counter() - t0 - pretrain_s
     policy = trainer.policy.eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # worker processes step the environments on the other core
@@ -94,7 +102,8 @@ def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, worke
     return {"level": level, "demos": demos, "train_seed": seed, "episodes": row["episodes"],
             "successes": row["successes"], "success_rate": row["success_rate"], "ci_low": row["ci_low"],
             "ci_high": row["ci_high"], "mean_length": row["mean_length"], "train_steps": summary["step"],
-            "train_samples": summary["train_samples"], "train_wall_s": round(train_s, 1),
+            "train_samples": summary["train_samples"], "pretrain": pretrain, "pretrain_wall_s": round(pretrain_s, 1),
+            "train_wall_s": round(train_s, 1),
             "eval_wall_s": round(result.elapsed_s, 1), "preset": preset, "overrides": " ".join(overrides)}
 
 
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(x) for x in args.seeds.split(",")]:
             if (demos, seed) in done:
                 continue
-            row = run_one(level, preset, demos, seed, args.episodes, args.workers, out, overrides)
+            row = run_one(level, preset, demos, seed, args.episodes, args.workers, out, overrides, args.pretrain)
             print(json.dumps(row), flush=True)
             rows.append(row)
             rows.sort(key=lambda r: (r["demos"], r["train_seed"]))
