@@ -12,7 +12,7 @@ import torch
 import numpy as np
 
 from vlafoundry.data import generate_dataset
-from vlafoundry.envs import expand_env_names, make_env
+from vlafoundry.envs import expand_env_names, get_family, make_env
 from vlafoundry.train.config import list_presets, load_config
 from vlafoundry.train.trainer import Trainer
 
@@ -25,13 +25,13 @@ SHORT = ["--pretrain.steps", "1", "--pretrain.batch_size", "4", "--train.steps",
 def datasets(tmp_path_factory):
     cache: dict[str, object] = {}
 
-    def get(env: str):
-        if env not in cache:
-            root = tmp_path_factory.mktemp(env.replace("/", "-")) / "ds"
+    def get(env: str, image: str = "symbolic"):
+        if (env, image) not in cache:
+            root = tmp_path_factory.mktemp(f"{env.replace('/', '-')}-{image}") / "ds"
             episodes = 10 if env == "metaworld/mt10" else 3
-            generate_dataset(env, episodes, root, workers=1, seed=0, progress=False)
-            cache[env] = root
-        return cache[env]
+            generate_dataset(env, episodes, root, workers=1, seed=0, image=image, progress=False)
+            cache[env, image] = root
+        return cache[env, image]
 
     return get
 
@@ -39,7 +39,7 @@ def datasets(tmp_path_factory):
 @pytest.mark.parametrize("name", list_presets())
 def test_preset_builds_trains_and_acts(name, datasets, tmp_path):
     cfg = load_config(name, SHORT)
-    root = datasets(cfg.data.env)
+    root = datasets(cfg.data.env, cfg.data.image)
     torch.manual_seed(0)
     pre = Trainer(cfg, tmp_path / "pre", phase="pretrain", dataset_root=root).fit()
     assert all(math.isfinite(v) for v in pre["last"].values())
@@ -50,7 +50,8 @@ def test_preset_builds_trains_and_acts(name, datasets, tmp_path):
     # acts in its environment: a few closed-loop steps of valid actions on a fresh (unseen) seed
     policy = tr.policy.eval()
     policy.reset()
-    env = make_env(expand_env_names(cfg.data.env)[0])
+    name = expand_env_names(cfg.data.env)[0]
+    env = make_env(name, **get_family(name).env_kwargs(cfg.data))  # the observation mode it was trained on
     obs = env.reset(seed=10**9)
     for _ in range(3):
         batch = {k: (np.asarray(v)[None] if k != "instruction" else [v]) for k, v in obs.items()}

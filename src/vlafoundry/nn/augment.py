@@ -44,7 +44,7 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
 
 
 class RandomShift(torch.nn.Module):
-    """:func:`random_shift` as a module, active only in training mode (identity in ``eval()``)."""
+    """:func:`random_shift` as a module, active only in training mode (identity in evaluation mode)."""
 
     def __init__(self, pad: int = 4) -> None:
         super().__init__()
