@@ -242,3 +242,19 @@ def test_two_camera_round_trip_writes_one_video_per_camera(tmp_path: Path, capsy
         "observation.images.cam0", "observation.images.cam1"]
     with pytest.raises(ValueError, match=r"camera_keys: expected 2 distinct names .* got \['a'\]"):
         export_lerobot(eps, tmp_path / "bad", env=env, image_mode="rgb", camera_keys=["a"])
+
+
+def test_two_camera_golden_trains_a_patch_policy_from_the_cli(tmp_path: Path) -> None:
+    """lerobot's 2-camera dataset -> (K, H, W, 3) frames -> VisionEncoder with K token groups, through the CLI."""
+    data = _copy(tmp_path, "cameras")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "metaworld-mt10", "--data", str(data), "--out", str(run),
+                 "--model.vision", "patch", "--model.patch_size", "16", "--model.d_model", "32", "--model.d_ff", "64",
+                 "--model.num_heads", "2", "--model.num_layers", "1", "--model.text_layers", "1",
+                 "--model.vision_layers", "1", "--train.steps", "2", "--train.batch_size", "4",
+                 "--train.warmup_steps", "1", "--train.eval_every", "2", "--train.checkpoint_every", "2",
+                 "--train.progress", "false", "--train.threads", "1", "--data.val_fraction", "0"]) == 0
+    from vlafoundry.train.trainer import load_run
+
+    policy, _, _ = load_run(run)
+    assert policy.vision_encoder.num_cameras == 2
