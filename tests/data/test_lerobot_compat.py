@@ -74,7 +74,12 @@ def test_lerobot_reads_our_export(image: str, tmp_path: Path) -> None:
 def test_lerobot_reads_our_two_camera_export(tmp_path: Path) -> None:
     """Two cameras (frames (K, H, W, 3)) become two video features, both read by lerobot in the recorded order."""
     py = _lerobot_python()
-    from test_lerobot_tools import FRONT, REACH_ENV, WRIST, two_camera_episodes  # tests/data is on sys.path
+    from test_lerobot_tools import (  # tests/data is on sys.path
+        FRONT,
+        REACH_ENV,
+        WRIST,
+        two_camera_episodes,
+    )
 
     from vlafoundry.data.lerobot_export import export_lerobot
 

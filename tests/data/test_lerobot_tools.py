@@ -17,7 +17,12 @@ import pyarrow.parquet as pq
 
 from vlafoundry.cli.main import main
 from vlafoundry.data import DemoDataset
-from vlafoundry.data.lerobot import MAPPING_ENV, FeatureMap, load_info, read_lerobot_episodes
+from vlafoundry.data.lerobot import (
+    MAPPING_ENV,
+    FeatureMap,
+    load_info,
+    read_lerobot_episodes,
+)
 from vlafoundry.data.lerobot_export import export_lerobot
 from vlafoundry.data.lerobot_verify import verify_lerobot
 from vlafoundry.data.video import encode_video
@@ -81,8 +86,9 @@ def _break_lengths(root: Path) -> list[str]:
     path = root / "meta/episodes/chunk-000/file-000.parquet"
     _edit_parquet(path, lambda t: t.set_column(t.column_names.index("length"), "length",
                                                 [[5, 5, 6]]))  # episode 1 has 4 frames
-    return ["episode 1: length 5 in meta/episodes, 4 rows in data/", "lengths sum to 16, meta/info.json "
-            "total_frames says 15", "episode 1: dataset_from_index..dataset_to_index expected 5..10 (length 5"]
+    return ["episode 1: length 5 in meta/episodes, 4 rows in data/",
+            "lengths sum to 16, meta/info.json total_frames says 15",
+            "episode 1: dataset_from_index..dataset_to_index expected 5..10 (length 5"]
 
 
 def _break_rows(root: Path) -> list[str]:
@@ -140,6 +146,8 @@ def test_verify_checks_videos(tmp_path: Path) -> None:
     assert any(f"videos/{WRIST}/chunk-000/file-000.mp4: missing" in p for p in problems), problems
     assert any(f"videos/{FRONT}/chunk-000/file-000.mp4: episode 1 expected 4 frames in [0.300, 0.700) s, got 3 "
                "(the file holds 6 frames)" in p for p in problems), problems
+    wrist.write_bytes(b"not a video" * 100)
+    assert any(f"videos/{WRIST}/chunk-000/file-000.mp4: cannot be decoded" in p for p in verify_lerobot(root))
     encode_video(np.zeros((7, 32, 64, 3), np.uint8), front, 10)
     assert any("frames of 32x64, feature 'observation.images.front' says 64x64" in p
                for p in verify_lerobot(root)), verify_lerobot(root)
@@ -236,6 +244,13 @@ def test_two_camera_round_trip_writes_one_video_per_camera(tmp_path: Path, capsy
     batch = ds.__getitems__([0, 1, 6])
     assert tuple(batch["image"].shape) == (3, 2, 2, 32, 32, 3)  # (B, T, K, H, W, 3)
     np.testing.assert_array_equal(batch["image"][2, 1], back[1]["image"][1])  # episode 1, frame 1: both cameras
+    # re-exported (a LeRobot source): the camera names and their order are kept
+    from vlafoundry.data.lerobot_export import export_dataset_lerobot
+
+    info, _ = export_dataset_lerobot(out, tmp_path / "again")
+    assert [k for k, f in info["features"].items() if f["dtype"] == "video"] == [WRIST, FRONT]
+    again = read_lerobot_episodes(tmp_path / "again")
+    assert np.abs(again[1]["image"].astype(int) - back[1]["image"].astype(int)).max() <= 2
     # the default names for K cameras, and a wrong count named
     info = export_lerobot(eps, tmp_path / "default", env=env, image_mode="rgb")
     assert [k for k, f in info["features"].items() if f["dtype"] == "video"] == [

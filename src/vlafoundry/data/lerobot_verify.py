@@ -203,7 +203,9 @@ def _check_episodes(root: Path, info: dict[str, Any]) -> tuple[list[str], list[d
 
 
 def _check_videos(root: Path, info: dict[str, Any], episodes: list[dict[str, Any]]) -> list[str]:
-    from vlafoundry.data.video import probe_video
+    from vlafoundry.data.video import _av, probe_video
+
+    av = _av()
 
     feats, fps = info["features"], info.get("fps") or 1
     template = info.get("video_path") or DEFAULT_VIDEO_PATH
@@ -227,7 +229,7 @@ def _check_videos(root: Path, info: dict[str, Any], episodes: list[dict[str, Any
                 else:
                     try:
                         probed[path] = probe_video(path)
-                    except Exception as exc:  # PyAV raises its own error types for damaged files
+                    except (OSError, ValueError, av.FFmpegError) as exc:  # PyAV's errors for damaged files
                         probed[path] = None
                         p.append(f"{rel}: cannot be decoded ({type(exc).__name__}: {exc})")
                         continue
@@ -304,12 +306,12 @@ def inspect_lerobot(root: str | os.PathLike[str]) -> str:
                                                   if cams else ""))
     with_stats = [k for k in feats if k in stats]
     without = [k for k in feats if k not in stats]
-    lines.append(f"  stats.json  " + ("missing" if not (root / STATS_FILE).is_file() else
+    lines.append("  stats.json  " + ("missing" if not (root / STATS_FILE).is_file() else
                                        f"{len(with_stats)}/{len(feats)} features" + (f" (none for {without})"
                                                                                       if without else "")))
     m = meta.mapping
     lines.append(f"  vlafoundry  state={m.state}, action={m.action} ({'discrete' if m.discrete else 'continuous'}), "
-                 f"image={m.image}" + (f" (stacked (K, H, W, 3) in this order)" if len(m.cameras) > 1 else ""))
+                 f"image={m.image}" + (" (stacked (K, H, W, 3) in this order)" if len(m.cameras) > 1 else ""))
     env = (meta.extra.get("env") or {}).get("name")
     lines.append(f"  env         {env} (from {EXTRA_FILE})" if env else
                  "  env         none recorded (closed-loop evaluation needs --data.env)")
