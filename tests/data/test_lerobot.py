@@ -21,6 +21,7 @@ from vlafoundry.data.lerobot import (
     read_stats,
 )
 from vlafoundry.data.lerobot_export import export_dataset_lerobot, feature_stats
+from vlafoundry.data.lerobot_verify import verify_lerobot
 from vlafoundry.data.source import iterate_source_episodes, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,6 +142,7 @@ def test_round_trip_babyai_symbolic_and_train(babyai_root: Path, tmp_path: Path)
     out = tmp_path / "lr"
     info, note = export_dataset_lerobot(babyai_root, out)
     assert note is None and info["features"]["observation.grid"]["dtype"] == "uint8"
+    assert verify_lerobot(out) == []  # `vlafoundry data verify` on our own export
     assert info["features"]["action"]["dtype"] == "int64"
     src = list(iterate_source_episodes(resolve_source(babyai_root)))
     _same_episodes(src, read_lerobot_episodes(out))
@@ -173,6 +175,7 @@ def test_round_trip_rgb_video(tmp_path: Path) -> None:
     feat = info["features"]["observation.images.rgb"]
     assert feat["dtype"] == "video" and feat["shape"] == [56, 56, 3] and feat["info"]["video.codec"] == "h264"
     assert (out / "videos/observation.images.rgb/chunk-000/file-000.mp4").is_file()
+    assert verify_lerobot(out) == []
     src = list(iterate_source_episodes(resolve_source(root)))
     _same_episodes(src, read_lerobot_episodes(out), image_tol=2)  # H.264 crf 0 in 4:4:4: colour rounding only
     assert np.shape(read_stats(out)["observation.images.rgb"]["mean"]) == (3, 1, 1)
@@ -192,6 +195,7 @@ def test_round_trip_metaworld_continuous(tmp_path: Path) -> None:
     assert info["fps"] == 80 and "observation.images.rgb" not in info["features"]
     src = list(iterate_source_episodes(resolve_source(root)))
     _same_episodes(src, read_lerobot_episodes(out))
+    assert verify_lerobot(out) == []  # fps 80: timestamps frame_index / 80
     assert DemoDataset(out, split="all").env_name == "metaworld/reach"
 
 

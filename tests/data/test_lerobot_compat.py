@@ -69,3 +69,46 @@ def test_lerobot_reads_our_export(image: str, tmp_path: Path) -> None:
     else:
         assert got["camera_keys"] == [] and "observation.grid" in got["features"]
     assert "observation.state" in got["stats_keys"] and "action" in got["stats_keys"]
+
+
+def test_lerobot_reads_our_two_camera_export(tmp_path: Path) -> None:
+    """Two cameras (frames (K, H, W, 3)) become two video features, both read by lerobot in the recorded order."""
+    py = _lerobot_python()
+    from test_lerobot_tools import (  # tests/data is on sys.path
+        FRONT,
+        REACH_ENV,
+        WRIST,
+        two_camera_episodes,
+    )
+
+    from vlafoundry.data.lerobot_export import export_lerobot
+
+    eps = two_camera_episodes()
+    out = tmp_path / "two"
+    export_lerobot(eps, out, env=REACH_ENV, image_mode="rgb", camera_keys=[WRIST, FRONT])
+    got = _read_with_lerobot(py, out)
+    steps = [(ep, t) for ep in eps for t in range(len(ep["action"]))]
+    assert sorted(got["camera_keys"]) == [FRONT, WRIST] and got["num_frames"] == len(steps)
+    for k, key in enumerate((WRIST, FRONT)):
+        assert got["image_shape"][key] == [3, 32, 32]
+        want = [ep["image"][t, k].mean() / 255.0 for ep, t in steps]
+        np.testing.assert_allclose(got["image_mean"][key], want, atol=2 / 255)
+    np.testing.assert_allclose(got["state"], [ep["state"][t] for ep, t in steps], rtol=1e-6)
+    assert got["task"] == [ep["instruction"] for ep, _ in steps]
+
+
+def test_lerobots_metaworld_rollouts_exported_again_are_read_by_lerobot(tmp_path: Path) -> None:
+    """lerobot -> vlafoundry -> lerobot on the real Meta-World rollouts (a foreign dataset: the env named)."""
+    py = _lerobot_python()
+    import shutil
+
+    src = tmp_path / "metaworld"
+    shutil.copytree(REPO / "tests/fixtures/lerobot/metaworld", src)
+    out = tmp_path / "again"
+    export_dataset_lerobot(src, out, env_name="metaworld/reach")
+    got = _read_with_lerobot(py, out)
+    z = np.load(REPO / "tests/fixtures/lerobot/metaworld_rollouts.npz")
+    assert got["num_episodes"] == 6 and got["num_frames"] == int(z["length"].sum())
+    np.testing.assert_array_equal(np.asarray(got["state"], np.float32), z["state"])
+    np.testing.assert_array_equal(np.asarray(got["action"], np.float32), z["action"])
+    assert got["task"] == [str(t) for t, n in zip(z["instruction"], z["length"]) for _ in range(int(n))]

@@ -39,9 +39,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from vlafoundry.data.lerobot import is_lerobot_dataset
     from vlafoundry.data.verify import inspect_dataset
 
     try:
+        if is_lerobot_dataset(args.dir):
+            from vlafoundry.data.lerobot_verify import inspect_lerobot
+
+            print(inspect_lerobot(args.dir))
+            return 0
         print(inspect_dataset(args.dir))
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: cannot inspect {args.dir}: {exc}", file=sys.stderr)
@@ -50,8 +56,21 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from vlafoundry.data.lerobot import is_lerobot_dataset
     from vlafoundry.data.verify import verify_dataset
 
+    if is_lerobot_dataset(args.dir):
+        from vlafoundry.data.lerobot_verify import verify_lerobot
+
+        problems = verify_lerobot(args.dir)
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        if problems:
+            print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
+            return 1
+        print(f"{args.dir}: OK (LeRobot v3.0 structure: info.json, tasks, episode ranges vs data rows, stats shapes, "
+              "video frame counts)")
+        return 0
     problems = verify_dataset(args.dir)
     if problems:
         for p in problems:
@@ -112,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.set_defaults(handler=_generate)
 
     ins = sub.add_parser("inspect", help="print a dataset summary")
-    ins.add_argument("dir")
+    ins.add_argument("dir", help="a vlafoundry, Minari or LeRobot v3.0 dataset directory")
     ins.set_defaults(handler=_inspect)
 
     exp = sub.add_parser("export", help="write a dataset in another format (LeRobot v3.0; see docs/interop.md)")
@@ -129,5 +148,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.set_defaults(handler=_export)
 
     ver = sub.add_parser("verify", help="check checksums, sizes and structure")
-    ver.add_argument("dir")
+    ver.add_argument("dir", help="a vlafoundry dataset directory (checksums, Minari structure, cache) or a LeRobot "
+                                 "v3.0 one (structure, ranges, stats shapes, videos)")
     ver.set_defaults(handler=_verify)

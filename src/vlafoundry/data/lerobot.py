@@ -37,6 +37,8 @@ EXTRA_FILE = "meta/vlafoundry.json"
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 MAPPING_ENV = "VLAFOUNDRY_LEROBOT_FEATURES"
 IMAGE_DTYPES = ("video", "image")
+#: separates camera keys in ``image=KEY1+KEY2`` (their stacking order)
+CAMERA_SEP = "+"
 
 
 def _pa() -> Any:
@@ -57,16 +59,30 @@ def is_lerobot_dataset(path: str | os.PathLike[str]) -> bool:
 class FeatureMap:
     """Which LeRobot features are vlafoundry's ``state``, ``action`` and ``image``.
 
-    Empty fields are filled by convention (:meth:`resolve`): ``observation.state``, ``action``, the one feature of
-    dtype video/image (or ``observation.grid``, our symbolic grids); ``discrete`` from the action dtype (an integer
-    dtype is discrete). Given as ``state=KEY,action=KEY,image=KEY|none,discrete=true|false`` in the environment
-    variable ``VLAFOUNDRY_LEROBOT_FEATURES`` or as ``"features": {...}`` in ``meta/vlafoundry.json``.
+    Empty fields are filled by convention (:meth:`resolve`): ``observation.state``, ``action``, the camera features
+    (dtype video/image; several are stacked in sorted name order) or else ``observation.grid`` (our symbolic grids);
+    ``discrete`` from the action dtype (an integer dtype is discrete). Given as
+    ``state=KEY,action=KEY,image=KEY[+KEY...]|none,discrete=true|false`` in the environment variable
+    ``VLAFOUNDRY_LEROBOT_FEATURES`` or as ``"features": {...}`` in ``meta/vlafoundry.json`` (``image`` may be a list
+    there). ``image=A+B`` stacks cameras A and B in that order: each step's image is uint8 ``(K, H, W, 3)`` for K
+    cameras (the project's multi-camera contract), ``(H, W, 3)`` for one.
     """
 
     state: str | None = None
     action: str | None = None
-    image: str | None = None  # "none": ignore every image feature
+    image: str | None = None  # "KEY", "KEY1+KEY2" (cameras stacked in this order) or "none": no image
     discrete: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image, (list, tuple)):  # vlafoundry.json may list the cameras
+            object.__setattr__(self, "image", CAMERA_SEP.join(str(k) for k in self.image))
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The image feature keys, in stacking order (empty for none)."""
+        if self.image in (None, "none"):
+            return ()
+        return tuple(k.strip() for k in str(self.image).split(CAMERA_SEP))
 
     @classmethod
     def parse(cls, text: str) -> FeatureMap:
@@ -103,12 +119,21 @@ class FeatureMap:
         image = self.image
         if image is None:
             cams = sorted(k for k, f in features.items() if f.get("dtype") in IMAGE_DTYPES)
-            if len(cams) > 1:
-                raise ValueError(f"{where}: {len(cams)} camera features {cams}; pick one with "
-                                 f"{MAPPING_ENV}='image=KEY' (or image=none)")
-            image = cams[0] if cams else ("observation.grid" if "observation.grid" in features else "none")
-        if image != "none":
-            need("image", image)
+            image = CAMERA_SEP.join(cams) if cams else ("observation.grid" if "observation.grid" in features else "none")
+        keys = replace(self, image=image).cameras
+        for key in keys:
+            need("image", key)
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{where}: image names a camera twice ({list(keys)})")
+        if len(keys) > 1:
+            bad = [k for k in keys if features[k].get("dtype") not in IMAGE_DTYPES]
+            if bad:
+                raise ValueError(f"{where}: image {image!r}: only camera features (dtype video or image) can be "
+                                 f"stacked, got {[(k, features[k].get('dtype')) for k in bad]}")
+            shapes = {k: list(features[k]["shape"]) for k in keys}
+            if len({tuple(v) for v in shapes.values()}) > 1:
+                raise ValueError(f"{where}: cameras {list(keys)} differ in shape {shapes}; cameras are stacked into "
+                                 f"(K, H, W, 3), so pick cameras of one shape with {MAPPING_ENV}='image=KEY[+KEY]'")
         discrete = self.discrete
         if discrete is None:
             discrete = str(features[action].get("dtype", "float32")).startswith(("int", "uint"))
@@ -131,6 +156,11 @@ class LeRobotInfo:
         return dict(self.info["features"])
 
     def feature(self, role: str) -> dict[str, Any] | None:
+        """The feature of ``role`` (None if none); for several cameras a stand-in of shape (K, H, W, C)."""
+        if role == "image" and len(self.mapping.cameras) > 1:
+            first = self.info["features"][self.mapping.cameras[0]]
+            return {"dtype": first["dtype"], "shape": [len(self.mapping.cameras), *first["shape"]],
+                    "cameras": list(self.mapping.cameras)}
         key = getattr(self.mapping, role)
         return None if key in (None, "none") else self.info["features"][key]
 
@@ -229,17 +259,15 @@ def _decode_image_column(table: Any, key: str) -> np.ndarray:
     return np.stack(out).astype(np.uint8)
 
 
-def _video_frames(meta: LeRobotInfo, ep: dict[str, Any], n: int, cache: dict[Path, Any]) -> np.ndarray:
+def _video_frames(meta: LeRobotInfo, key: str, ep: dict[str, Any], n: int, cache: dict[str, Any]) -> np.ndarray:
     from vlafoundry.data.video import decode_video, frames_at
 
-    key = meta.mapping.image
     template = meta.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     path = meta.root / template.format(video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]),
                                        file_index=int(ep[f"videos/{key}/file_index"]))
-    if path not in cache:
-        cache.clear()  # one file decoded at a time
-        cache[path] = decode_video(path)
-    frames, times = cache[path]
+    if key not in cache or cache[key][0] != path:
+        cache[key] = (path, decode_video(path))  # one file decoded at a time per camera
+    frames, times = cache[key][1]
     wanted = float(ep[f"videos/{key}/from_timestamp"]) + np.arange(n) / meta.fps
     return frames_at(frames, times, wanted, meta.fps, path)
 
@@ -255,11 +283,10 @@ def iterate_lerobot_episodes(meta: LeRobotInfo, task_of_episode: list[str] | Non
     tasks = read_tasks(root)
     episodes = read_table(root, EPISODES_DIR).to_pylist()
     episodes.sort(key=lambda e: int(e["episode_index"]))
-    image_ft = meta.feature("image")
+    cams = m.cameras  # image keys in stacking order
     cols = [m.state, m.action, "episode_index", "frame_index", "task_index"]
     cols += [c for c in ("next.reward", "next.done") if c in feats]
-    if image_ft is not None and image_ft["dtype"] != "video":
-        cols.append(m.image)
+    cols += [k for k in cams if feats[k]["dtype"] != "video"]
     table = read_table(root, "data", columns=cols)
     ep_col = column_array(table, "episode_index", [1], "int64")
     frame_col = column_array(table, "frame_index", [1], "int64")
@@ -279,14 +306,15 @@ def iterate_lerobot_episodes(meta: LeRobotInfo, task_of_episode: list[str] | Non
     task_idx = column_array(table, "task_index", [1], "int64")[order]
     reward = column_array(table, "next.reward", [1], "float32")[order] if "next.reward" in cols else None
     done = column_array(table, "next.done", [1], "bool")[order] if "next.done" in cols else None
-    image_all = None
-    if image_ft is not None and image_ft["dtype"] == "image":
-        image_all = _decode_image_column(table, m.image)[order]
-    elif image_ft is not None and image_ft["dtype"] != "video":
-        image_all = column_array(table, m.image, image_ft["shape"], "uint8")[order]
+    image_all: dict[str, np.ndarray] = {}  # the cameras stored in the Parquet file, (N, H, W, C) each
+    for key in cams:
+        if feats[key]["dtype"] == "image":
+            image_all[key] = _decode_image_column(table, key)[order]
+        elif feats[key]["dtype"] != "video":
+            image_all[key] = column_array(table, key, feats[key]["shape"], "uint8")[order]
     ep_sorted = ep_col[order]
     starts = np.searchsorted(ep_sorted, [int(e["episode_index"]) for e in episodes])
-    video_cache: dict[Path, Any] = {}
+    video_cache: dict[str, Any] = {}
     for i, ep in enumerate(episodes):
         n = int(ep["length"])
         s = int(starts[i])
@@ -294,12 +322,8 @@ def iterate_lerobot_episodes(meta: LeRobotInfo, task_of_episode: list[str] | Non
             raise ValueError(f"{root}: episode {ep['episode_index']} has length {n} in {EPISODES_DIR} but "
                              f"{int((ep_sorted == ep['episode_index']).sum())} frames in data/")
         sl = slice(s, s + n)
-        if image_all is not None:
-            image = image_all[sl]
-        elif image_ft is not None:
-            image = _video_frames(meta, ep, n, video_cache)
-        else:
-            image = None
+        views = [image_all[k][sl] if k in image_all else _video_frames(meta, k, ep, n, video_cache) for k in cams]
+        image = None if not views else views[0] if len(views) == 1 else np.stack(views, axis=1)  # (n, [K,] H, W, C)
         st = state[sl]
         term = np.zeros(n, dtype=bool)
         if done is not None:

@@ -2,7 +2,8 @@
 
 Features written (see docs/interop.md): ``observation.state`` float32 (S,), ``action`` int64 (1,) [discrete] or
 float32 (A,), ``next.reward`` float32 (1,), ``next.done`` bool (1,), the five index columns, and the image:
-RGB frames as the MP4 video feature ``observation.images.rgb``; BabyAI's symbolic grids (object/colour/state codes,
+RGB frames as the MP4 video feature ``observation.images.rgb`` (K cameras, frames (K, H, W, 3): one video feature
+per camera, named by ``camera_keys``, default ``observation.images.cam0..``); BabyAI's symbolic grids (object/colour/state codes,
 not a camera image) as the uint8 feature ``observation.grid`` (H, W, 3). The instruction is the LeRobot task.
 """
 
@@ -95,12 +96,16 @@ def export_lerobot(
     episodes_per_file: int = 1000,
     overwrite: bool = False,
     video_codec: str | None = None,
+    camera_keys: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``episodes`` (dicts of :mod:`vlafoundry.data.episodes`) as a LeRobot v3.0 dataset in ``out``.
 
     ``env``: the ``env`` section of the source's vlafoundry.json (name, family, tasks, spec), recorded in
     ``meta/vlafoundry.json`` so the dataset trains and evaluates in vlafoundry without ``--data.env``.
-    ``image_mode``: "rgb" (MP4 video), "symbolic" (uint8 grid feature) or None (no image). Returns info.json.
+    ``image_mode``: "rgb" (MP4 video), "symbolic" (uint8 grid feature) or None (no image). RGB frames of K cameras,
+    ``(K, H, W, 3)`` per step, become one video feature per camera: ``camera_keys`` (K names, in the stacking order,
+    which ``meta/vlafoundry.json`` records so the import stacks them back the same way), default
+    ``observation.images.rgb`` for one camera, ``observation.images.cam0``.. for several. Returns info.json.
     """
     pa = _pa()
     import pyarrow.parquet as pq
@@ -148,6 +153,21 @@ def export_lerobot(
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     total = int(lengths.sum())
     state_dim, action_dim = arr["state"].shape[1], arr["action"].shape[1]
+    cams: list[str] = []  # the camera video features, in stacking order
+    if image_mode == "rgb":
+        multi = arr["image"].ndim == 5  # (N, K, H, W, 3)
+        k_cams = arr["image"].shape[1] if multi else 1
+        cams = list(camera_keys) if camera_keys else (
+            [f"observation.images.cam{k}" for k in range(k_cams)] if multi else [RGB_KEY])
+        if len(cams) != k_cams or len(set(cams)) != len(cams):
+            raise ValueError(f"camera_keys: expected {k_cams} distinct names for frames of shape "
+                             f"{arr['image'].shape[1:]}, got {cams}")
+        if arr["image"].shape[-1] != 3:
+            raise ValueError(f"rgb images: expected (H, W, 3) or (K, H, W, 3) frames, got {arr['image'].shape[1:]}")
+    elif camera_keys:
+        raise ValueError(f"camera_keys {camera_keys}: only for image_mode 'rgb', got {image_mode!r}")
+    cam_frames = {key: (arr["image"][:, k] if len(cams) > 1 or arr["image"].ndim == 5 else arr["image"])
+                  for k, key in enumerate(cams)}  # key -> (N, H, W, 3)
 
     features: dict[str, Any] = {
         "observation.state": {"dtype": "float32", "shape": [state_dim], "names": [f"s{i}" for i in range(state_dim)]},
@@ -156,12 +176,15 @@ def export_lerobot(
         "next.reward": {"dtype": "float32", "shape": [1], "names": None},
         "next.done": {"dtype": "bool", "shape": [1], "names": None},
     }
-    image_key = None
-    if image_mode:
+    image_key = None  # the grid feature (symbolic mode)
+    if image_mode == "symbolic":
         h, w, c = arr["image"].shape[1:]
-        image_key = RGB_KEY if image_mode == "rgb" else GRID_KEY
-        features[image_key] = {"dtype": "video" if image_mode == "rgb" else "uint8", "shape": [int(h), int(w), int(c)],
+        image_key = GRID_KEY
+        features[image_key] = {"dtype": "uint8", "shape": [int(h), int(w), int(c)],
                                "names": ["height", "width", "channels"]}
+    for key in cams:
+        h, w, c = cam_frames[key].shape[1:]
+        features[key] = {"dtype": "video", "shape": [int(h), int(w), int(c)], "names": ["height", "width", "channels"]}
     features.update({
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -172,7 +195,7 @@ def export_lerobot(
     timestamp = (arr["frame"] / fps).astype(np.float32)
 
     ep_rows: list[dict[str, Any]] = []
-    video_info: dict[str, Any] | None = None
+    video_info: dict[str, dict[str, Any]] = {}
     for k, first in enumerate(range(0, len(eps), episodes_per_file)):
         ep_ids = range(first, min(first + episodes_per_file, len(eps)))
         lo, hi = int(starts[ep_ids[0]]), int(starts[ep_ids[-1]] + lengths[ep_ids[-1]])
@@ -195,12 +218,12 @@ def export_lerobot(
         path = tmp / DATA_PATH.format(**_file_index(k))
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(data), path)
-        if image_mode == "rgb":
+        for key in cams:
             from vlafoundry.data.video import encode_video
 
-            vpath = tmp / VIDEO_PATH.format(video_key=RGB_KEY, **_file_index(k))
+            vpath = tmp / VIDEO_PATH.format(video_key=key, **_file_index(k))
             kw = {"codec": video_codec} if video_codec else {}
-            video_info = encode_video(arr["image"][lo:hi], vpath, fps, **kw)
+            video_info[key] = encode_video(cam_frames[key][lo:hi], vpath, fps, **kw)
         for e in ep_ids:
             s, n = int(starts[e]), int(lengths[e])
             row: dict[str, Any] = {
@@ -208,30 +231,29 @@ def export_lerobot(
                 "data/chunk_index": _file_index(k)["chunk_index"], "data/file_index": _file_index(k)["file_index"],
                 "dataset_from_index": s, "dataset_to_index": s + n,
             }
-            if image_mode == "rgb":
-                row.update({f"videos/{RGB_KEY}/chunk_index": _file_index(k)["chunk_index"],
-                            f"videos/{RGB_KEY}/file_index": _file_index(k)["file_index"],
-                            f"videos/{RGB_KEY}/from_timestamp": (s - lo) / fps,
-                            f"videos/{RGB_KEY}/to_timestamp": (s - lo + n) / fps})
+            for key in cams:
+                row.update({f"videos/{key}/chunk_index": _file_index(k)["chunk_index"],
+                            f"videos/{key}/file_index": _file_index(k)["file_index"],
+                            f"videos/{key}/from_timestamp": (s - lo) / fps,
+                            f"videos/{key}/to_timestamp": (s - lo + n) / fps})
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
             ep_rows.append(row)
-    if video_info is not None:
-        features[RGB_KEY]["info"] = video_info
+    for key, vinfo in video_info.items():
+        features[key]["info"] = vinfo
 
     # per-episode statistics as LeRobot's episode files carry them (stats/<feature>/<stat>)
-    stat_keys = [k for k in features if k != image_key or image_mode == "rgb"]
+    stat_keys = [k for k in features if k != image_key]  # not the symbolic grid (codes, not pixels)
     sources = {"observation.state": arr["state"], "action": arr["action"], "next.reward": arr["reward"],
                "next.done": arr["done"], "timestamp": timestamp, "frame_index": arr["frame"],
                "episode_index": arr["episode"], "index": np.arange(total, dtype=np.int64), "task_index": arr["task"]}
-    if image_key:
-        sources[image_key] = arr["image"]
+    sources.update(cam_frames)
     for row in ep_rows:
         lo, hi = row["dataset_from_index"], row["dataset_to_index"]
         for key in stat_keys:
-            for stat, value in feature_stats(sources[key][lo:hi], image=key == RGB_KEY).items():
+            for stat, value in feature_stats(sources[key][lo:hi], image=key in cams).items():
                 row[f"stats/{key}/{stat}"] = value
     pq.write_table(pa.Table.from_pylist(ep_rows), _mk(tmp / EPISODES_DIR / "chunk-000/file-000.parquet"))
-    stats = {key: feature_stats(sources[key], image=key == RGB_KEY) for key in stat_keys}
+    stats = {key: feature_stats(sources[key], image=key in cams) for key in stat_keys}
     write_json_atomic(tmp / STATS_FILE, stats)
     pq.write_table(_tasks_table(tasks), _mk(tmp / TASKS_FILE))
     info = {
@@ -239,15 +261,16 @@ def export_lerobot(
         "total_episodes": len(eps), "total_frames": total, "total_tasks": len(tasks),
         "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": int(fps),
         "splits": {"train": f"0:{len(eps)}"}, "data_path": DATA_PATH,
-        "video_path": VIDEO_PATH if image_mode == "rgb" else None, "features": features,
+        "video_path": VIDEO_PATH if cams else None, "features": features,
     }
     write_json_atomic(tmp / INFO_FILE, info)
     extra = {
         "format": "vlafoundry extras for a LeRobot dataset",
         "repo_id": repo_id,
         "env": {k: env[k] for k in ("name", "family", "tasks") if k in env}
-        | {"image": image_mode, "spec": dict(env["spec"], image_shape=features[image_key]["shape"] if image_key else None)},
-        "features": {"state": "observation.state", "action": "action", "image": image_key or "none",
+        | {"image": image_mode, "spec": dict(env["spec"], image_shape=list(arr["image"].shape[1:]) if image_mode else None)},
+        "features": {"state": "observation.state", "action": "action",
+                     "image": (cams if len(cams) > 1 else cams[0]) if cams else (image_key or "none"),
                      "discrete": discrete},
         "episode_seed": [int(ep["seed"]) for ep in eps],
         "episode_task": [env_tasks.index(ep["task"]) if ep["task"] in env_tasks else 0 for ep in eps],
@@ -278,11 +301,16 @@ def export_dataset_lerobot(root: str | os.PathLike[str], out: str | os.PathLike[
     has_image = any(ep.get("image") is not None for ep in episodes)
     mode = env.get("image") if has_image else None
     if has_image and mode is None:  # a user's Minari dataset does not say: BabyAI grids are 7x7, renderings larger
-        mode = "rgb" if np.asarray(episodes[0]["image"]).shape[1] > 16 else "symbolic"
+        mode = "rgb" if np.asarray(episodes[0]["image"]).shape[-2] > 16 else "symbolic"  # (n+1, [K,] H, W, C)
     note = None
     if has_image and not images:
         note = f"images ({mode}) not exported (--no-images): the LeRobot dataset holds states, actions and tasks only"
         mode = None
+    cameras = None
+    if src.kind == "lerobot" and mode == "rgb":  # keep a LeRobot source's camera names (and their order)
+        from vlafoundry.data.lerobot import FeatureMap
+
+        cameras = list(FeatureMap(image=src.metadata["lerobot"]["features"]["image"]).cameras) or None
     info = export_lerobot(episodes, out, env=env, fps=fps, image_mode=mode if has_image else None,
-                          overwrite=overwrite, video_codec=video_codec)
+                          overwrite=overwrite, video_codec=video_codec, camera_keys=cameras)
     return info, note

@@ -86,3 +86,18 @@ def frames_at(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps: in
         raise ValueError(f"{path}: no frame near timestamp {wanted[bad]:.4f}s (nearest {t[pos[bad]]:.4f}s, "
                          f"expected within half a frame at {fps} fps; the video holds {len(t)} frames)")
     return frames[order[pos]]
+
+
+def probe_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Every frame's timestamp (seconds, sorted) and the frame size ``(height, width)``, without converting pixels
+    (for ``vlafoundry data verify``)."""
+    av = _av()
+    times, size = [], (0, 0)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        size = (int(stream.codec_context.height), int(stream.codec_context.width))
+        for frame in container.decode(stream):
+            times.append(float(frame.pts * frame.time_base) if frame.pts is not None else float(len(times)))
+            size = (int(frame.height), int(frame.width))
+    return np.sort(np.asarray(times, dtype=np.float64)), size
