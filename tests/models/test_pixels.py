@@ -38,11 +38,13 @@ def make(spec, **kw):
     return VLAPolicy(cfg, spec, TextTokenizer.train(TASKS, kind="word"))
 
 
-@pytest.mark.parametrize("cams,stem", [(1, "patch"), (2, "patch"), (2, "conv")])
-def test_every_parameter_learns_with_all_objectives(cams, stem):
+@pytest.mark.parametrize("cams,stem,norm", [(1, "patch", False), (2, "patch", True), (2, "conv", False)])
+def test_every_parameter_learns_with_all_objectives(cams, stem, norm):
     spec = pixel_spec(cams)
     md = ModalityDropoutConfig(image=0.5, instruction=0.5, state=0.5)  # placeholders take part too
-    p = make(spec, vision_stem=stem, fusion="early", image_shift=2, vision_layers=1, modality_dropout=md)
+    p = make(spec, vision_stem=stem, fusion="early", image_shift=2, vision_layers=1, modality_dropout=md,
+             patch_norm=norm)
+    assert isinstance(p.vision_encoder.norm, torch.nn.LayerNorm) == norm
     lc = LossConfig(bc=1.0, contrastive=1.0, itm=1.0, mlm=1.0, mrm=1.0)
     loss, metrics = p(pixel_batch(spec), lc)
     loss.backward()

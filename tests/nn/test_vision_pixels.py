@@ -84,3 +84,11 @@ def test_random_shift_zero_pad_and_eval_mode_are_identity_and_bad_input_is_named
         random_shift(torch.zeros(8, 8, 3, dtype=torch.uint8), 2)
     with pytest.raises(ValueError, match="pad"):
         random_shift(x, -1)
+
+
+def test_norm_layer_normalises_each_patch_token_before_positions():
+    torch.manual_seed(0)
+    enc = VisionEncoder(3, 4, 16, norm_layer=torch.nn.LayerNorm).eval()
+    x = torch.rand(2, 3, 8, 8) * 0.3  # dark pixels
+    tokens = enc(x)[:, 1:] - enc.positions(8, 8, x.device, x.dtype)[:, 1:]  # (B, N, D) the patches' content
+    torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)

@@ -59,6 +59,7 @@ class PolicyConfig(ModelConfig):
     state-only benchmarks.
     vision_stem: how ``patch`` turns pixels into tokens: ``patch`` (the ViT's one strided convolution) or ``conv``
     (a small convolutional stem, :class:`~vlafoundry.nn.vision.ConvStem`; ``patch_size`` a power of two).
+    patch_norm: LayerNorm on each patch token before the positions are added (timm's ``PatchEmbed`` norm option).
     image_shift: random-shift augmentation in training (DrQ; :func:`~vlafoundry.nn.augment.random_shift`): each
     sample's frames move by up to this many pixels (0 = off). Needs ``vision`` ``patch``.
     language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
@@ -108,6 +109,7 @@ class PolicyConfig(ModelConfig):
     tokenizer_vocab: int = 1000
     patch_size: int = 8
     vision_stem: str = "patch"
+    patch_norm: bool = False
     image_shift: int = 0
     use_state: bool = True
     state_fourier: int = 0

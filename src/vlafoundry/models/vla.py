@@ -92,7 +92,8 @@ class VLAPolicy(VLAObjectives, Policy):
                 self.vision_encoder = SymbolicGridEncoder(d, cls_token=False)
                 self.num_image_tokens = h * w
             else:
-                self.vision_encoder = VisionEncoder(c, cfg.patch_size, d, stem=cfg.vision_stem, num_cameras=cams)
+                self.vision_encoder = VisionEncoder(c, cfg.patch_size, d, stem=cfg.vision_stem, num_cameras=cams,
+                                                    norm_layer=nn.LayerNorm if cfg.patch_norm else None)
                 self.num_image_tokens = self.vision_encoder.num_tokens(h, w)
             self.vision_context = nn.ModuleList(
                 TransformerEncoderBlock(d, cfg.num_heads, cfg.d_ff, cfg.dropout, ffn_layer=ffn)

@@ -146,13 +146,16 @@ class VisionEncoder(nn.Module):
     to ``[0, 1]`` first (see :func:`images_to_tensor`). Returns ``(B, 1 + H/p * W/p, D)``; token 0 is CLS.
 
     ``stem``: ``"patch"`` (the chapter's one strided convolution) or ``"conv"`` (:class:`ConvStem`).
+    ``norm_layer``: applied to each patch token before the positions are added (timm's ``PatchEmbed`` option; e.g.
+    ``nn.LayerNorm``): a patch's content then has unit scale from the first step, as a learned embedding has, however
+    dark or sparse the pixels are.
     ``num_cameras`` K > 1: the input is ``(B, K, H, W, C)`` uint8 (or ``(B, K, C, H, W)`` float), every camera
     goes through the same stem and gets its own CLS token, and a learned camera embedding is added to all of
     camera k's tokens; the output is the K token groups one after the other, ``(B, K * (1 + H/p * W/p), D)``.
     """
 
     def __init__(self, input_channels: int = 3, patch_size: int = 16, d_model: int = 768, dropout: float = 0.0,
-                 stem: str = "patch", num_cameras: int = 1) -> None:
+                 stem: str = "patch", num_cameras: int = 1, norm_layer: type[nn.Module] | None = None) -> None:
         super().__init__()
         if d_model % 4 != 0:
             raise ValueError(f"d_model: expected a multiple of 4 (2-D sin-cos positions), got {d_model}")
@@ -171,6 +174,7 @@ class VisionEncoder(nn.Module):
             self.conv_proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
         else:
             self.conv_proj = ConvStem(input_channels, patch_size, d_model)
+        self.norm = norm_layer(d_model) if norm_layer is not None else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.camera_embed = nn.Parameter(torch.zeros(num_cameras, d_model)) if num_cameras > 1 else None
         self.pos_drop = nn.Dropout(dropout)
@@ -231,7 +235,7 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"x: expected {self.input_channels} channels (B, C, H, W), got shape {tuple(x.shape)}")
         check_tensor("x", x, device=self.cls_token.device)
         self.grid_size(x.shape[2], x.shape[3])
-        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B*K, N, D)
+        patches = self.norm(self.conv_proj(x).flatten(2).transpose(1, 2))  # (B*K, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B*K, 1, D)
         tokens = torch.cat([cls, patches], dim=1).reshape(b, -1, self.d_model)  # (B, K*(1+N), D)
         tokens = tokens + self.positions(x.shape[2], x.shape[3], tokens.device, tokens.dtype)
