@@ -106,12 +106,13 @@ def test_minari_round_trip_several_cameras(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- cache frames
-@pytest.mark.parametrize("cameras", [None, 3])
-def test_cache_frames_round_trip(tmp_path: Path, cameras: int | None) -> None:
+@pytest.mark.parametrize(("cameras", "group"), [(None, 1), (None, 8), (3, 4)])
+def test_cache_frames_round_trip(tmp_path: Path, cameras: int | None, group: int) -> None:
     chunks = [_frames(cameras, n, i) for i, n in enumerate((5, 1, 9))]
-    record = write_frames(chunks, tmp_path)
+    record = write_frames(chunks, tmp_path, group=group)
     everything = np.concatenate(chunks)
-    assert record["shape"] == list(everything.shape[1:])
+    assert record["shape"] == list(everything.shape[1:]) and record["frames"] == 15
+    assert len(np.load(tmp_path / OFFSETS_FILE)) == -(-15 // group) + 1
     idx = np.asarray([14, 0, 0, 7, 5, 14], dtype=np.int64)
     streamed = CompressedFrames(tmp_path, record)
     assert streamed.shape == everything.shape and np.array_equal(streamed[idx], everything[idx])
@@ -120,6 +121,8 @@ def test_cache_frames_round_trip(tmp_path: Path, cameras: int | None) -> None:
     with pytest.raises(IndexError, match="not decoded"):
         in_ram[np.asarray([0])]
     assert isinstance(open_frames(tmp_path, record, budget=everything.nbytes - 1), CompressedFrames)
+    with pytest.raises(ValueError, match="group"):
+        write_frames(chunks, tmp_path, group=0)
     with pytest.raises(ValueError, match="one shape"):
         write_frames([chunks[0], chunks[1][:, :2] if cameras else chunks[1][:, :5]], tmp_path)
 

@@ -1,17 +1,19 @@
-"""Image frames of the training cache, stored compressed: one zlib blob per step, decoded when read.
+"""Image frames of the training cache, stored compressed: zlib blobs of ``GROUP`` consecutive steps each.
 
-    cache/image.zlib         the blobs of all steps, back to back (zlib, level ``ZLIB_LEVEL``)
-    cache/image_offsets.npy  int64 (N + 1,): blob ``i`` is ``image.zlib[offsets[i]:offsets[i + 1]]``
-    cache.json "image"       {"codec": "zlib", "level": 6, "shape": [H, W, C] (or [K, H, W, C]), "dtype": "uint8"}
+    cache/image.zlib         the blobs, back to back (zlib, level ``ZLIB_LEVEL``)
+    cache/image_offsets.npy  int64 (B + 1,): blob ``b`` (steps ``[b*G, (b+1)*G)``) is ``image.zlib[o[b]:o[b + 1]]``
+    cache.json "image"       {"codec": "zlib", "level": 6, "group": G, "frames": N,
+                              "shape": [H, W, C] (or [K, H, W, C]), "dtype": "uint8"}
 
-One blob per step keeps random access to one step at the cost of one small inflate (BabyAI 56x56x3 RGB: 292
-bytes per frame instead of 9,408, ~100,000 frames/s decoded by one core; ``bench/data.py``). Lossless: what is
-read back is bit-identical to what was written. The frame shape after the step axis is free (one camera
-(H, W, C), several (K, H, W, C), a symbolic grid).
+Frames of consecutive steps barely differ, so a blob of 8 steps is far smaller than 8 blobs of one (BabyAI
+56x56x3 RGB: 182 bytes per frame instead of 292 and 9,408 raw; Meta-World 64x64 camera frames: 837 instead of
+3,747 and 12,288), while reading one step inflates only its blob (~50,000 frames/s by one core;
+``bench/data.py``). Lossless: what is read back is bit-identical to what was written. The frame shape after the
+step axis is free (one camera (H, W, C), several (K, H, W, C), a symbolic grid).
 
 Reading policy (:func:`open_frames`): when the decoded frames of the steps asked for fit ``ram_budget`` bytes
 they are inflated once into one array (:class:`DecodedFrames`; forked DataLoader workers share its pages), else
-every read inflates its steps (:class:`CompressedFrames`), which any dataset size allows.
+every read inflates the blobs of its steps (:class:`CompressedFrames`), which any dataset size allows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 CODEC = "zlib"
 ZLIB_LEVEL = 6
+GROUP = 8  # steps per blob
 BLOB_FILE = "image.zlib"
 OFFSETS_FILE = "image_offsets.npy"
 RAW_FILE = "image.npy"  # caches written before compression (still read, memory-mapped)
@@ -52,12 +55,25 @@ def ram_budget(value: int | None = None) -> int:
     return DEFAULT_RAM_BUDGET
 
 
-def write_frames(chunks: Iterable[np.ndarray], directory: Path, level: int = ZLIB_LEVEL) -> dict[str, Any]:
+def write_frames(chunks: Iterable[np.ndarray], directory: Path, level: int = ZLIB_LEVEL,
+                 group: int = GROUP) -> dict[str, Any]:
     """Compress the steps of ``chunks`` (arrays (n_i, *frame_shape) uint8, e.g. one per episode) into
-    ``directory``/image.zlib + image_offsets.npy; returns the cache.json ``image`` record."""
+    ``directory``/image.zlib + image_offsets.npy, ``group`` consecutive steps per blob; returns the cache.json
+    ``image`` record."""
+    if int(group) < 1:
+        raise ValueError(f"group: expected >= 1 steps per blob, got {group}")
     offsets = [0]
     shape: tuple[int, ...] | None = None
+    pending: list[bytes] = []
+    count = 0
     with open(directory / BLOB_FILE, "wb") as f:
+
+        def flush() -> None:
+            blob = zlib.compress(b"".join(pending), level)
+            f.write(blob)
+            offsets.append(offsets[-1] + len(blob))
+            pending.clear()
+
         for chunk in chunks:
             chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
             if shape is None:
@@ -65,13 +81,17 @@ def write_frames(chunks: Iterable[np.ndarray], directory: Path, level: int = ZLI
             elif tuple(chunk.shape[1:]) != shape:
                 raise ValueError(f"image: every frame must have one shape, expected {shape}, got {tuple(chunk.shape[1:])}")
             for frame in chunk:
-                blob = zlib.compress(frame.tobytes(), level)
-                f.write(blob)
-                offsets.append(offsets[-1] + len(blob))
+                pending.append(frame.tobytes())
+                count += 1
+                if len(pending) == group:
+                    flush()
+        if pending:
+            flush()
     if shape is None:
         raise ValueError("image: no frames to write")
     np.save(directory / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64), allow_pickle=False)
-    return {"codec": CODEC, "level": int(level), "shape": list(shape), "dtype": "uint8"}
+    return {"codec": CODEC, "level": int(level), "group": int(group), "frames": count, "shape": list(shape),
+            "dtype": "uint8"}
 
 
 class CompressedFrames:
@@ -83,43 +103,59 @@ class CompressedFrames:
                              f"expected {CODEC!r} / 'uint8' (a newer vlafoundry wrote this cache?)")
         self.path = directory / BLOB_FILE
         self.frame_shape = tuple(int(v) for v in record["shape"])
+        self.group = int(record.get("group", 1))
         self._frame_bytes = int(np.prod(self.frame_shape))
         self.offsets = np.load(directory / OFFSETS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        self._count = int(record.get("frames", len(self.offsets) - 1))
+        blobs = -(-self._count // self.group)
         blob_size = self.path.stat().st_size
-        if len(self.offsets) < 1 or int(self.offsets[-1]) != blob_size:
+        if len(self.offsets) != blobs + 1:
+            raise CorruptFramesError(f"{directory / OFFSETS_FILE}: {len(self.offsets)} offsets, expected {blobs + 1} "
+                                     f"({self._count} frames, {self.group} a blob)")
+        if int(self.offsets[-1]) != blob_size:
             raise CorruptFramesError(f"{self.path}: {blob_size} bytes, the offsets say {int(self.offsets[-1])}")
         # an empty file cannot be memory-mapped
         self.blob = np.memmap(self.path, dtype=np.uint8, mode="r") if blob_size else np.zeros(0, np.uint8)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.offsets) - 1, *self.frame_shape)
+        return (self._count, *self.frame_shape)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self._count
+
+    def _inflate(self, b: int) -> np.ndarray:
+        """Blob ``b`` as uint8 (steps in it, frame bytes)."""
+        steps = min(self.group, self._count - b * self.group)
+        try:
+            raw = zlib.decompress(self.blob[int(self.offsets[b]):int(self.offsets[b + 1])])
+        except zlib.error as exc:
+            raise CorruptFramesError(f"{self.path}: the blob of steps {b * self.group}..{b * self.group + steps - 1} "
+                                     f"does not inflate ({exc}); the cache is damaged (delete it to rebuild it "
+                                     "from the Minari data)") from None
+        if len(raw) != steps * self._frame_bytes:
+            raise CorruptFramesError(f"{self.path}: the blob of steps {b * self.group}.. inflates to {len(raw)} bytes, "
+                                     f"expected {steps * self._frame_bytes} ({steps} frames of {self.frame_shape})")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(steps, self._frame_bytes)
 
     def decode_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Inflate steps ``rows`` (int64 (B,)) into ``out`` (uint8 (B, *shape))."""
+        """Inflate steps ``rows`` (int64 (B,)) into ``out`` (uint8 (B, *shape)); each blob once."""
+        rows = np.asarray(rows, dtype=np.int64)
         flat = out.reshape(len(rows), -1)
-        starts, ends = self.offsets[rows], self.offsets[np.asarray(rows) + 1]
-        for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-            try:
-                raw = zlib.decompress(self.blob[a:b])
-            except zlib.error as exc:
-                raise CorruptFramesError(f"{self.path}: frame {int(rows[j])} does not inflate ({exc}); the cache "
-                                         "is damaged (delete it to rebuild it from the Minari data)") from None
-            if len(raw) != self._frame_bytes:
-                raise CorruptFramesError(f"{self.path}: frame {int(rows[j])} inflates to {len(raw)} bytes, "
-                                         f"expected {self._frame_bytes} (shape {self.frame_shape})")
-            flat[j] = np.frombuffer(raw, dtype=np.uint8)
+        blob = rows // self.group
+        order = np.argsort(blob, kind="stable")
+        ids, first = np.unique(blob[order], return_index=True)
+        bounds = np.append(first, len(rows)).tolist()
+        for k, b in enumerate(ids.tolist()):
+            sel = order[bounds[k]:bounds[k + 1]]
+            flat[sel] = self._inflate(b)[rows[sel] - b * self.group]
         return out
 
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        uniq, inverse = np.unique(idx, return_inverse=True)  # history frames clamped to the start repeat
-        out = self.decode_into(uniq, np.empty((len(uniq), *self.frame_shape), dtype=np.uint8))
-        return out[inverse.reshape(-1)] if len(uniq) != len(idx) else out
-
+        if idx.size and (idx.min() < 0 or idx.max() >= self._count):
+            raise IndexError(f"frame index out of range for {self._count} frames")
+        return self.decode_into(idx, np.empty((len(idx), *self.frame_shape), dtype=np.uint8))
 
 class DecodedFrames:
     """Steps ``rows`` of a :class:`CompressedFrames`, inflated once into RAM; indexed by the same global step

@@ -95,7 +95,9 @@ def _check_cache(root: Path, meta: dict[str, Any]) -> list[str]:
         if not name.endswith(".npy"):
             continue
         arr = np.load(cache_dir / name, mmap_mode="r", allow_pickle=False)
-        rows = meta["counts"]["episodes"] if name.startswith("episode_") else steps + (name == OFFSETS_FILE)
+        rows = meta["counts"]["episodes"] if name.startswith("episode_") else steps
+        if name == OFFSETS_FILE:  # one offset per blob of `group` steps, plus the end
+            rows = -(-steps // int(cmeta.get("image", {}).get("group", 1))) + 1
         if arr.shape[0] != rows:
             problems.append(f"{cache_rel}/{name}: {arr.shape[0]} rows, expected {rows}")
     if "image" in cmeta and not problems:
