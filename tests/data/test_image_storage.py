@@ -214,8 +214,8 @@ def test_cache_written_before_compression_still_loads(rgb_pair: tuple[Path, Path
 
 # ------------------------------------------------------------------------------------------------ size
 def test_compression_ratio_on_babyai_rgb(rgb_pair: tuple[Path, Path]) -> None:
-    """Loose lower bounds (measured: ~50x for the Minari frames, ~30x for the cache, ~19x for everything), so a
-    regression to raw storage fails."""
+    """Loose lower bounds (measured on these 6 episodes: 48x for the Minari frames and for the cache's; docs/data.md
+    has the 400- and 5,000-episode figures), so a regression to raw storage fails."""
     new, plain = rgb_pair
     meta = read_json(new / "vlafoundry.json")
     steps = meta["counts"]["steps"]
@@ -225,8 +225,9 @@ def test_compression_ratio_on_babyai_rgb(rgb_pair: tuple[Path, Path]) -> None:
     cache_image = (new / "cache" / BLOB_FILE).stat().st_size
     assert steps * frame_bytes / cache_image >= 10
 
-    def total(root: Path) -> int:
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    def arrays(root: Path) -> int:  # the HDF5 file and the cache's arrays (JSON metadata is a fixed cost)
+        return (root / MAIN).stat().st_size + sum(p.stat().st_size for p in (root / "cache").iterdir()
+                                                  if p.suffix != ".json")
 
-    before = total(plain / "minari") + steps * frame_bytes  # the raw cache held every step's frame
-    assert before / total(new) >= 5
+    raw_image_npy = steps * frame_bytes - cache_image  # the raw cache/image.npy held every step's frame
+    assert (arrays(plain) + raw_image_npy) / arrays(new) >= 5
