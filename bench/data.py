@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from vlafoundry.data import DemoDataset, collate, generate_dataset
 from vlafoundry.data.cache import CACHE_META
 from vlafoundry.data.format import read_json
-from vlafoundry.data.frames import BLOB_FILE, CompressedFrames
+from vlafoundry.data.frames import CompressedFrames
 from vlafoundry.data.h5compress import image_storage
 
 

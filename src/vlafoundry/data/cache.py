@@ -31,14 +31,6 @@ from typing import Any
 import numpy as np
 
 from vlafoundry.data.episodes import Episode
-from vlafoundry.data.frames import (
-    OFFSETS_FILE,
-    RAW_FILE,
-    CompressedFrames,
-    DecodedFrames,
-    open_frames,
-    write_frames,
-)
 from vlafoundry.data.format import (
     SCHEMA_VERSION,
     array_stats,
@@ -47,6 +39,14 @@ from vlafoundry.data.format import (
     sha256_file,
     stats_to_json,
     write_json_atomic,
+)
+from vlafoundry.data.frames import (
+    OFFSETS_FILE,
+    RAW_FILE,
+    CompressedFrames,
+    DecodedFrames,
+    open_frames,
+    write_frames,
 )
 
 CACHE_META = "cache.json"

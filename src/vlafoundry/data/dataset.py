@@ -12,8 +12,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vlafoundry.data.cache import cache_has_images, cache_image_shape, load_cache_arrays, open_cache_images
-from vlafoundry.data.cache import CACHE_META
+from vlafoundry.data.cache import (
+    CACHE_META,
+    cache_has_images,
+    cache_image_shape,
+    load_cache_arrays,
+    open_cache_images,
+)
 from vlafoundry.data.collate import collate, unbatch
 from vlafoundry.data.format import read_json, stats_from_json
 from vlafoundry.data.frames import CorruptFramesError

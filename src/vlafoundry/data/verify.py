@@ -9,8 +9,19 @@ from typing import Any
 import numpy as np
 
 from vlafoundry.data.cache import CACHE_META
-from vlafoundry.data.frames import BLOB_FILE, OFFSETS_FILE, CompressedFrames, CorruptFramesError
-from vlafoundry.data.format import META_FILE, SCHEMA_VERSION, minari_datasets_path, read_json, sha256_file
+from vlafoundry.data.format import (
+    META_FILE,
+    SCHEMA_VERSION,
+    minari_datasets_path,
+    read_json,
+    sha256_file,
+)
+from vlafoundry.data.frames import (
+    BLOB_FILE,
+    OFFSETS_FILE,
+    CompressedFrames,
+    CorruptFramesError,
+)
 
 
 def load_minari(root: str | os.PathLike[str]) -> Any:
