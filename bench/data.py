@@ -1,7 +1,18 @@
-"""Demonstration data throughput: generation steps/s per worker count, loader samples/s, bytes on disk.
+"""Demonstration data throughput: generation steps/s per worker count, loader samples/s, bytes on disk, and
+compressed image storage (bytes per frame before/after, decode rate vs a pixel policy's training rate).
 
-    python bench/data.py            # ~2-3 minutes on 2 cores
-    python bench/data.py --full     # also times 10,000 BabyAI GoToLocal episodes with 2 workers
+    python bench/data.py                    # ~4-5 minutes on 2 cores
+    python bench/data.py --images-only      # only the image section (~400 GoToLocal RGB episodes, ~1-2 min)
+    python bench/data.py --images-only --image-data DIR   # the image section on an existing RGB dataset
+    python bench/data.py --full             # also times 10,000 BabyAI GoToLocal episodes with 2 workers
+
+Image section: the same GoToLocal ``--image rgb`` episodes are generated twice, as today (deflate inside the
+Minari HDF5, zlib blobs in the cache) and as before (Minari's writer alone; the cache's raw ``image.npy`` size is
+N x frame bytes), and bytes per frame are reported for Minari and the cache separately. The decode rate is
+frames/s inflated by one process (random batches of 256 steps, CPU time); the consumption is samples/s of a
+training step (forward, backward, AdamW; CPU time, one thread) of the ``babyai-gotolocal`` preset's policy with
+``model.vision patch`` (patch size 8) on those frames, and the ratio says how many times faster than training
+one process decodes.
 
 Generation speed is the roll-out phase (experts playing and shards being written, the part that runs in
 parallel); assembly (Minari hdf5 + cache) runs once in the parent and is reported separately. Repeats
@@ -24,6 +35,10 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from vlafoundry.data import DemoDataset, collate, generate_dataset
+from vlafoundry.data.cache import CACHE_META
+from vlafoundry.data.format import read_json
+from vlafoundry.data.frames import CompressedFrames
+from vlafoundry.data.h5compress import image_storage
 
 
 def _dir_bytes(path: Path) -> int:
@@ -72,16 +87,148 @@ def bench_loader(root: Path, batch_size: int, workers: int, batches: int, histor
     return rate
 
 
+def _generate_rgb(root: Path, episodes: int, compress: bool) -> float:
+    """GoToLocal RGB episodes into ``root``; ``compress=False`` writes the Minari file as before (Minari's writer
+    alone). Returns the assembly seconds."""
+    import vlafoundry.data.generate as gen
+
+    saved = gen.compress_hdf5
+    if not compress:
+        gen.compress_hdf5 = lambda path: None  # the step this work added, skipped for the 'before' bytes
+    try:
+        return generate_dataset("babyai/GoToLocal", episodes, root, image="rgb", progress=False).assemble_s
+    finally:
+        gen.compress_hdf5 = saved
+
+
+def image_bytes(root: Path) -> dict:
+    """Bytes per frame (per recorded step) of a dataset's Minari files and cache."""
+    meta = json.loads((root / "vlafoundry.json").read_text())
+    steps = meta["counts"]["steps"]
+    cache = read_json(root / "cache" / CACHE_META)
+    frame = int(np.prod(meta["env"]["spec"]["image_shape"]))
+    stored = image_storage(root / meta["minari"]["main_file"])
+    cache_images = sum(rec["bytes"] for n, rec in cache["files"].items() if n.startswith("image"))
+    return {"steps": steps, "frame_bytes": frame, "minari": _dir_bytes(root / "minari") / steps,
+            "minari_frames": stored["stored_bytes"] / steps, "cache": _dir_bytes(root / "cache") / steps,
+            "cache_frames": cache_images / steps, "compressed": "image" in cache}
+
+
+def decode_rate(root: Path, seconds: float = 1.0, batch: int = 256) -> dict:
+    """Frames/s one process inflates from the cache (CPU time): in order (what opening a dataset does, each blob
+    once) and at random (batches of ``batch`` random steps, what per-batch inflation does: a blob per frame)."""
+    cache = root / "cache"
+    frames = CompressedFrames(cache, read_json(cache / CACHE_META)["image"])
+    rng = np.random.default_rng(0)
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        frames[rng.integers(0, len(frames), batch)]
+        n += batch
+    rand = n / (time.process_time() - t0)
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        a = int(rng.integers(0, max(1, len(frames) - 4096)))
+        rows = np.arange(a, min(a + 4096, len(frames)), dtype=np.int64)
+        frames.decode_into(rows, np.empty((len(rows), *frames.frame_shape), dtype=np.uint8))
+        n += len(rows)
+    return {"sequential": n / (time.process_time() - t0), "random": rand, "group": frames.group}
+
+
+def train_rate(root: Path, steps: int = 8, warmup: int = 2) -> dict:
+    """Samples/s of the preset's training step with a patch (ViT) vision encoder on ``root``'s RGB frames."""
+    import dataclasses
+
+    import torch
+
+    from vlafoundry.models.policy import VLAPolicy
+    from vlafoundry.train.config import load_config
+    from vlafoundry.train.trainer import build_optimizer
+
+    torch.set_num_threads(1)
+    cfg = load_config("babyai-gotolocal")
+    model_cfg = dataclasses.replace(cfg.model, vision="patch", patch_size=8)
+    t0 = time.perf_counter()
+    ds = DemoDataset(root, split="train", val_fraction=cfg.data.val_fraction, history=model_cfg.history,
+                     chunk=model_cfg.chunk)
+    open_s = time.perf_counter() - t0  # includes inflating the split's frames into RAM
+    torch.manual_seed(0)
+    policy = VLAPolicy.from_dataset(model_cfg, ds)
+    policy.train()
+    opt = build_optimizer(policy, cfg.train)
+    rng = np.random.default_rng(0)
+    bs = cfg.train.batch_size
+    times = []
+    for i in range(warmup + steps):
+        t = time.process_time()
+        batch = ds.__getitems__(rng.integers(0, len(ds), bs).tolist())
+        loss = policy(batch, cfg.loss)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
+        opt.step()
+        if i >= warmup:
+            times.append(time.process_time() - t)
+    return {"samples_per_s": bs / statistics.median(times), "batch": bs, "history": model_cfg.history,
+            "open_s": open_s}
+
+
+def bench_images(episodes: int, tmp: Path, data: str | None = None) -> dict:
+    out: dict = {}
+    if data is None:
+        new, old = tmp / "rgb_new", tmp / "rgb_old"
+        out["assemble_s_after"] = _generate_rgb(new, episodes, compress=True)
+        out["assemble_s_before"] = _generate_rgb(old, episodes, compress=False)
+        before = image_bytes(old)
+        before["cache"] += before["frame_bytes"] - before["cache_frames"]  # the raw image.npy it replaced
+        before["cache_frames"] = before["frame_bytes"]
+        out["before"] = before
+    else:
+        new = Path(data)
+    out["after"] = after = image_bytes(new)
+    out["decode_frames_per_s"] = decode_rate(new)
+    out["train"] = train = train_rate(new)
+    consumed = train["samples_per_s"] * train["history"]  # frames per second the training step reads
+    out["decode_over_training"] = out["decode_frames_per_s"]["random"] / consumed
+    print(f"\nimages (GoToLocal RGB {after['frame_bytes']} B/frame raw, {after['steps']} steps)"
+          f"{'':4}{'Minari B/frame':>16}{'(frames only)':>15}{'cache B/frame':>15}{'(frames only)':>15}")
+    rows = ([("before", out["before"])] if "before" in out else []) + [("after", after)]
+    for name, r in rows:
+        print(f"{name:<54}{r['minari']:>16.0f}{r['minari_frames']:>15.0f}{r['cache']:>15.0f}{r['cache_frames']:>15.0f}")
+    if "before" in out:
+        b = out["before"]
+        print(f"{'ratio (before / after)':<54}{b['minari'] / after['minari']:>16.1f}"
+              f"{b['minari_frames'] / after['minari_frames']:>15.1f}{b['cache'] / after['cache']:>15.1f}"
+              f"{b['cache_frames'] / after['cache_frames']:>15.1f}")
+        total_b, total_a = b["minari"] + b["cache"], after["minari"] + after["cache"]
+        print(f"whole dataset: {total_b:.0f} -> {total_a:.0f} B/frame ({total_b / total_a:.1f}x); assembly "
+              f"{out['assemble_s_before']:.1f} s -> {out['assemble_s_after']:.1f} s")
+    dec = out["decode_frames_per_s"]
+    print(f"decode (1 process, {dec['group']} steps a blob): {dec['sequential']:.0f} frames/s in order, "
+          f"{dec['random']:.0f} frames/s at random; training (patch ViT, batch {train['batch']}, "
+          f"T={train['history']}): {train['samples_per_s']:.0f} samples/s = {consumed:.0f} frames/s; "
+          f"random decode / training = {out['decode_over_training']:.0f}x; opening the train split (frames "
+          f"inflated into RAM): {train['open_s']:.2f} s")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--babyai-episodes", type=int, default=1000)
     parser.add_argument("--metaworld-episodes", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="also time 10,000 GoToLocal episodes with 2 workers")
+    parser.add_argument("--image-episodes", type=int, default=400, help="GoToLocal RGB episodes of the image section")
+    parser.add_argument("--image-data", default=None, help="an existing RGB dataset for the image section "
+                        "(no 'before' row then)")
+    parser.add_argument("--images-only", action="store_true", help="run the image section only")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vlafoundry_bench_data_"))
     results: dict = {}
     try:
+        results["images"] = bench_images(args.image_episodes, tmp, args.image_data)
+        if args.images_only:
+            print(json.dumps(results))
+            return 0
         gen_rows = [
             bench_generation("babyai/GoToLocal", args.babyai_episodes, args.repeats, tmp),
             bench_generation("metaworld/push", args.metaworld_episodes, args.repeats, tmp),
@@ -136,6 +283,7 @@ def main() -> int:
         results["targets"] = {
             "generation_scaling_ge_1.7": all(r["scaling_2w"] >= 1.7 for r in gen_rows),
             "loader_ge_20000_one_worker": loader_rows[0]["samples_per_s_0w"] >= 20_000,
+            "image_decode_faster_than_training": results["images"]["decode_over_training"] > 1,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

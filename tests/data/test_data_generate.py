@@ -73,11 +73,11 @@ def test_determinism_across_worker_counts(babyai_root: Path, tmp_path: Path, tre
     generate_dataset("babyai/GoToLocal", N_EPISODES, tmp_path / "w2", workers=2, seed=0, shard_size=2, progress=False)
     generate_dataset("babyai/GoToLocal", N_EPISODES, tmp_path / "w1b", workers=1, seed=0, shard_size=3, progress=False)
     ref = tree_digest(babyai_root)
-    assert "minari/vlafoundry/babyai-gotolocal-v0/data/main_data.hdf5" in ref and "cache/image.npy" in ref
+    assert "minari/vlafoundry/babyai-gotolocal-v0/data/main_data.hdf5" in ref and "cache/image.zlib" in ref
     assert tree_digest(tmp_path / "w2") == ref
     assert tree_digest(tmp_path / "w1b") == ref  # shard size does not matter either
     generate_dataset("babyai/GoToLocal", N_EPISODES, tmp_path / "s1", workers=1, seed=1, progress=False)
-    assert tree_digest(tmp_path / "s1")["cache/image.npy"] != ref["cache/image.npy"]
+    assert tree_digest(tmp_path / "s1")["cache/image.zlib"] != ref["cache/image.zlib"]
 
 
 def test_resume_after_simulated_interruption(babyai_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree_digest) -> None:

@@ -44,10 +44,10 @@ def test_truncated_minari_file(copy: Path) -> None:
 
 
 def test_bit_flip_and_truncation_in_cache(copy: Path) -> None:
-    _flip_bit(copy / "cache" / "image.npy", 500)
+    _flip_bit(copy / "cache" / "image.zlib", 500)
     (copy / "cache" / "action.npy").write_bytes((copy / "cache" / "action.npy").read_bytes()[:-8])
     problems = verify_dataset(copy)
-    assert any(p.startswith("cache/image.npy") and "corrupted" in p for p in problems), problems
+    assert any(p.startswith("cache/image.zlib") and "corrupted" in p for p in problems), problems
     assert any(p.startswith("cache/action.npy") and "truncated" in p for p in problems), problems
 
 

@@ -2,17 +2,20 @@
 
 Minari returns one ``EpisodeData`` per episode (reading 1,000 short BabyAI episodes back takes ~1.5 s); a
 training loop needs random access to steps, so the steps of all episodes are concatenated once into
-``cache/<key>.npy`` (memory-mappable) and indexed from there.
+``cache/<key>.npy`` (memory-mappable) and indexed from there; image frames are stored compressed, one blob
+per step (:mod:`vlafoundry.data.frames`). Caches written before that hold ``cache/image.npy`` (raw uint8
+(N, H, W, C)) and are still read as they are.
 
     cache/state.npy           float32 (N, S)        observation at which each action was taken
-    cache/image.npy           uint8   (N, H, W, C)  [datasets with images only]
+    cache/image.zlib          one zlib blob per step  [datasets with images only; see vlafoundry.data.frames]
+    cache/image_offsets.npy   int64 (N + 1,)        where each step's blob starts and ends
     cache/action.npy          int64 (N,) | float32 (N, A)
     cache/episode_start.npy   int64 (E,)            first step of each episode
     cache/episode_length.npy  int64 (E,)
     cache/episode_task.npy    int64 (E,)            index into ``tasks``
     cache/episode_instruction.npy int64 (E,)        index into ``instructions``
     cache/episode_seed.npy    int64 (E,)
-    cache/cache.json          source sha256, per-file sha256, tasks, instructions, stats
+    cache/cache.json          source sha256, per-file sha256, tasks, instructions, stats, image (codec, shape)
     cache/source_stat.json    the source's (size, mtime) when last checked: skips re-hashing it
 """
 
@@ -36,6 +39,14 @@ from vlafoundry.data.format import (
     sha256_file,
     stats_to_json,
     write_json_atomic,
+)
+from vlafoundry.data.frames import (
+    OFFSETS_FILE,
+    RAW_FILE,
+    CompressedFrames,
+    DecodedFrames,
+    open_frames,
+    write_frames,
 )
 
 CACHE_META = "cache.json"
@@ -88,8 +99,6 @@ def build_cache(
         "episode_instruction": np.asarray([instr_index[s] for s in ep_instr], dtype=np.int64),
         "episode_seed": np.asarray(seeds, dtype=np.int64),
     }
-    if images:
-        arrays["image"] = np.concatenate(images)
     stats = {"state": array_stats(arrays["state"]), "action": array_stats(arrays["action"])}
 
     tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -100,6 +109,11 @@ def build_cache(
             path = tmp / f"{key}.npy"
             np.save(path, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             files[path.name] = file_record(path)
+        image_record = None
+        if images:
+            image_record = write_frames(images, tmp)
+            for name in sorted(p.name for p in tmp.iterdir() if p.name.startswith("image")):
+                files[name] = file_record(tmp / name)
         meta = {
             "schema_version": SCHEMA_VERSION,
             "source": {
@@ -112,6 +126,7 @@ def build_cache(
             "num_episodes": int(len(length)),
             "num_steps": int(length.sum()),
             "stats": stats_to_json(stats),
+            **({"image": image_record} if image_record else {}),
             **(extra or {}),
         }
         write_json_atomic(tmp / CACHE_META, meta)
@@ -161,9 +176,37 @@ def cache_is_fresh(cache_dir: Path, source: Path) -> bool:
 
 
 def load_cache_arrays(cache_dir: Path, mmap: bool = True) -> dict[str, np.ndarray]:
-    """Open every ``.npy`` of the cache (memory-mapped by default)."""
+    """Open every ``.npy`` of the cache (memory-mapped by default) except the image frames (see
+    :func:`open_cache_images`)."""
     meta = read_json(cache_dir / CACHE_META)
     return {
         name[: -len(".npy")]: np.load(cache_dir / name, mmap_mode="r" if mmap else None, allow_pickle=False)
         for name in meta["files"]
+        if name.endswith(".npy") and name not in (RAW_FILE, OFFSETS_FILE)
     }
+
+
+def cache_has_images(meta: dict[str, Any]) -> bool:
+    """Whether cache.json ``meta`` describes frames (compressed, or a raw ``image.npy`` of an older cache)."""
+    return "image" in meta or RAW_FILE in meta.get("files", {})
+
+
+def cache_image_shape(cache_dir: Path, meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """The shape of one step's frame, or None for a dataset without images."""
+    if "image" in meta:
+        return tuple(int(v) for v in meta["image"]["shape"])
+    if RAW_FILE in meta.get("files", {}):
+        return tuple(int(v) for v in np.load(cache_dir / RAW_FILE, mmap_mode="r", allow_pickle=False).shape[1:])
+    return None
+
+
+def open_cache_images(cache_dir: Path, meta: dict[str, Any], rows: np.ndarray | None = None,
+                      budget: int | None = None) -> np.ndarray | CompressedFrames | DecodedFrames | None:
+    """The cache's frames, indexable by global step ids: a raw memory map (older caches), the steps ``rows``
+    decoded into RAM when they fit ``budget`` bytes, or frames inflated at every read
+    (:func:`vlafoundry.data.frames.open_frames`); None without images."""
+    if "image" in meta:
+        return open_frames(cache_dir, meta["image"], rows, budget)
+    if RAW_FILE in meta.get("files", {}):
+        return np.load(cache_dir / RAW_FILE, mmap_mode="r", allow_pickle=False)
+    return None

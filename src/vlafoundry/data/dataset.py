@@ -12,10 +12,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vlafoundry.data.cache import load_cache_arrays
+from vlafoundry.data.cache import (
+    CACHE_META,
+    cache_has_images,
+    cache_image_shape,
+    load_cache_arrays,
+    open_cache_images,
+)
 from vlafoundry.data.collate import collate, unbatch
-from vlafoundry.data.format import stats_from_json
-from vlafoundry.data.source import ensure_cache, resolve_source
+from vlafoundry.data.format import read_json, stats_from_json
+from vlafoundry.data.frames import CorruptFramesError
+from vlafoundry.data.source import ensure_cache, rebuild_cache, resolve_source
 from vlafoundry.envs.spec import EnvSpec
 from vlafoundry.normalize import safe_std
 
@@ -87,6 +94,9 @@ class DemoDataset(Dataset):
             already in [-1, 1]); undo with :meth:`denormalize_action`.
         env_name: the env of an external Minari dataset whose metadata does not say it.
         cache_dir: where to keep the training cache (default: ``root/cache``).
+        image_ram_budget: bytes of decoded frames this dataset may hold in RAM (default: ``VLAFOUNDRY_IMAGE_RAM_MB``
+            or 4 GiB). The split's frames are inflated once when the dataset opens if they fit (forked DataLoader
+            workers share them), else each batch inflates its own frames (docs/data.md, "Storage").
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class DemoDataset(Dataset):
         env_name: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         anchor_first: bool = False,
+        image_ram_budget: int | None = None,
     ) -> None:
         if int(history) < 1:
             raise ValueError(f"history: expected >= 1, got {history}")
@@ -120,7 +131,7 @@ class DemoDataset(Dataset):
         self.tasks: list[str] = list(cache_meta["tasks"])
         self.instructions: list[str] = list(cache_meta["instructions"])
         self.stats: dict[str, dict[str, np.ndarray]] = stats_from_json(cache_meta["stats"])
-        self.has_image = "image.npy" in cache_meta["files"]
+        self.has_image = cache_has_images(cache_meta)
         self.spec = EnvSpec.from_dict(env["spec"])
         self.discrete = self.spec.action_type == "discrete"
         if normalize_action and self.discrete:
@@ -139,10 +150,7 @@ class DemoDataset(Dataset):
         self._ep_task = np.asarray(arrays["episode_task"], dtype=np.int64)
         self._ep_instr = np.asarray(arrays["episode_instruction"], dtype=np.int64)
         self._ep_seed = np.asarray(arrays["episode_seed"], dtype=np.int64)
-        if self.has_image:
-            self.image_shape: tuple[int, ...] | None = tuple(int(v) for v in arrays["image"].shape[1:])
-        else:
-            self.image_shape = None
+        self.image_shape: tuple[int, ...] | None = cache_image_shape(self.cache_dir, cache_meta)
         if self.spec.image_shape != self.image_shape:  # e.g. a user's RGB BabyAI dataset
             self.spec = dataclasses.replace(self.spec, image_shape=self.image_shape)
         del arrays
@@ -159,6 +167,17 @@ class DemoDataset(Dataset):
         at = self.stats["action"]
         self._action_mean, self._action_std = at["mean"], safe_std(at["std"])
         self._arrays: dict[str, np.ndarray] | None = None
+        self._image_ram_budget = image_ram_budget
+        self._images: Any = None  # frames indexable by global step (memory map, decoded array or compressed)
+        if self.has_image:
+            try:
+                self._images = open_cache_images(self.cache_dir, cache_meta, self._steps, image_ram_budget)
+            except CorruptFramesError as exc:  # found while decoding into RAM: rebuild from the Minari data
+                import warnings
+
+                warnings.warn(f"{exc}; rebuilding the training cache", stacklevel=2)
+                cache_meta = rebuild_cache(src)
+                self._images = open_cache_images(self.cache_dir, cache_meta, self._steps, image_ram_budget)
 
     # ---------------------------------------------------------------------------------------- basics
     @property
@@ -171,11 +190,19 @@ class DemoDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_arrays"] = None  # memory maps are reopened lazily in each worker
+        # a pickled copy (a spawned worker) inflates its frames per batch instead of copying the decoded ones
+        state["_images"] = None
+        state["_image_ram_budget"] = 0
         return state
 
-    def _data(self) -> dict[str, np.ndarray]:
+    def _data(self) -> dict[str, Any]:
         if self._arrays is None:
             self._arrays = load_cache_arrays(self.cache_dir, mmap=True)
+        if self.has_image and self._images is None:
+            meta = read_json(self.cache_dir / CACHE_META)
+            self._images = open_cache_images(self.cache_dir, meta, self._steps, self._image_ram_budget)
+        if self.has_image:
+            self._arrays["image"] = self._images
         return self._arrays
 
     def episode_steps(self, episode: int) -> np.ndarray:
@@ -333,10 +360,11 @@ class EpisodeDataset(DemoDataset):
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", val_fraction: float = 0.1,
                  split_seed: int = 0, chunk: int = 1, normalize: bool = False, normalize_action: bool = False,
-                 env_name: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> None:
+                 env_name: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 image_ram_budget: int | None = None) -> None:
         super().__init__(root, split=split, val_fraction=val_fraction, split_seed=split_seed, history=1, chunk=chunk,
                          normalize=normalize, normalize_action=normalize_action, env_name=env_name,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, image_ram_budget=image_ram_budget)
         lengths = self._ep_len[self.episodes]
         self._split_len = lengths  # (E_split,)
         self._split_first = np.cumsum(lengths) - lengths  # (E_split,) first dataset step index of each episode

@@ -4,8 +4,9 @@
       vlafoundry.json                  # our metadata: schema, env spec, instructions, stats, checksums
       minari/                          # a MINARI_DATASETS_PATH root
         vlafoundry/namespace_metadata.json
-        vlafoundry/<family>-<name>-v0/data/{main_data.hdf5, metadata.json}
-      cache/                           # training cache: one .npy per key + cache.json (rebuilt if stale)
+        vlafoundry/<family>-<name>-v0/data/{main_data.hdf5, metadata.json}   # frames deflated (h5compress)
+      cache/                           # training cache: one .npy per key, frames as zlib blobs (frames.py),
+                                       # cache.json (rebuilt if stale)
       .shards/                         # only while generating (resumable work units); removed when done
 """
 

@@ -40,6 +40,7 @@ from vlafoundry.data.format import (
     read_json,
     write_json_atomic,
 )
+from vlafoundry.data.h5compress import compress_hdf5, update_minari_size
 from vlafoundry.data.rollout import check_action_noise, run_expert_episode
 from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
 from vlafoundry.envs import Env, canonical_name, expand_env_names, get_family, make_env
@@ -365,6 +366,10 @@ def _write_minari(root: Path, cfg: GenerationConfig, episodes: list[Episode], sp
             data_format="hdf5",
             jpeg_encoding=False,
         )
+    # lossless deflate inside the HDF5 file (Minari's writer has no such option); Minari reads it unchanged
+    data_dir = tmp_root / dataset_id / "data"
+    compress_hdf5(data_dir / "main_data.hdf5")
+    update_minari_size(data_dir)
     if (root / MINARI_DIR).exists():
         shutil.rmtree(root / MINARI_DIR)
     os.replace(tmp_root, root / MINARI_DIR)

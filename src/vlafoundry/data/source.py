@@ -228,11 +228,18 @@ def _check_source_integrity(src: ResolvedSource) -> None:
 def ensure_cache(src: ResolvedSource) -> dict[str, Any]:
     """Return cache.json, rebuilding the cache from the Minari data first if it is missing or stale."""
     if not cache_is_fresh(src.cache_dir, src.source_file):
-        _check_source_integrity(src)
-        env = src.metadata["env"]
-        try:
-            episodes = list(iterate_source_episodes(src))
-        except OSError as exc:  # h5py reports a damaged file as OSError without its name
-            raise ValueError(f"{src.source_file}: cannot be read ({exc})") from exc
-        build_cache(episodes, src.cache_dir, list(env["tasks"]), source=src.source_file)
+        return rebuild_cache(src)
+    return read_json(src.cache_dir / CACHE_META)
+
+
+def rebuild_cache(src: ResolvedSource) -> dict[str, Any]:
+    """Build the training cache from the source data (checked against its recorded checksum first); returns
+    cache.json. Also what a damaged cache is replaced with (a frame that does not inflate)."""
+    _check_source_integrity(src)
+    env = src.metadata["env"]
+    try:
+        episodes = list(iterate_source_episodes(src))
+    except OSError as exc:  # h5py reports a damaged file as OSError without its name
+        raise ValueError(f"{src.source_file}: cannot be read ({exc})") from exc
+    build_cache(episodes, src.cache_dir, list(env["tasks"]), source=src.source_file)
     return read_json(src.cache_dir / CACHE_META)

@@ -9,7 +9,19 @@ from typing import Any
 import numpy as np
 
 from vlafoundry.data.cache import CACHE_META
-from vlafoundry.data.format import META_FILE, SCHEMA_VERSION, minari_datasets_path, read_json, sha256_file
+from vlafoundry.data.format import (
+    META_FILE,
+    SCHEMA_VERSION,
+    minari_datasets_path,
+    read_json,
+    sha256_file,
+)
+from vlafoundry.data.frames import (
+    BLOB_FILE,
+    OFFSETS_FILE,
+    CompressedFrames,
+    CorruptFramesError,
+)
 
 
 def load_minari(root: str | os.PathLike[str]) -> Any:
@@ -91,10 +103,22 @@ def _check_cache(root: Path, meta: dict[str, Any]) -> list[str]:
         return problems
     steps = meta["counts"]["steps"]
     for name in cmeta["files"]:
+        if not name.endswith(".npy"):
+            continue
         arr = np.load(cache_dir / name, mmap_mode="r", allow_pickle=False)
-        rows = steps if not name.startswith("episode_") else meta["counts"]["episodes"]
+        rows = meta["counts"]["episodes"] if name.startswith("episode_") else steps
+        if name == OFFSETS_FILE:  # one offset per blob of `group` steps, plus the end
+            rows = -(-steps // int(cmeta.get("image", {}).get("group", 1))) + 1
         if arr.shape[0] != rows:
             problems.append(f"{cache_rel}/{name}: {arr.shape[0]} rows, expected {rows}")
+    if "image" in cmeta and not problems:
+        try:  # every frame inflates to its shape (the checksums above already vouch for the bytes)
+            frames = CompressedFrames(cache_dir, cmeta["image"])
+            for a in range(0, len(frames), 4096):
+                rows_ = np.arange(a, min(a + 4096, len(frames)), dtype=np.int64)
+                frames.decode_into(rows_, np.empty((len(rows_), *frames.frame_shape), dtype=np.uint8))
+        except (CorruptFramesError, ValueError, OSError) as exc:
+            problems.append(f"{cache_rel}/{BLOB_FILE}: {exc}")
     if cmeta.get("stats") != meta.get("stats"):
         problems.append(f"{cache_rel}/{CACHE_META}: statistics differ from {META_FILE}")
     return problems
