@@ -37,7 +37,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--paraphrases", default=None, metavar="FILE", help="JSON paraphrase file (docs/evaluation.md); "
                    "adds a language-generalisation evaluation")  # fmt: skip
     p.add_argument("--robustness", action="store_true", default=None,
-                   help="also evaluate with each modality removed / noised")
+                   help="also evaluate with each modality removed / noised (and, for RGB policies, the image "
+                   "occluded, colour-jittered, shifted and with Gaussian noise)")
+    p.add_argument("--conditions", default=None, metavar="LIST",
+                   help="robustness rows by name (implies --robustness), after the full-input row: a comma list, "
+                   "each row one or more settings joined by '+': no_image, no_state, no_instruction, default (the "
+                   "default rows) or key=value with key image_occlusion (area fraction), image_jitter (strength "
+                   "< 1), image_shift (pixels), image_gaussian (σ / 255), image_noise, state_noise, "
+                   "instruction_noise; e.g. \"image_occlusion=0.25,image_jitter=0.3\" (docs/evaluation.md)")
     p.add_argument("--generalisation", action="store_true", default=None,
                    help="also run the language generalisation suite: paraphrases (the family's shipped file, or "
                    "--paraphrases), held-out colour-object pairs (data.hold_out_pairs) and a held-out template, each "
@@ -72,7 +79,7 @@ def register(subparsers: Any) -> None:
 
 
 OPTION_NAMES = ("env", "episodes", "workers", "num_envs", "seed_start", "max_steps", "paraphrases", "robustness",
-                "generalisation",
+                "conditions", "generalisation",
                 "offline", "offline_samples", "balance", "balance_samples", "gifs", "out", "device",
                 "action_selection", "sample_temperature")  # fmt: skip
 

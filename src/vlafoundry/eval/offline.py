@@ -111,13 +111,16 @@ class _EvalMode:
         self.fork.__exit__(*exc)
 
 
-def corrupt_batch(batch: dict[str, Any], corruption: ObservationCorruption | None, rng: np.random.Generator
-                  ) -> dict[str, Any]:  # fmt: skip
+def corrupt_batch(batch: dict[str, Any], corruption: ObservationCorruption | None, rng: np.random.Generator,
+                  view_seed: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Apply a robustness condition to a collated DemoDataset batch (a new dict; tensors are copied).
 
     Same semantics as in closed loop (:class:`~vlafoundry.eval.rollout.ObservationCorruption`): a removed modality
     gets ``<name>_present`` False and zeroed data (empty instruction); noise is drawn per sample (instruction) and
-    per history frame (image, state) from ``rng``.
+    per history frame (image, state) from ``rng``. The per-episode image draws (occluder, jitter, shift) come from
+    a generator seeded by ``(view_seed, the sample's dataset episode)``, so every sample of an episode, in any
+    batch, sees the same occluder, colours and offset (``view_seed`` None or no ``episode`` key: drawn from ``rng``
+    per sample). History frames before the episode start (``obs_mask`` False) stay blank.
     """
     if corruption is None or corruption.is_identity:
         return batch
@@ -133,15 +136,23 @@ def corrupt_batch(batch: dict[str, Any], corruption: ObservationCorruption | Non
     image = torch.as_tensor(batch["image"]).numpy().copy() if batch.get("image") is not None else None
     img_present = torch.as_tensor(batch["image_present"]).clone()
     st_present = torch.as_tensor(batch["state_present"]).clone()
+    episodes = batch.get("episode") if view_seed is not None else None
+    episodes = None if episodes is None else torch.as_tensor(episodes).reshape(-1).tolist()
     for i in range(n):
+        params = None
+        if image is not None and corruption.per_episode_view:
+            ep_rng = rng if episodes is None else np.random.default_rng([int(view_seed), int(episodes[i])])
+            params = corruption.frame_params(image.shape[2:], ep_rng)  # one frame: (H, W, C) or (K, H, W, C)
         for t in range(state.shape[1]):
             frame = image[i, t] if image is not None else None
-            frame, st, ip, sp = corruption.corrupt_step(frame, state[i, t], rng)
+            frame, st, ip, sp = corruption.corrupt_step(frame, state[i, t], rng, params)
             if image is not None:
                 image[i, t] = frame
                 img_present[i] &= ip
             state[i, t] = st
             st_present[i] &= sp
+    if image is not None and corruption.pixels_only and batch.get("obs_mask") is not None:
+        image[~torch.as_tensor(batch["obs_mask"]).numpy().astype(bool)] = 0
     out["state"], out["state_present"] = torch.from_numpy(state), st_present
     if image is not None:
         out["image"], out["image_present"] = torch.from_numpy(image), img_present
@@ -274,7 +285,7 @@ def collect_offline_outputs(
     col = _Collector(policy, seed)
     with _EvalMode(policy, seed), _bar(len(order), progress) as bar:
         for k, raw in _batches(dataset, order, batch_size):
-            b = policy.prepare(corrupt_batch(raw, corruption, rng))  # episodes (EpisodeDataset) become steps
+            b = policy.prepare(corrupt_batch(raw, corruption, rng, view_seed=seed + 3))  # episodes (EpisodeDataset) become steps
             enc = policy.encode(b)
             col.add(b, enc, policy.action_outputs(policy.features(enc)))
             bar.update(k)
@@ -454,6 +465,9 @@ def offline_evaluation(
         if acc.entries == 0:
             raise ValueError("dataset: no valid action entries in the selected samples")
         balance = _balance_summary(acc, policy.head_kind == "discrete", n_bal)
+        if "image" in mods:  # what the image is, for the report's labels: a symbolic grid or RGB pixels
+            vision = getattr(getattr(policy, "cfg", None), "vision", None)
+            balance["image_input"] = "symbolic" if vision == "grid" else "rgb"
     return (col.result(order) if col is not None else None), balance
 
 

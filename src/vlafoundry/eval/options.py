@@ -62,6 +62,18 @@ def _bool(optional: bool = False) -> tuple[Callable[[Any], bool], str]:
                                                                                             else "")  # fmt: skip
 
 
+def _conditions(v: Any) -> bool:
+    if v is None:
+        return True
+    from vlafoundry.eval.robustness import parse_conditions
+
+    try:
+        parse_conditions(v)
+    except ValueError:
+        return False
+    return True
+
+
 def _temperature(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
 
@@ -76,6 +88,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": _int(0),
     "paraphrases": _opt_str(),
     "robustness": _bool(),
+    "conditions": (_conditions, "a comma list of robustness conditions, each setting joined by '+': no_image, "
+                   "no_state, no_instruction, default, or key=value (key: state_noise, image_noise, "
+                   "instruction_noise, image_gaussian, image_occlusion, image_jitter, image_shift)"),
     "generalisation": _bool(),
     "offline": _bool(optional=True),
     "offline_samples": _int(1),
@@ -103,7 +118,10 @@ class EvalOptions:
         max_steps: episode step cap given to the envs and the rollouts, 0 = each env's own limit (config
             ``eval.max_steps``; default 0).
         paraphrases: JSON paraphrase file; adds a language-generalisation evaluation.
-        robustness: add the missing-modality / noise table.
+        robustness: add the missing-modality / noise / image-corruption table.
+        conditions: the robustness rows by name (``"image_occlusion=0.25,image_jitter=0.3"``;
+            :func:`vlafoundry.eval.robustness.parse_conditions`), after the full-input row; implies ``robustness``.
+            None = the default rows.
         generalisation: add the language generalisation suite (paraphrases, held-out colour-object pairs, a
             held-out template; :mod:`vlafoundry.eval.generalisation`).
         offline: offline metrics on the training data's held-out split; None = when the dataset is on disk.
@@ -127,6 +145,7 @@ class EvalOptions:
     max_steps: int = 0
     paraphrases: str | None = None
     robustness: bool = False
+    conditions: str | None = None
     generalisation: bool = False
     offline: bool | None = None
     offline_samples: int = DEFAULT_OFFLINE_SAMPLES

@@ -8,8 +8,8 @@ which runs, in this order, each stage timed and announced on the terminal:
    honoured), then the paraphrased run (``--paraphrases``) on the same workers;
 2. ``offline pass``: ONE pass over the held-out split for every offline measure (action accuracy, retrieval,
    ITM, and modality balance on its first ``balance_samples`` items);
-3. ``robustness`` (``--robustness``): every condition on the same workers; the full-input row reuses the rollouts
-   and the offline pass of stages 1-2;
+3. ``robustness`` (``--robustness`` or ``--conditions``): every condition on the same workers; the full-input row
+   reuses the rollouts and the offline pass of stages 1-2;
    ``generalisation`` (``--generalisation``): paraphrases, held-out pairs and a held-out template on the same
    workers (:mod:`vlafoundry.eval.generalisation`);
 4. ``bias``: held-out accuracy per subgroup, from the outputs of stage 2;
@@ -296,6 +296,9 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
                               "training_seeds": training_seeds, "max_steps": opts.env_max_steps}  # fmt: skip
 
     para = robustness = offline = generalisation = None
+    conditions = None
+    if opts.robustness or opts.conditions:  # checked against the policy before any episode runs
+        conditions = _conditions(policy, names, env_kwargs, opts.conditions)
     with VectorRollout(num_envs, opts.workers, env_kwargs) as pool:
         with stage("rollouts", f"{total} episodes of {env} on {num_envs} envs, {pool.workers} workers"):
             result = evaluate_policy(policy, names, rollout=pool, progress="closed loop", **common)
@@ -312,9 +315,10 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
         if plan is not None:
             with stage("offline pass", plan.describe()):
                 offline = _offline_pass(policy, cfg, ds, plan, env, notes, log)
-        if opts.robustness:
-            with stage("robustness", "every modality removed / noised, same episodes"):
-                robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common)
+        if conditions is not None:
+            with stage("robustness", f"{len(conditions)} input conditions on the same episodes"):
+                robustness = _robustness(policy, names, pool, env_kwargs, ds, plan, offline, result, common,
+                                         conditions)  # fmt: skip
                 for r in robustness:
                     log(f"  {r['condition']:<28} success {r['success_rate']:.3f}  Δ {r['delta_success']:+.3f}")
         if opts.generalisation:
@@ -451,9 +455,20 @@ def _contract_offline_pass(policy: Any, ds: Any, plan: _OfflinePlan, notes: list
             "show_itm": False}
 
 
+def _conditions(policy: Any, names: list[str], env_kwargs: dict[str, Any], spec: str | None) -> list[Any]:
+    """The robustness conditions (``--conditions``, else the defaults) checked against the policy before any
+    episode runs: image rows only if it reads an image, pixel rows only if RGB."""
+    from vlafoundry.eval.robustness import robustness_conditions
+
+    try:
+        return robustness_conditions(policy, names[0], env_kwargs, spec, what="--conditions")
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+
+
 def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, Any], ds: Any,
-                plan: _OfflinePlan | None, offline: dict[str, Any] | None, result: EvalResult, common: dict[str, Any]
-                ) -> list[dict[str, Any]]:  # fmt: skip
+                plan: _OfflinePlan | None, offline: dict[str, Any] | None, result: EvalResult, common: dict[str, Any],
+                conditions: list[Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Robustness rows on the open pool; the full-input row reuses the rollouts and the offline pass."""
     from vlafoundry.eval.offline import ROBUSTNESS_KEYS, offline_robustness_fn
     from vlafoundry.eval.robustness import run_robustness
@@ -469,8 +484,8 @@ def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, 
         def offline_fn(cond: Any) -> Mapping[str, float]:
             return full if cond.is_identity and full is not None else corrupted(cond)
 
-    return run_robustness(policy, names, rollout=pool, env_kwargs=env_kwargs, offline_fn=offline_fn,
-                          reference=result, progress=True, **common)  # fmt: skip
+    return run_robustness(policy, names, conditions=conditions, rollout=pool, env_kwargs=env_kwargs,
+                          offline_fn=offline_fn, reference=result, progress=True, **common)  # fmt: skip
 
 
 def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attention: Any, gifs: list[Any]) -> None:

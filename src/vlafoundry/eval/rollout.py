@@ -71,13 +71,28 @@ class ObservationCorruption:
             at every step, by the cell at a uniformly random position of the same image (keeps values valid).
         instruction_noise: probability that each instruction word is replaced, once per episode, by a random word
             of the BabyAI grammar (:data:`NOISE_WORDS`).
+        image_gaussian: RGB only: standard deviation, as a fraction of 255, of Gaussian noise added to every pixel
+            at every step.
+        image_occlusion: RGB only: fraction of the frame covered by a mid-grey square
+            (:data:`~vlafoundry.eval.image_corruptions.OCCLUSION_FILL`), placed at random once per episode.
+        image_jitter: RGB only: colour jitter strength s in [0, 1): brightness, contrast, saturation and per-channel
+            gains each drawn from [1 - s, 1 + s] once per episode.
+        image_shift: RGB only: the view translated by this many pixels along each axis (direction drawn once per
+            episode), edges repeated.
         name: label for tables; derived from the settings when omitted.
+
+    Image corruptions apply per camera (``(H, W, C)`` or ``(K, H, W, C)`` frames) in the order shift, jitter,
+    occlusion, Gaussian noise, cell noise; see :mod:`vlafoundry.eval.image_corruptions`.
     """
 
     remove: tuple[str, ...] = ()
     state_noise: float = 0.0
     image_noise: float = 0.0
     instruction_noise: float = 0.0
+    image_gaussian: float = 0.0
+    image_occlusion: float = 0.0
+    image_jitter: float = 0.0
+    image_shift: int = 0
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -86,12 +101,18 @@ class ObservationCorruption:
             if m not in MODALITIES:
                 raise ValueError(f"remove: expected modalities from {MODALITIES}, got {m!r}")
         object.__setattr__(self, "remove", remove)
-        if self.state_noise < 0:
-            raise ValueError(f"state_noise: expected a standard deviation >= 0, got {self.state_noise}")
-        for arg in ("image_noise", "instruction_noise"):
+        for arg in ("state_noise", "image_gaussian"):
+            if not getattr(self, arg) >= 0:
+                raise ValueError(f"{arg}: expected a standard deviation >= 0, got {getattr(self, arg)}")
+        for arg in ("image_noise", "instruction_noise", "image_occlusion"):
             p = getattr(self, arg)
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{arg}: expected a probability in [0, 1], got {p}")
+                raise ValueError(f"{arg}: expected a fraction in [0, 1], got {p}")
+        if not 0.0 <= self.image_jitter < 1.0:
+            raise ValueError(f"image_jitter: expected a strength in [0, 1), got {self.image_jitter}")
+        if isinstance(self.image_shift, bool) or int(self.image_shift) != self.image_shift or self.image_shift < 0:
+            raise ValueError(f"image_shift: expected a whole number of pixels >= 0, got {self.image_shift}")
+        object.__setattr__(self, "image_shift", int(self.image_shift))
 
     @property
     def label(self) -> str:
@@ -101,14 +122,39 @@ class ObservationCorruption:
         if self.state_noise:
             parts.append(f"state noise σ={self.state_noise:g}")
         if self.image_noise:
-            parts.append(f"image noise p={self.image_noise:g}")
+            parts.append(f"image cell noise p={self.image_noise:g}")
         if self.instruction_noise:
             parts.append(f"instruction noise p={self.instruction_noise:g}")
+        if self.image_shift:
+            parts.append(f"image shifted {self.image_shift} px")
+        if self.image_jitter:
+            parts.append(f"image colour jitter s={self.image_jitter:g}")
+        if self.image_occlusion:
+            parts.append(f"image occluded {100 * self.image_occlusion:g}%")
+        if self.image_gaussian:
+            parts.append(f"image Gaussian noise σ={self.image_gaussian:g}")
         return ", ".join(parts) if parts else "full input"
 
     @property
     def is_identity(self) -> bool:
-        return not (self.remove or self.state_noise or self.image_noise or self.instruction_noise)
+        return not (self.remove or self.state_noise or self.image_noise or self.instruction_noise
+                    or self.pixels_only)  # fmt: skip
+
+    @property
+    def pixels_only(self) -> bool:
+        """Whether a corruption that needs RGB pixels (Gaussian noise, occlusion, jitter, shift) is on."""
+        return bool(self.image_gaussian or self.image_occlusion or self.image_jitter or self.image_shift)
+
+    @property
+    def per_episode_view(self) -> bool:
+        """Whether per-episode image draws (:meth:`frame_params`) are needed."""
+        return bool(self.image_occlusion or self.image_jitter or self.image_shift) and "image" not in self.remove
+
+    def frame_params(self, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
+        """The per-episode draws (occluder position, jitter factors, shift) for frames of ``shape``."""
+        from vlafoundry.eval.image_corruptions import draw_frame_params
+
+        return draw_frame_params(tuple(shape), rng, self.image_occlusion, self.image_jitter, self.image_shift)
 
     def corrupt_instruction(self, text: str, rng: np.random.Generator) -> tuple[str, bool]:
         """Per-episode instruction corruption -> (text, present)."""
@@ -121,22 +167,42 @@ class ObservationCorruption:
             text = " ".join(NOISE_WORDS[p] if f else w for w, f, p in zip(words, flips, picks, strict=True))
         return text, True
 
+    def corrupt_image(self, image: np.ndarray, rng: np.random.Generator, params: Any = None) -> np.ndarray:
+        """One frame (``(H, W, C)`` or ``(K, H, W, C)``) under the image corruptions, same shape and dtype.
+
+        ``params``: this episode's :meth:`frame_params` (drawn here from ``rng`` when None, i.e. per call).
+        """
+        from vlafoundry.eval import image_corruptions as ic
+
+        if self.pixels_only:
+            ic.check_pixels(image, "image")
+        if self.per_episode_view and params is None:
+            params = self.frame_params(image.shape, rng)
+        if self.image_shift:
+            image = ic.shift_view(image, params.shift)
+        if self.image_jitter:
+            image = ic.color_jitter(image, params.jitter)
+        if self.image_occlusion and params.side:
+            image = ic.occlude(image, params.corner, params.side)
+        if self.image_gaussian:
+            image = ic.gaussian_noise(image, self.image_gaussian, rng)
+        if self.image_noise > 0:
+            image = ic.cell_noise(image, self.image_noise, rng)
+        return image
+
     def corrupt_step(
-        self, image: np.ndarray | None, state: np.ndarray, rng: np.random.Generator
+        self, image: np.ndarray | None, state: np.ndarray, rng: np.random.Generator, params: Any = None
     ) -> tuple[np.ndarray | None, np.ndarray, bool, bool]:
-        """Per-step image/state corruption -> (image, state, image_present, state_present)."""
+        """Per-step image/state corruption -> (image, state, image_present, state_present).
+
+        ``params``: the episode's :meth:`frame_params` for the view corruptions (None: drawn per call).
+        """
         image_present = image is not None
         if image is not None:
             if "image" in self.remove:
                 image, image_present = np.zeros_like(image), False
-            elif self.image_noise > 0:
-                h, w = image.shape[:2]
-                flat = image.reshape(h * w, -1)
-                hit = rng.random(h * w) < self.image_noise
-                src = rng.integers(0, h * w, size=int(hit.sum()))
-                noisy = flat.copy()
-                noisy[hit] = flat[src]
-                image = noisy.reshape(image.shape)
+            else:
+                image = self.corrupt_image(image, rng, params)
         state_present = True
         if "state" in self.remove:
             state, state_present = np.zeros_like(state), False
@@ -209,6 +275,8 @@ class _Slot:
         self.env_name: str | None = None
         self.job: Job | None = None
         self.rng: np.random.Generator | None = None
+        self.view_rng: np.random.Generator | None = None
+        self.view_params: Any = None
         self.instruction = ""
         self.instruction_present = True
 
@@ -226,6 +294,10 @@ class _Slot:
         obs = self.env.reset(seed=int(seed))
         self.job = job
         self.rng = np.random.default_rng([int(seed), 0x5EED])
+        # per-episode image draws (occluder, jitter, shift) from their own stream: the per-step draws of the
+        # other conditions stay as they were; drawn at the episode's first frame (its shape is known then)
+        self.view_rng = np.random.default_rng([int(seed), 0x5EED, 1])
+        self.view_params: Any = None
         self.max_steps = opts.max_steps or int(self.env.spec.max_episode_steps)
         original = str(obs["instruction"])
         used = original
@@ -287,9 +359,12 @@ class _SlotGroup:
 
     def _write(self, i: int, obs: Mapping[str, Any]) -> None:
         slot = self.slots[i]
-        image = obs.get("image")
-        image, state, img_p, st_p = self.opts.corruption.corrupt_step(
-            None if image is None else np.asarray(image), np.asarray(obs["state"], dtype=np.float32), slot.rng
+        image = None if obs.get("image") is None else np.asarray(obs["image"])
+        corruption = self.opts.corruption
+        if image is not None and corruption.per_episode_view and slot.view_params is None:
+            slot.view_params = corruption.frame_params(image.shape, slot.view_rng)
+        image, state, img_p, st_p = corruption.corrupt_step(
+            image, np.asarray(obs["state"], dtype=np.float32), slot.rng, slot.view_params
         )
         if self.state is None or self.state.shape[1:] != state.shape:
             self.state = np.zeros((len(self.slots), *state.shape), dtype=np.float32)
