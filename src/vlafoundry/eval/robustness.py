@@ -112,15 +112,20 @@ def parse_conditions(text: str, has_image: bool = True, pixels: bool = True,
     return out
 
 
-def env_has_image(env_name: str, env_kwargs: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``env_name``'s observations carry an image (``spec.image_shape`` is not None)."""
+def env_image_shape(env_name: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[int, ...] | None:
+    """``spec.image_shape`` of ``env_name``'s observations (None: no image)."""
     from vlafoundry.envs import make_env
 
     env = make_env(env_name, **dict(env_kwargs or {}))
     try:
-        return env.spec.image_shape is not None
+        return env.spec.image_shape
     finally:
         env.close()
+
+
+def env_has_image(env_name: str, env_kwargs: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``env_name``'s observations carry an image (``spec.image_shape`` is not None)."""
+    return env_image_shape(env_name, env_kwargs) is not None
 
 
 def image_input(policy: Any, env_name: str, env_kwargs: Mapping[str, Any] | None = None) -> str | None:
@@ -150,7 +155,13 @@ def robustness_conditions(
     kind = image_input(policy, env_name, env_kwargs)
     if spec is None:
         return default_conditions(has_image=kind is not None, pixels=kind == "rgb")
-    return parse_conditions(spec, has_image=kind is not None, pixels=kind == "rgb", what=what)
+    conds = parse_conditions(spec, has_image=kind is not None, pixels=kind == "rgb", what=what)
+    shape = env_image_shape(env_name, env_kwargs) if kind == "rgb" else None
+    side = min(shape[-3:-1]) if shape is not None and len(shape) >= 3 else None
+    for c in conds:
+        if side is not None and c.image_shift >= side:
+            raise ValueError(f"{what}: expected image_shift below the frame's side {side}, got {c.image_shift}")
+    return conds
 
 
 def run_robustness(
