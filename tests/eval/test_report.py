@@ -76,7 +76,7 @@ def test_markdown_report_and_assets(report):
     out, paths = report
     md = paths["markdown"].read_text()
     for section in ("## Closed-loop success", "## Training", "## Success per subgroup (bias)",
-                    "## Robustness to missing and noisy inputs", "## Offline metrics",
+                    "## Robustness to missing, noisy and corrupted inputs", "## Offline metrics",
                     "## Observation-instruction similarity", "## Attention over the image", "## Episodes"):  # fmt: skip
         assert section in md
     assert "| babyai/GoToLocal | 6 |" in md and "| all | 12 |" in md
