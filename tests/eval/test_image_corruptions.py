@@ -278,6 +278,24 @@ def test_parse_conditions_names_rows_and_refuses_what_the_policy_cannot_take():
         parse_conditions("no_state,no_image", has_image=False, pixels=False, what="--conditions")
 
 
+def test_image_rows_follow_what_the_policy_reads():
+    from types import SimpleNamespace
+
+    from vlafoundry.eval.robustness import image_input, robustness_conditions
+
+    grid = SimpleNamespace(has_image=True, cfg=SimpleNamespace(vision="grid"))
+    patch = SimpleNamespace(has_image=True, cfg=SimpleNamespace(vision="patch"))
+    blind = SimpleNamespace(has_image=False, cfg=SimpleNamespace(vision="none"))
+    env, rgb = "babyai/GoToLocal", {"image": "rgb"}
+    assert image_input(grid, env) == "symbolic" and image_input(patch, env, rgb) == "rgb"
+    assert image_input(blind, env) is None
+    assert image_input(object(), env, rgb) == "rgb" and image_input(object(), env) == "symbolic"  # the env decides
+    labels = [c.label for c in robustness_conditions(patch, env, rgb)]
+    assert "image occluded 25%" in labels and "image shifted 4 px" in labels and len(labels) == 11
+    assert [c.label for c in robustness_conditions(grid, env)] == [c.label for c in default_conditions(True)]
+    assert not any("image" in c.label for c in robustness_conditions(blind, env))
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
