@@ -156,7 +156,8 @@ def test_pixel_corruptions_refuse_non_pixels_and_bad_settings():
     for kwargs, msg in [({"image_jitter": 1.0}, r"image_jitter: expected a strength in \[0, 1\), got 1.0"),
                         ({"image_occlusion": 1.5}, r"image_occlusion: expected a fraction in \[0, 1\], got 1.5"),
                         ({"image_gaussian": -0.1}, "image_gaussian: expected a standard deviation >= 0, got -0.1"),
-                        ({"image_shift": 1.5}, "image_shift: expected a whole number of pixels >= 0, got 1.5")]:  # fmt: skip
+                        ({"image_shift": 1.5}, "image_shift: expected a whole number of pixels >= 0, got 1.5"),
+                        ]:  # fmt: skip
         with pytest.raises(ValueError, match=msg):
             ObservationCorruption(**kwargs)
     assert ObservationCorruption(image_shift=2).pixels_only and not ObservationCorruption(image_noise=0.2).pixels_only

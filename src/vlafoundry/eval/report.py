@@ -477,10 +477,12 @@ def _robustness_text(rows: Sequence[Mapping[str, Any]]) -> str:
             "mid-grey square, colour jitter, shifted view) or per step (Gaussian and cell noise).")  # fmt: skip
     image = [r for r in rows[1:] if "image" in str(r["condition"])]
     if image:
-        worst = min(image, key=lambda r: r["delta_success"])
+        worst, ref = min(image, key=lambda r: r["delta_success"]), rows[0]
         text += (f" Does the policy use its eyes? Of the {len(image)} image rows, the largest change in success is "
-                 f"{float(worst['delta_success']):+.3f} ({worst['condition']}, 95% CI [{_fmt(worst['ci_low'])}, "
-                 f"{_fmt(worst['ci_high'])}]); a policy that ignores its image loses nothing in any of them.")
+                 f"{float(worst['delta_success']):+.3f} ({worst['condition']}: {_fmt(worst['success_rate'])} "
+                 f"[{_fmt(worst['ci_low'])}, {_fmt(worst['ci_high'])}] against {_fmt(ref['success_rate'])} "
+                 f"[{_fmt(ref['ci_low'])}, {_fmt(ref['ci_high'])}] with {ref['condition']}); a policy that ignores its "
+                 "image loses nothing in any of them.")
     return text
 
 

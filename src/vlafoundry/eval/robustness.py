@@ -188,9 +188,9 @@ def run_robustness(
     "mean_return", "delta_success", **offline metrics}``. Workers are started once and reused for all conditions;
     pass an open ``rollout`` to reuse its workers. ``conditions`` default: :func:`robustness_conditions` (image rows
     only if the policy reads an image, pixel rows only if RGB). ``reference``: a finished evaluation of the same
-    episodes without corruption (e.g. the main closed-loop run); an identity condition takes its episodes instead of running
-    them again when its settings (envs, episodes, seed start, paraphrases, step cap) match. ``progress``: show
-    episodes done per condition.
+    episodes without corruption (e.g. the main closed-loop run); an identity condition takes its episodes instead of
+    running them again when its settings (envs, episodes, seed start, paraphrases, step cap) match. ``progress``:
+    show episodes done per condition.
     """
     names = _as_names(env)
     if conditions is None:
