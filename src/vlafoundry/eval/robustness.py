@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vlafoundry.eval.corruption import MODALITIES, ObservationCorruption
 from vlafoundry.eval.paraphrase import ParaphraseMap
 from vlafoundry.eval.rollout import (
     DEFAULT_SEED_START,
-    MODALITIES,
     EvalResult,
-    ObservationCorruption,
     VectorRollout,
     _as_names,
     evaluate_policy,
