@@ -55,6 +55,23 @@ def test_hand_proprio_expert_solves_reach_from_rgb_and_frames_follow_the_arm() -
     full.close()
 
 
+def _frame_sum(_: int) -> int:
+    env = make_env("metaworld/reach", image="rgb", image_size=16)
+    return int(env.reset(seed=0)["image"].sum())
+
+
+@needs_gl
+def test_forked_workers_render_after_the_parent_rendered() -> None:
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    expected = _frame_sum(0)  # the parent holds a GL context now
+    with mp.get_context("fork").Pool(2) as pool:  # generation and evaluation fork their env workers
+        got = pool.map_async(_frame_sum, [0, 1]).get(timeout=120)
+    assert got == [expected, expected]
+
+
 @needs_gl
 def test_render_rgb_is_a_camera_frame_in_both_modes() -> None:
     for kwargs in ({}, {"image": "rgb", "image_size": 16}):

@@ -25,10 +25,9 @@ import numpy as np
 
 from vlafoundry.envs.family import EnvFamily, register_family
 from vlafoundry.envs.metaworld_instructions import INSTRUCTIONS
-from vlafoundry.envs.render import FastRenderer, RenderingUnavailable, configure_gl, rendering_error
+from vlafoundry.envs.render import (FastRenderer, RenderingUnavailable, configure_gl, rendering_error,
+                                    require_rendering)
 from vlafoundry.envs.spec import EnvSpec
-
-configure_gl()  # MuJoCo reads MUJOCO_GL when first imported: choose the GL backend before metaworld imports it
 
 #: The MT10 suite, in Meta-World's order.
 MT10_TASKS = (
@@ -105,6 +104,7 @@ class MetaWorldEnv:
     def __init__(self, task: str, max_steps: int | None = None, terminate_on_success: bool = True,
                  image: str = "symbolic", camera: str = DEFAULT_CAMERA, image_size: int = DEFAULT_IMAGE_SIZE,
                  proprio: str = "auto", render_size: int = RENDER_SIZE) -> None:
+        configure_gl()  # MuJoCo reads MUJOCO_GL when first imported: choose the backend before metaworld imports it
         if image not in ("symbolic", "rgb"):
             raise ValueError(f"image: expected 'symbolic' or 'rgb' for Meta-World, got {image!r}")
         cameras = parse_cameras(camera)
@@ -144,9 +144,9 @@ class MetaWorldEnv:
         self.render_size = int(render_size)
         self._camera_ids = [_camera_id(env.model, c) for c in cameras]
         env.model.cam_pos[_camera_id(env.model, "corner2")] = LEROBOT_CORNER2_POS  # LeRobot's corner2
-        self._renderers: dict[int, FastRenderer] = {}
+        self._renderers: dict[int, FastRenderer] = {}  # made on first use
         if image == "rgb":
-            self._renderer(self.image_size)  # fail here, naming what to install, when nothing can render
+            require_rendering()  # fail here, naming what to install, when nothing can render
         self.terminate_on_success = terminate_on_success
         self._obs: np.ndarray | None = None
         self._t = 0

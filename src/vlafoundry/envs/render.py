@@ -1,7 +1,8 @@
 """Offscreen MuJoCo rendering on a CPU: choosing the GL backend, and a fast renderer reused per env.
 
 MuJoCo reads ``MUJOCO_GL`` once, when ``mujoco`` is first imported, so the backend must be chosen before that:
-:func:`configure_gl` runs when an env family that renders with MuJoCo is imported (``vlafoundry.envs.metaworld``).
+:func:`configure_gl` runs when the first env that may render with MuJoCo is built (``MetaWorldEnv``, which imports
+``metaworld`` and so ``mujoco`` only then).
 It honours ``MUJOCO_GL`` when it is set (adding ``EGL_PLATFORM=surfaceless`` for ``egl`` unless that is set too);
 otherwise it tries EGL (Mesa's surfaceless platform: no display, no GPU needed), then OSMesa, each in a short
 subprocess that renders one frame, and exports the first that works into ``os.environ``, so worker processes
@@ -13,6 +14,12 @@ subprocess that renders one frame, and exports the first that works into ``os.en
 changing what a policy sees (``bench/render.py`` measures each): multisampling off (``offsamples = 0``), shadow
 maps off (``shadowsize = 0``), the floor's reflection pass off (it draws the whole scene a second time), the
 skybox off. Frames are uint8 ``(H, W, 3)``, top row first.
+
+:func:`configure_gl` also sets ``LP_NUM_THREADS=0`` (unless set): Mesa's llvmpipe then rasterises in the calling
+thread instead of a thread pool. It costs no CPU time per frame at these sizes (measured), keeps workers from
+oversubscribing the cores, and makes ``fork`` safe: a process forked from one that has rendered with llvmpipe's
+threads hangs on its first frame (its copy of the pool has no threads), while with ``LP_NUM_THREADS=0`` forked
+env workers (generation, evaluation) render, through inherited renderers or new ones.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ def configure_gl(probe: Callable[[str], tuple[bool, str]] = probe_backend, force
         return None if _error else _backend
     _configured = True
     _error = None
+    os.environ.setdefault("LP_NUM_THREADS", "0")  # llvmpipe without a thread pool: fork-safe (module docstring)
     current = os.environ.get("MUJOCO_GL", "").strip().lower()
     if current:
         _backend = current
@@ -163,8 +171,10 @@ class FastRenderer:
         try:
             self._renderer = mujoco.Renderer(model, height, width)
         except Exception as exc:  # a backend that probed fine but fails here: say which
+            late = (" (mujoco was imported before vlafoundry could choose a GL backend: set MUJOCO_GL=egl and "
+                    "EGL_PLATFORM=surfaceless, or MUJOCO_GL=osmesa, before importing mujoco)") if _backend == "" else ""
             raise RenderingUnavailable(f"MuJoCo could not create a {width}x{height} offscreen renderer with "
-                                       f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r}: {exc}") from exc
+                                       f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r}: {exc}{late}") from exc
         global _exit_hook
         _live.add(self)
         if not _exit_hook:  # registered after mujoco's own exit hook, so it runs before it
