@@ -113,14 +113,25 @@ def test_missing_backend_error_names_the_packages(monkeypatch: pytest.MonkeyPatc
 
 
 def test_set_mujoco_gl_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "osmesa")  # recorded, so that teardown restores it
     monkeypatch.setenv("MUJOCO_GL", "osmesa")
     saved = (render._backend, render._error, render._configured)
     try:
-        assert render.configure_gl(probe=lambda b: pytest.fail("probed despite MUJOCO_GL"), force=True) == "osmesa"
+        got = render.configure_gl(probe=lambda b: pytest.fail("probed despite MUJOCO_GL"), force=True)
+        assert got == "osmesa" or "PyOpenGL was imported" in render.rendering_error()
         monkeypatch.setenv("MUJOCO_GL", "disable")
         assert render.configure_gl(force=True) is None and "MUJOCO_GL" in render.rendering_error()
     finally:
         render._backend, render._error, render._configured = saved
+
+
+def test_pyopengl_imported_for_another_platform_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "glx")
+    monkeypatch.setitem(sys.modules, "OpenGL", object())
+    message = render._pyopengl_conflict("egl")
+    assert message is not None and "PYOPENGL_PLATFORM=egl" in message
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "egl")
+    assert render._pyopengl_conflict("egl") is None
 
 
 def test_camera_and_proprio_validation() -> None:

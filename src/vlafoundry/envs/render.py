@@ -71,17 +71,31 @@ def _close_all() -> None:
 
 
 def backend_env(backend: str) -> dict[str, str]:
-    """The environment variables that select ``backend`` (``egl`` also gets Mesa's surfaceless platform)."""
+    """The environment variables that select ``backend`` (``egl`` also gets Mesa's surfaceless platform; PyOpenGL,
+    which MuJoCo's EGL and OSMesa contexts use, is pointed at the same platform)."""
     env = {"MUJOCO_GL": backend}
     if backend == "egl":
         env["EGL_PLATFORM"] = os.environ.get("EGL_PLATFORM", "surfaceless")
+    if backend in ("egl", "osmesa"):
+        env["PYOPENGL_PLATFORM"] = backend
     return env
+
+
+def _pyopengl_conflict(backend: str) -> str | None:
+    """Why ``backend`` cannot work in this process because PyOpenGL was imported for another platform."""
+    if backend not in ("egl", "osmesa") or "OpenGL" not in sys.modules:
+        return None
+    platform = os.environ.get("PYOPENGL_PLATFORM", "")
+    if platform and platform.lower() == backend:
+        return None
+    return (f"PyOpenGL was imported before vlafoundry chose MuJoCo's GL backend, for platform {platform or 'glx'!r} "
+            f"rather than {backend!r}; call vlafoundry.envs.render.configure_gl() (or build a Meta-World env) before "
+            f"importing OpenGL, or set MUJOCO_GL={backend} and PYOPENGL_PLATFORM={backend} before starting Python")
 
 
 def probe_backend(backend: str) -> tuple[bool, str]:
     """Render one tiny frame with ``backend`` in a subprocess; ``(works, why not)``."""
     env = {**os.environ, **backend_env(backend)}
-    env.pop("PYOPENGL_PLATFORM", None)  # mujoco sets it to match the backend
     try:
         res = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                              timeout=PROBE_TIMEOUT_S, check=False)
@@ -114,8 +128,11 @@ def configure_gl(probe: Callable[[str], tuple[bool, str]] = probe_backend, force
     current = os.environ.get("MUJOCO_GL", "").strip().lower()
     if current:
         _backend = current
-        if current == "egl":
-            os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+        if current in ("egl", "osmesa"):
+            conflict = _pyopengl_conflict(current)
+            for key, value in backend_env(current).items():
+                os.environ.setdefault(key, value)
+            _error = conflict
         if current in DISABLED:
             _error = os.environ.get(ERROR_VAR) or (f"MuJoCo offscreen rendering is off (MUJOCO_GL={current!r}); "
                                                    "unset MUJOCO_GL or set it to egl or osmesa")
@@ -127,9 +144,11 @@ def configure_gl(probe: Callable[[str], tuple[bool, str]] = probe_backend, force
     for backend in BACKENDS:
         works, why = probe(backend)
         if works:
+            conflict = _pyopengl_conflict(backend)
             os.environ.update(backend_env(backend))
             _backend = backend
-            return backend
+            _error = conflict
+            return None if conflict else backend
         reasons.append(f"{backend}: {why}")
     _backend = "disable"
     _error = missing_message(reasons)
