@@ -29,6 +29,8 @@ from vlafoundry.envs.render import (FastRenderer, RenderingUnavailable, configur
                                     require_rendering)
 from vlafoundry.envs.spec import EnvSpec
 
+configure_gl()  # MuJoCo reads MUJOCO_GL when first imported: choose the GL backend before anything imports it
+
 #: The MT10 suite, in Meta-World's order.
 MT10_TASKS = (
     "reach",

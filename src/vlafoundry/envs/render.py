@@ -1,12 +1,12 @@
 """Offscreen MuJoCo rendering on a CPU: choosing the GL backend, and a fast renderer reused per env.
 
 MuJoCo reads ``MUJOCO_GL`` once, when ``mujoco`` is first imported, so the backend must be chosen before that:
-:func:`configure_gl` runs when the first env that may render with MuJoCo is built (``MetaWorldEnv``, which imports
-``metaworld`` and so ``mujoco`` only then).
+:func:`configure_gl` runs when ``vlafoundry.envs`` is imported (``envs/metaworld.py``), and again (a no-op) before a
+Meta-World env is built.
 It honours ``MUJOCO_GL`` when it is set (adding ``EGL_PLATFORM=surfaceless`` for ``egl`` unless that is set too);
-otherwise it tries EGL (Mesa's surfaceless platform: no display, no GPU needed), then OSMesa, each in a short
-subprocess that renders one frame, and exports the first that works into ``os.environ``, so worker processes
-(forked or spawned) inherit the choice without probing again. When none works, rendering is turned off
+otherwise it picks EGL (Mesa's surfaceless platform: no display, no GPU needed) when its libraries are installed,
+else OSMesa (:func:`library_probe`, instant; :func:`probe_backend` renders a frame in a subprocess to check), and
+exports the choice into ``os.environ``, so worker processes (forked or spawned) inherit it. When none works, rendering is turned off
 (``MUJOCO_GL=disable``: state-only envs still run) and :func:`require_rendering` raises
 :class:`RenderingUnavailable` naming the Debian packages to install.
 
@@ -107,16 +107,27 @@ def probe_backend(backend: str) -> tuple[bool, str]:
     return False, lines[-1] if lines else f"exit status {res.returncode}"
 
 
+def library_probe(backend: str) -> tuple[bool, str]:
+    """Whether ``backend``'s libraries are installed (instant: no GL call; :func:`probe_backend` renders a frame)."""
+    import ctypes.util
+
+    needs = {"egl": ("EGL", "EGL_mesa"), "osmesa": ("OSMesa",)}.get(backend, ())
+    missing = [f"lib{name}" for name in needs if ctypes.util.find_library(name) is None]
+    if not needs:
+        return False, f"unknown backend {backend!r}"
+    return (not missing), (f"{', '.join(missing)} not found" if missing else "")
+
+
 def missing_message(reasons: Sequence[str]) -> str:
     """The error text when no backend works: what was tried and which Debian packages to install."""
-    tried = "; ".join(reasons) if reasons else "no backend tried"
-    return ("MuJoCo offscreen rendering is unavailable: no OpenGL backend works here (" + tried + "). Install the "
+    tried = f" ({'; '.join(reasons)})" if reasons else ""
+    return ("MuJoCo offscreen rendering is unavailable: no OpenGL backend works here" + tried + ". Install the "
             f"Debian packages {' '.join(GL_PACKAGES['egl'])} (EGL, tried first) or {' '.join(GL_PACKAGES['osmesa'])}"
             f" (OSMesa), e.g. `apt-get install -y {' '.join(GL_PACKAGES['egl'])}`, or set MUJOCO_GL to a backend "
             "that works on this machine before starting Python")
 
 
-def configure_gl(probe: Callable[[str], tuple[bool, str]] = probe_backend, force: bool = False) -> str | None:
+def configure_gl(probe: Callable[[str], tuple[bool, str]] = library_probe, force: bool = False) -> str | None:
     """Choose MuJoCo's GL backend for this process (once; ``force`` chooses again). Returns the backend, or
     ``None`` when rendering is unavailable (:func:`require_rendering` then says why)."""
     global _backend, _error, _configured
@@ -189,11 +200,12 @@ class FastRenderer:
         glob.offwidth, glob.offheight = max(int(glob.offwidth), width), max(int(glob.offheight), height)
         try:
             self._renderer = mujoco.Renderer(model, height, width)
-        except Exception as exc:  # a backend that probed fine but fails here: say which
+        except Exception as exc:  # a backend whose libraries exist but fails here: say which, and what to install
             late = (" (mujoco was imported before vlafoundry could choose a GL backend: set MUJOCO_GL=egl and "
                     "EGL_PLATFORM=surfaceless, or MUJOCO_GL=osmesa, before importing mujoco)") if _backend == "" else ""
             raise RenderingUnavailable(f"MuJoCo could not create a {width}x{height} offscreen renderer with "
-                                       f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r}: {exc}{late}") from exc
+                                       f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r}: {exc}{late}. "
+                                       + missing_message([])) from exc
         global _exit_hook
         _live.add(self)
         if not _exit_hook:  # registered after mujoco's own exit hook, so it runs before it
@@ -220,4 +232,4 @@ class FastRenderer:
 
 
 __all__ = ["BACKENDS", "GL_PACKAGES", "FastRenderer", "RenderingUnavailable", "backend_env", "configure_gl",
-           "fast_settings", "missing_message", "probe_backend", "rendering_error", "require_rendering"]
+           "fast_settings", "library_probe", "missing_message", "probe_backend", "rendering_error", "require_rendering"]
