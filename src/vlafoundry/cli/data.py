@@ -23,6 +23,9 @@ def _generate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             action_noise=args.action_noise,
             hold_out_pairs=args.hold_out_pairs,
+            camera=args.camera,
+            image_size=args.image_size,
+            proprio=args.proprio,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -117,7 +120,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     gen.add_argument("--image", default="symbolic",
-                     help="observation image mode the env family supports (BabyAI: symbolic or rgb; default symbolic)")
+                     help="observation image mode the env family supports (BabyAI: symbolic or rgb; Meta-World: "
+                          "symbolic = the 39-D state, rgb = camera frames; default symbolic)")
+    gen.add_argument("--camera", default="corner2",
+                     help="Meta-World --image rgb: camera name or comma list (corner2, corner, corner3, corner4, "
+                          "topview, behindGripper, gripperPOV); K names give (K, H, W, 3) frames. Default corner2 "
+                          "(LeRobot's MT50 protocol)")
+    gen.add_argument("--image-size", type=int, default=64, help="Meta-World --image rgb: frame side in pixels "
+                                                                "(default 64)")
+    gen.add_argument("--proprio", default="auto", choices=("auto", "full", "hand"),
+                     help="Meta-World state: full = the 39-D state, hand = hand xyz + gripper opening (LeRobot's "
+                          "agent_pos); auto = hand with --image rgb, full otherwise")
     gen.add_argument("--max-steps", type=int, default=None, help="episode step cap (default: the env's)")
     gen.add_argument("--episode-timeout", type=float, default=10.0, help="cap on the expert's CPU time per episode, seconds (the wall-clock backstop is 30x, >= 60 s)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")

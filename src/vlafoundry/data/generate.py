@@ -70,9 +70,17 @@ class GenerationConfig:
     action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
     # BabyAI "colour object" pairs no mission may name (held-out compositions); a list, as in plan.json
     hold_out_pairs: list[str] = field(default_factory=list)
+    # camera observations (families with observation_options, e.g. Meta-World with image="rgb")
+    camera: str = "corner2"
+    image_size: int = 64
+    proprio: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hold_out_pairs", list(parse_hold_out_pairs(self.hold_out_pairs)))
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """``make_env`` keywords: the image mode, what the family reads of the camera options, the step cap."""
+        return {"image": self.image, **get_family(self.env).env_kwargs(self), "max_steps": self.max_steps}
 
     def tasks(self) -> list[str]:
         return expand_env_names(self.env)
@@ -130,13 +138,14 @@ def held_out_in(instruction: str, pairs: Sequence[str]) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-_ENVS: dict[tuple[str, str, int | None], Env] = {}
+_ENVS: dict[tuple[Any, ...], Env] = {}
 
 
-def _get_env(task: str, image: str, max_steps: int | None) -> Env:
-    key = (task, image, max_steps)
+def _get_env(task: str, cfg: GenerationConfig) -> Env:
+    kwargs = cfg.env_kwargs()
+    key = (task, *sorted(kwargs.items()))
     if key not in _ENVS:
-        _ENVS[key] = make_env(task, image=image, max_steps=max_steps)
+        _ENVS[key] = make_env(task, **kwargs)
     return _ENVS[key]
 
 
@@ -150,7 +159,7 @@ def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
     steps = 0
     env = None
     for i in range(k * size, (k + 1) * size):
-        env = _get_env(tasks[i % len(tasks)], cfg.image, cfg.max_steps)
+        env = _get_env(tasks[i % len(tasks)], cfg)
         seed = cfg.seed + i
         if cfg.hold_out_pairs:
             pair = held_out_in(env.reset(seed=seed)["instruction"], cfg.hold_out_pairs)
@@ -331,7 +340,7 @@ def _collect(cfg: GenerationConfig, shard_dir: Path, num_shards: int) -> tuple[l
 
 
 def _env_spec_dict(cfg: GenerationConfig, tasks: list[str]) -> dict[str, Any]:
-    spec = _get_env(tasks[0], cfg.image, cfg.max_steps).spec.to_dict()
+    spec = _get_env(tasks[0], cfg).spec.to_dict()
     spec["name"] = cfg.env
     return spec
 
@@ -447,6 +456,9 @@ def generate_dataset(
     start_method: str | None = None,
     action_noise: float = 0.0,
     hold_out_pairs: str | Sequence[str] | None = None,
+    camera: str = "corner2",
+    image_size: int = 64,
+    proprio: str = "auto",
 ) -> GenerationResult:
     """Generate ``episodes`` expert demonstrations of ``env`` into ``out``: an env or suite name, or an env list
     (comma-separated names of one family, or a suite file; see :mod:`vlafoundry.envs.names`), whose tasks take
@@ -460,6 +472,8 @@ def generate_dataset(
     :func:`~vlafoundry.data.rollout.run_expert_episode`). ``hold_out_pairs`` (BabyAI: ``"red ball,green key"``)
     skips every seed whose mission names one of those colour-object pairs, so the policy never hears them; the
     pairs are recorded under ``generation.hold_out_pairs`` and the skipped seeds under ``counts.held_out``.
+    ``camera``, ``image_size`` and ``proprio`` shape camera observations where the family has them (Meta-World
+    ``image="rgb"``: named cameras, frame side, ``full`` / ``hand`` / ``auto`` proprioception; docs/data.md).
     """
     if episodes <= 0:
         raise ValueError(f"episodes: expected > 0, got {episodes}")
@@ -476,11 +490,13 @@ def generate_dataset(
     expand_env_names(name)  # validates the names early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
-                           action_noise=float(action_noise), hold_out_pairs=list(pairs))
+                           action_noise=float(action_noise), hold_out_pairs=list(pairs), camera=str(camera),
+                           image_size=int(image_size), proprio=str(proprio))
+    family.validate_observation(cfg)
     root = Path(out)
     t0 = time.perf_counter()
     # build (and import) the first env in the parent: forked workers inherit it instead of re-importing
-    spec = _get_env(cfg.tasks()[0], cfg.image, cfg.max_steps).spec
+    spec = _get_env(cfg.tasks()[0], cfg).spec
     check_action_noise(action_noise, spec)  # checked before anything is written
     size = shard_size or max(1, min(50, math.ceil(episodes / 40)))
     size = _prepare_root(root, cfg, size, overwrite)

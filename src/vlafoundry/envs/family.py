@@ -46,6 +46,11 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
+#: Defaults of the camera options (``data.camera``, ``data.image_size``, ``data.proprio``); a family that does not
+#: list an option in :attr:`EnvFamily.observation_options` refuses other values.
+OBSERVATION_DEFAULTS: dict[str, Any] = {"camera": "corner2", "image_size": 64, "proprio": "auto"}
+
+
 class EnvFamily:
     """One benchmark family. Subclasses set :attr:`name` and override what differs from these defaults."""
 
@@ -57,6 +62,8 @@ class EnvFamily:
     augmentations: tuple[str, ...] = ()
     #: Observation image modes (``data.image`` values) this family supports.
     image_modes: tuple[str, ...] = ("symbolic",)
+    #: Camera options of :data:`OBSERVATION_DEFAULTS` this family reads (through :meth:`env_kwargs`).
+    observation_options: tuple[str, ...] = ()
     #: How this family's names read, for messages (``"babyai/<Level>"``; default ``"<name>/<task>"``).
     name_pattern: str = ""
     #: The expert's short name, recorded as ``generation.expert`` in a dataset's metadata.
@@ -116,11 +123,24 @@ class EnvFamily:
         so that evaluation builds the envs the policy was trained on."""
         return {}
 
+    def validate_observation(self, cfg: Any) -> None:
+        """Raise ``ValueError`` when ``cfg`` (a ``DataConfig`` or generation config) sets a camera option this family
+        does not read to a value other than its default, or an option it reads to a value it cannot render."""
+        for key, default in OBSERVATION_DEFAULTS.items():
+            value = getattr(cfg, key, default)
+            if key not in self.observation_options and value != default:
+                raise ValueError(f"{key}: {self.name} envs have no {key} option (it keeps its default {default!r}), "
+                                 f"got {value!r}")
+
     def validate_data(self, data_cfg: Any) -> None:
         """Raise ``ValueError`` (naming the key) when a ``DataConfig`` asks for something this family lacks."""
         if data_cfg.image not in self.image_modes:
             raise ValueError(f"data.image: expected one of {list(self.image_modes)} for {self.name} envs, "
                              f"got {data_cfg.image!r}")
+        try:
+            self.validate_observation(data_cfg)
+        except ValueError as exc:
+            raise ValueError(f"data.{exc}") from None
         if data_cfg.augment != "none" and data_cfg.augment not in self.augmentations:
             raise ValueError(f"data.augment: expected one of {['none', *self.augmentations]} for {self.name} envs "
                              f"with data.image={data_cfg.image!r}, got {data_cfg.augment!r}")
@@ -288,5 +308,5 @@ def _load_builtin() -> None:
         _builtin_loaded = True
 
 
-__all__ = ["Env", "EnvFamily", "families", "get_family", "infer_env_name", "register_family", "split_name",
+__all__ = ["OBSERVATION_DEFAULTS", "Env", "EnvFamily", "families", "get_family", "infer_env_name", "register_family", "split_name",
            "unregister_family"]

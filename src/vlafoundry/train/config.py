@@ -23,7 +23,9 @@ class DataConfig:
     ``action_noise`` > 0 generates recovery demonstrations (DART: noisy executed actions, the expert's labels;
     ``vlafoundry data generate --action-noise``). ``augment``: ``colour`` relabels object colours at random in every
     training batch, consistently in the grid and the instruction (BabyAI, symbolic images; see
-    :class:`~vlafoundry.data.ColourPermutation`); ``none``: the demonstrations as recorded."""
+    :class:`~vlafoundry.data.ColourPermutation`); ``none``: the demonstrations as recorded. ``camera`` (a camera name
+    or comma list), ``image_size`` (frame side in pixels) and ``proprio`` (``full`` | ``hand`` | ``auto``) shape
+    camera observations of families that render them (Meta-World with ``image: rgb``; docs/data.md)."""
 
     env: str = "babyai/GoToLocal"
     path: str | None = None
@@ -36,6 +38,9 @@ class DataConfig:
     action_noise: float = 0.0
     augment: str = "none"
     hold_out_pairs: list[str] = field(default_factory=list)
+    camera: str = "corner2"
+    image_size: int = 64
+    proprio: str = "auto"
 
     def __post_init__(self) -> None:
         from vlafoundry.envs import canonical_name
@@ -52,6 +57,12 @@ class DataConfig:
         require(self.action_noise >= 0 and math.isfinite(self.action_noise), "data.action_noise",
                 "a finite number >= 0", self.action_noise)
         require(self.augment in ("none", "colour"), "data.augment", "one of ['none', 'colour']", self.augment)
+        require(isinstance(self.camera, str) and all(c.strip() for c in self.camera.split(",")), "data.camera",
+                "a camera name or a comma-separated list of names", self.camera)
+        require(isinstance(self.image_size, int) and 8 <= self.image_size <= 1024, "data.image_size",
+                "an integer in [8, 1024]", self.image_size)
+        require(self.proprio in ("auto", "full", "hand"), "data.proprio", "one of ['auto', 'full', 'hand']",
+                self.proprio)
         from vlafoundry.data.generate import parse_hold_out_pairs
 
         try:  # "colour object" pairs no training mission names (held-out compositions)
@@ -76,7 +87,11 @@ class DataConfig:
         slug = env_slug(self.env)  # an env list: a short hashed slug
         noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
         held = ("-ho-" + "+".join(p.replace(" ", "_") for p in self.hold_out_pairs)) if self.hold_out_pairs else ""
-        return Path(self.cache_dir).expanduser() / f"{slug}-{self.image}-n{self.episodes}-s{self.seed}{noise}{held}"
+        view = (f"-cam{self.camera.replace(',', '+')}" if self.camera != "corner2" else "") \
+            + (f"-px{self.image_size}" if self.image_size != 64 else "") \
+            + (f"-p{self.proprio}" if self.proprio != "auto" else "")
+        return Path(self.cache_dir).expanduser() / \
+            f"{slug}-{self.image}{view}-n{self.episodes}-s{self.seed}{noise}{held}"
 
 
 @dataclass
@@ -222,8 +237,9 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
 
 # ------------------------------------------------------------------------------------ the dataset's own metadata
 #: ``data.*`` keys a dataset's ``vlafoundry.json`` answers for: what was generated (env, episodes, seed, image mode,
-#: DART noise). With ``data.path`` set they come from the dataset, whatever the preset says.
-DATASET_KEYS = ("env", "episodes", "seed", "image", "action_noise")
+#: DART noise, cameras, frame size, proprioception). With ``data.path`` set they come from the dataset, whatever the
+#: preset says.
+DATASET_KEYS = ("env", "episodes", "seed", "image", "action_noise", "camera", "image_size", "proprio")
 
 
 def dataset_facts(meta: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +256,9 @@ def dataset_facts(meta: dict[str, Any]) -> dict[str, Any]:
         facts["image"] = str(env["image"])
     if gen.get("action_noise") is not None:
         facts["action_noise"] = float(gen["action_noise"])
+    for key, kind in (("camera", str), ("image_size", int), ("proprio", str)):  # datasets since camera observations
+        if gen.get(key) is not None:
+            facts[key] = kind(gen[key])
     return facts
 
 
