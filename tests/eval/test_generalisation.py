@@ -19,7 +19,9 @@ from vlafoundry.data.generate import (
 )
 from vlafoundry.eval.generalisation import (
     TEMPLATE_REWRITE,
+    _held_out_and_matched_jobs,
     held_out_pairs_of,
+    mission_kind,
     run_generalisation,
     scan_seeds,
     shipped_paraphrases,
@@ -80,8 +82,9 @@ def test_hold_out_pairs_config_key_and_errors(tmp_path):
     assert not load_config("babyai-gotolocal", []).data.dataset_dir().name.count("-ho-")
     with pytest.raises(ConfigError, match="data.hold_out_pairs: expected 'colour object'.*got 'red bal'"):
         load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red bal]"])
-    with pytest.raises(ConfigError, match="data.hold_out_pairs: expected no held-out pairs with data.augment colour"):
-        load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball]", "--data.augment", "colour"])
+    # with data.augment colour the permutations avoid the held-out pairs (tests/envs/test_augment_hold_out.py)
+    assert load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball]", "--data.augment", "colour"]
+                       ).data.augment == "colour"
     with pytest.raises(ValueError, match="hold_out_pairs: expected a BabyAI env"):
         generate_dataset("metaworld/reach", 1, tmp_path / "mw", hold_out_pairs="red ball", progress=False)
 
@@ -166,13 +169,34 @@ def test_suite_runs_three_probes_on_the_same_seeds():
     assert sum(n for _, n in para["per_phrasing"].values()) == 6
     assert set(para["per_phrasing"]) <= set(json.loads(shipped_paraphrases("babyai").read_text())[
         "go to {article} {color} {object}"])
-    assert pairs["episodes"] == 6 and pairs["in_dist_episodes"] == sum(
-        held_out_in(e["instruction"], PAIRS) is None for e in base.episodes)
+    assert pairs["episodes"] == pairs["in_dist_episodes"] == 6  # a matched control of the same size
+    assert pairs["note"].startswith("in-distribution: episodes naming only trained pairs, matched by template")
+    assert sum(int(c.split("(")[1].split()[0]) for c in pairs["note"].split("per pair ")[1].split(", ")) == 6
     assert tpl["episodes"] == tpl["in_dist_episodes"] == 6
     for d in (para, pairs, tpl):
         assert 0.0 <= d["ci_low"] <= d["success_rate"] <= d["ci_high"] <= 1.0
         assert d["delta"] == pytest.approx(d["success_rate"] - d["in_dist_rate"])
     assert notes == []
+
+
+def test_held_out_pairs_control_is_matched_by_template_and_object():
+    """The in-distribution control of the held-out pairs probe: as many episodes, from the same first seed, naming
+    trained pairs only, with the same (template, object type) counts as the held-out episodes."""
+    from collections import Counter
+
+    from vlafoundry.envs import make_env
+
+    held, ctrl, short = _held_out_and_matched_jobs(["babyai/GoToLocal"], {}, 100, 30, ["red ball", "grey key"])
+    assert short == "" and len(held) == len(ctrl) == 30
+    env = make_env("babyai/GoToLocal")
+    held_m = [env.reset(seed=s)["instruction"] for _, s, _ in held]
+    ctrl_m = [env.reset(seed=s)["instruction"] for _, s, _ in ctrl]
+    assert all(held_out_in(m, ["red ball", "grey key"]) for m in held_m)
+    assert all(mission_pairs(m) and held_out_in(m, ["red ball", "grey key"]) is None for m in ctrl_m)
+    assert Counter(map(mission_kind, held_m)) == Counter(map(mission_kind, ctrl_m))
+    assert {o for _, o in map(mission_kind, ctrl_m)} == {"ball", "key"}  # not box: no held-out pair is a box
+    assert min(s for _, s, _ in held) >= 100 and min(s for _, s, _ in ctrl) >= 100
+    assert mission_kind("go to a red ball") == ("go to a {color} {object}", "ball")
 
 
 def test_suite_notes_what_it_cannot_measure():

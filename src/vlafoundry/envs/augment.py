@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -37,10 +38,19 @@ class ColourPermutation:
         colour_names: the colour words, index i = colour id i in the grid's colour channel.
         recolour_types: object-type ids (type channel) whose colour is relabelled.
         type_channel / colour_channel: channels of the (..., H, W, C) symbolic image.
+        hold_out_pairs: ``"colour object"`` pairs no training instruction may name (held-out compositions,
+            ``data.hold_out_pairs``). With pairs, a row draws uniformly among the *allowed* permutations of its
+            instruction: those that map no ``colour object`` the instruction names onto a held-out pair (a row
+            reading "go to the blue ball" with "red ball" held out may map blue to any colour but red). The
+            identity is allowed for every instruction that names no held-out pair, so no row is ever dropped; a
+            row whose only allowed permutation is the identity keeps its colours. Without pairs, every row draws
+            among all ``K!`` permutations.
+        max_colours_with_pairs: the most colours for which the allowed sets are enumerated (``K!`` permutations).
     """
 
     def __init__(self, colour_names: Sequence[str], recolour_types: Sequence[int], type_channel: int = 0,
-                 colour_channel: int = 1) -> None:
+                 colour_channel: int = 1, hold_out_pairs: Sequence[str] = (),
+                 max_colours_with_pairs: int = 8) -> None:
         names = [str(c) for c in colour_names]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"colour_names: expected >= 2 distinct names, got {names}")
@@ -51,6 +61,57 @@ class ColourPermutation:
         self.type_channel, self.colour_channel = int(type_channel), int(colour_channel)
         self._word = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
         self._index = {n: i for i, n in enumerate(names)}
+        self.hold_out_pairs = self._parse_pairs(hold_out_pairs)
+        self._allowed: dict[str, torch.Tensor] = {}  # instruction -> indices into self._perms
+        self._perms: torch.Tensor | None = None  # (K!, K) every permutation, identity first
+        if self.hold_out_pairs:
+            if len(names) > max_colours_with_pairs:
+                raise ValueError(f"hold_out_pairs: the allowed permutations are enumerated for at most "
+                                 f"{max_colours_with_pairs} colours, got {len(names)}")
+            objects = sorted({o for _, o in self.hold_out_pairs})
+            self._pair_re = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r") ("
+                                       + "|".join(re.escape(o) for o in objects) + r")\b")  # fmt: skip
+            self._perms = torch.tensor(list(itertools.permutations(range(len(names)))), dtype=torch.long)
+
+    def _parse_pairs(self, pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        out: set[tuple[str, str]] = set()
+        for item in pairs:
+            words = str(item).lower().split()
+            if len(words) != 2 or words[0] not in self._index:
+                raise ValueError(f"hold_out_pairs: expected 'colour object' with colour in {self.colour_names}, "
+                                 f"got {item!r}")
+            out.add((words[0], words[1]))
+        return tuple(sorted(out))
+
+    def named_pairs(self, text: str) -> list[tuple[str, str]]:
+        """The ``(colour, object)`` pairs ``text`` names, for the objects of the held-out pairs (lower-cased)."""
+        if not self.hold_out_pairs:
+            return []
+        return [(m.group(1), m.group(2)) for m in self._pair_re.finditer(" ".join(text.lower().split()))]
+
+    def allowed_permutations(self, text: str) -> torch.Tensor:
+        """(N, K) the permutations that keep ``text`` clear of every held-out pair (``perm[c]`` is the new colour
+        id of colour ``c``); all ``K!`` without held-out pairs; the identity alone when none is allowed."""
+        if self._perms is None:
+            self._perms = torch.tensor(list(itertools.permutations(range(len(self.colour_names)))),
+                                       dtype=torch.long)  # fmt: skip
+        return self._perms[self._allowed_indices(text)]
+
+    def _allowed_indices(self, text: str) -> torch.Tensor:
+        if text in self._allowed:
+            return self._allowed[text]
+        assert self._perms is not None
+        ok = torch.ones(self._perms.shape[0], dtype=torch.bool)
+        for colour, obj in self.named_pairs(text):
+            banned = [self._index[c] for c, o in self.hold_out_pairs if o == obj]
+            if banned:
+                ok &= ~torch.isin(self._perms[:, self._index[colour]], torch.tensor(banned))
+        idx = ok.nonzero().flatten()
+        if idx.numel() == 0:
+            idx = torch.zeros(1, dtype=torch.long)  # the identity (first of itertools.permutations): kept as is
+        if len(self._allowed) < 100_000:  # distinct instructions of a dataset: a few dozen to a few thousand
+            self._allowed[text] = idx
+        return idx
 
     def rewrite(self, text: str, perm: Sequence[int]) -> str:
         """The instruction with every colour word ``c`` replaced by ``colour_names[perm[c]]``."""
@@ -67,7 +128,10 @@ class ColourPermutation:
         instructions = list(batch["instruction"])
         if len(instructions) != b:
             raise ValueError(f"instruction: expected {b} strings (one per image row), got {len(instructions)}")
-        perm = torch.argsort(torch.rand(b, k, generator=generator), dim=1)  # (B, K) a permutation per row
+        if self.hold_out_pairs:
+            perm = self._draw_allowed(instructions, generator)  # (B, K)
+        else:
+            perm = torch.argsort(torch.rand(b, k, generator=generator), dim=1)  # (B, K) a permutation per row
         kinds = image[..., self.type_channel].long()  # (B, ..., H, W)
         colours = image[..., self.colour_channel].long()
         recolour = torch.isin(kinds, self.recolour_types) & (colours < k)
@@ -85,5 +149,17 @@ class ColourPermutation:
                                                  dtype=torch.long).reshape(old.shape)  # fmt: skip
         return out
 
+    def _draw_allowed(self, instructions: Sequence[str], generator: torch.Generator | None) -> torch.Tensor:
+        """(B, K) one permutation per row, uniform among the row's allowed ones."""
+        assert self._perms is not None
+        u = torch.rand(len(instructions), generator=generator)  # (B,)
+        rows = []
+        for text, x in zip(instructions, u.tolist()):
+            idx = self._allowed_indices(str(text))
+            rows.append(idx[min(int(x * idx.numel()), idx.numel() - 1)])
+        return self._perms[torch.stack(rows)]
+
     def __repr__(self) -> str:
-        return f"ColourPermutation(colours={self.colour_names}, recolour_types={self.recolour_types.tolist()})"
+        held = f", hold_out_pairs={[' '.join(p) for p in self.hold_out_pairs]}" if self.hold_out_pairs else ""
+        return (f"ColourPermutation(colours={self.colour_names}, recolour_types={self.recolour_types.tolist()}"
+                f"{held})")

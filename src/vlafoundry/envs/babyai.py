@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,16 +31,38 @@ def babyai_levels() -> list[str]:
     return sorted(k[len("BabyAI-") : -len("-v0")] for k in gym.registry if k.startswith("BabyAI-") and k.endswith("-v0"))
 
 
-def colour_permutation() -> ColourPermutation:
+def colour_permutation(hold_out_pairs: Sequence[str] = ()) -> ColourPermutation:
     """The :class:`~vlafoundry.envs.augment.ColourPermutation` augmentation for BabyAI's symbolic grid: Minigrid's six
     colours (channel 1, ids in ``COLOR_TO_IDX`` order) relabelled on doors, keys, balls and boxes, whose colours
-    are the only thing BabyAI's instructions say about colour; walls, floor, goal and lava keep theirs."""
+    are the only thing BabyAI's instructions say about colour; walls, floor, goal and lava keep theirs.
+    ``hold_out_pairs`` (``"red ball"``, ...): only permutations that relabel no instruction into one of them."""
     from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
     from vlafoundry.envs.augment import ColourPermutation  # imports torch: only when the augmentation is used
 
     names = [c for c, _ in sorted(COLOR_TO_IDX.items(), key=lambda kv: kv[1])]
-    return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")])
+    return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")],
+                             hold_out_pairs=hold_out_pairs)  # fmt: skip
+
+
+#: the dataset metadata file (``vlafoundry.data.format.META_FILE``; ``envs`` must not import ``data``)
+_DATASET_META = "vlafoundry.json"
+
+
+def dataset_hold_out_pairs(data_cfg: Any) -> list[str]:
+    """The held-out pairs of ``data_cfg``'s training data: ``data.hold_out_pairs`` together with those recorded in
+    the dataset's metadata (``generation.hold_out_pairs``), so a dataset passed by ``data.path`` that held pairs out
+    keeps them out of the augmented batches even when the config does not name them."""
+    from pathlib import Path
+
+    from vlafoundry.io import read_json
+
+    pairs = {str(p) for p in (getattr(data_cfg, "hold_out_pairs", None) or [])}
+    root = data_cfg.dataset_dir() if hasattr(data_cfg, "dataset_dir") else None
+    if root is not None and (Path(root) / _DATASET_META).is_file():
+        meta = read_json(Path(root) / _DATASET_META)
+        pairs.update(str(p) for p in ((meta.get("generation") or {}).get("hold_out_pairs") or []))
+    return sorted(pairs)
 
 
 def unknown_level_message(level: str) -> str:
@@ -259,7 +281,7 @@ class BabyAIFamily(EnvFamily):
 
     def augmentation(self, kind: str, data_cfg: Any) -> Any:
         if kind == "colour":
-            return colour_permutation()
+            return colour_permutation(dataset_hold_out_pairs(data_cfg))
         return super().augmentation(kind, data_cfg)
 
 

@@ -7,8 +7,12 @@ success of the same policy on the same (or, for held-out pairs, the same range o
   shipped for the env family (:func:`shipped_paraphrases`; ``--paraphrases FILE`` replaces it). In-distribution: the
   closed-loop run itself (same seeds, original instructions).
 * **held-out pairs** (BabyAI): when the training data held colour-object pairs out (``data.hold_out_pairs``,
-  recorded in the dataset metadata), episodes whose mission names exactly those pairs, found by scanning seeds from
-  the evaluation's first seed. In-distribution: the closed-loop episodes whose mission names no held-out pair.
+  recorded in the dataset metadata), episodes whose mission names one of those pairs, found by scanning seeds from
+  the evaluation's first seed. In-distribution: as many episodes of the same kind whose mission names colour-object
+  pairs but no held-out one, scanned from the same first seed and matched to the held-out episodes by mission
+  template and target object type (:func:`mission_kind`), so the two rates differ only in whether the pair was
+  trained (an unmatched control would, e.g. for a held-out ``red ball`` alone, compare ball missions with missions
+  of every object type). The per-pair success is in the row's note.
 * **held-out template** (BabyAI ``go to ...`` levels): missions ``go to a/the {color} {object}`` rewritten in the
   colour-less form of other levels, ``go to the {object}``, on the seeds where the target is the only object of its
   type in the room (so the rewrite names the same object and the env's own success check still applies). The
@@ -34,6 +38,7 @@ __all__ = [
     "TEMPLATE_REWRITE",
     "ProbeResult",
     "held_out_pairs_of",
+    "mission_kind",
     "per_phrasing",
     "run_generalisation",
     "scan_seeds",
@@ -155,6 +160,70 @@ def _pairs_named(instruction: str, pairs: Sequence[str]) -> bool:
     return held_out_in(instruction, pairs) is not None
 
 
+def mission_kind(instruction: str) -> tuple[str, str]:
+    """``(template, object type)`` of a BabyAI mission (``("go to the {color} {object}", "ball")``): what the
+    held-out pairs' in-distribution control matches on."""
+    from vlafoundry.envs.babyai_missions import mission_subgroups
+
+    g = mission_subgroups(instruction)
+    return g["template"], g["object"]
+
+
+def _per_pair(records: Sequence[dict[str, Any]], pairs: Sequence[str]) -> str:
+    from vlafoundry.data.generate import held_out_in
+
+    cells: dict[str, list[int]] = {p: [0, 0] for p in pairs}
+    for r in records:
+        p = held_out_in(r["instruction"], pairs)
+        if p is not None:
+            cells[p][0] += int(bool(r["success"]))
+            cells[p][1] += 1
+    return ", ".join(f"{p} {s / n:.3f} ({n} ep)" if n else f"{p} - (0 ep)" for p, (s, n) in cells.items())
+
+
+def _held_out_and_matched_jobs(names: Sequence[str], env_kwargs: dict[str, Any], start: int, episodes: int,
+                               pairs: Sequence[str]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]], str]:  # fmt: skip
+    """Per env: the first ``episodes`` seeds whose mission names a held-out pair, and as many seeds whose mission
+    names colour-object pairs, none held out, with the same count per :func:`mission_kind` (both from ``start``)."""
+    from vlafoundry.data.generate import mission_pairs
+
+    held: list[tuple[str, int, int]] = []
+    ctrl: list[tuple[str, int, int]] = []
+    short = []
+    limit = MAX_SCAN_FACTOR * episodes
+    for t, name in enumerate(names):
+        kinds: dict[int, tuple[str, str]] = {}
+
+        def named(env: Any, o: dict[str, Any], kinds: dict[int, tuple[str, str]] = kinds) -> bool:
+            if not _pairs_named(o["instruction"], pairs):
+                return False
+            kinds[len(kinds)] = mission_kind(o["instruction"])
+            return True
+
+        seeds = scan_seeds(name, env_kwargs, start, episodes, named, limit)
+        held.extend((name, s, t * episodes + i) for i, s in enumerate(seeds))
+        if len(seeds) < episodes:
+            short.append(f"{name}: {len(seeds)} of {episodes} episodes found in {limit} seeds")
+        quota: dict[tuple[str, str], int] = {}
+        for k in kinds.values():
+            quota[k] = quota.get(k, 0) + 1
+
+        def trained(env: Any, o: dict[str, Any], quota: dict[tuple[str, str], int] = quota) -> bool:
+            text = o["instruction"]
+            k = mission_kind(text)
+            if quota.get(k, 0) <= 0 or not mission_pairs(text) or _pairs_named(text, pairs):
+                return False
+            quota[k] -= 1
+            return True
+
+        matched = scan_seeds(name, env_kwargs, start, len(seeds), trained, limit) if seeds else []
+        ctrl.extend((name, s, t * episodes + i) for i, s in enumerate(matched))
+        if len(matched) < len(seeds):
+            short.append(f"{name}: {len(matched)} of {len(seeds)} matched in-distribution episodes found in "
+                         f"{limit} seeds")
+    return held, ctrl, "; ".join(short)
+
+
 def run_generalisation(policy: Any, names: Sequence[str], pool: Any, closed_loop: Any, *, episodes: int,
                        cfg: Any = None, paraphrases: ParaphraseMap | None = None, paraphrased: Any = None,
                        max_steps: int | None = None, log: Log = print) -> tuple[list[ProbeResult], list[str]]:
@@ -202,14 +271,14 @@ def run_generalisation(policy: Any, names: Sequence[str], pool: Any, closed_loop
     if not pairs:
         notes.append("generalisation: no held-out pairs (train with data.hold_out_pairs to measure compositions)")
     else:
-        jobs, short = _scanned_jobs(names, env_kwargs, seed_start, episodes, lambda env, o: _pairs_named(
-            o["instruction"], pairs))  # fmt: skip
-        seen = [e for e in base if not _pairs_named(e["instruction"], pairs)]
+        jobs, ctrl, short = _held_out_and_matched_jobs(names, env_kwargs, seed_start, episodes, pairs)
         if jobs:
             recs = pool.run(policy, jobs, max_steps=max_steps, progress="held-out pairs")
+            seen = pool.run(policy, ctrl, max_steps=max_steps, progress="held-out pairs: control") if ctrl else []
             rows.append(ProbeResult("held-out pairs", ", ".join(pairs), len(recs), sum(bool(r["success"]) for r in recs),
                                     len(seen), sum(bool(e["success"]) for e in seen), 0.0,
-                                    note="in-distribution: closed-loop episodes naming no held-out pair"))  # fmt: skip
+                                    note="in-distribution: episodes naming only trained pairs, matched by template "
+                                         "and object type; per pair " + _per_pair(recs, pairs)))  # fmt: skip
         if short:
             notes.append(f"generalisation: held-out pairs: {short}")
 

@@ -23,7 +23,8 @@ class DataConfig:
     ``action_noise`` > 0 generates recovery demonstrations (DART: noisy executed actions, the expert's labels;
     ``vlafoundry data generate --action-noise``). ``augment``: ``colour`` relabels object colours at random in every
     training batch, consistently in the grid and the instruction (BabyAI, symbolic images; see
-    :class:`~vlafoundry.data.ColourPermutation`); ``none``: the demonstrations as recorded. ``camera`` (a camera name
+    :class:`~vlafoundry.data.ColourPermutation`; with ``hold_out_pairs``, only permutations that relabel no
+    instruction into a held-out pair); ``none``: the demonstrations as recorded. ``camera`` (a camera name
     or comma list), ``image_size`` (frame side in pixels) and ``proprio`` (``full`` | ``hand`` | ``auto``) shape
     camera observations of families that render them (Meta-World with ``image: rgb``; docs/data.md)."""
 
@@ -69,9 +70,8 @@ class DataConfig:
             self.hold_out_pairs = list(parse_hold_out_pairs(self.hold_out_pairs))
         except ValueError as exc:
             raise ConfigError(f"data.{exc}") from None
-        require(not (self.hold_out_pairs and self.augment == "colour"), "data.hold_out_pairs",
-                "no held-out pairs with data.augment colour (relabelled colours would name them)",
-                self.hold_out_pairs)
+        # with data.augment colour, the permutations are drawn among those that name no held-out pair
+        # (vlafoundry.envs.augment.ColourPermutation, hold_out_pairs)
         from vlafoundry.envs import get_family
 
         try:
