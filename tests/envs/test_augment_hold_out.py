@@ -129,8 +129,7 @@ def test_real_gotolocal_observations_stay_consistent() -> None:
 
 def test_pairs_come_from_the_config_and_the_dataset_metadata(tmp_path: Path) -> None:
     from vlafoundry.data.format import META_FILE
-    from vlafoundry.envs import get_family
-    from vlafoundry.envs import babyai
+    from vlafoundry.envs import babyai, get_family
 
     assert babyai._DATASET_META == META_FILE  # envs cannot import data: the name is repeated there
     (tmp_path / META_FILE).write_text(json.dumps({"generation": {"hold_out_pairs": ["green key"]}}))

@@ -57,7 +57,7 @@ class ColourPermutation:
         if not recolour_types:
             raise ValueError("recolour_types: expected at least one object type id")
         self.colour_names = names
-        self.recolour_types = torch.as_tensor(sorted(set(int(t) for t in recolour_types)), dtype=torch.long)
+        self.recolour_types = torch.as_tensor(sorted({int(t) for t in recolour_types}), dtype=torch.long)
         self.type_channel, self.colour_channel = int(type_channel), int(colour_channel)
         self._word = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
         self._index = {n: i for i, n in enumerate(names)}
