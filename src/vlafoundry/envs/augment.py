@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,12 +45,18 @@ class ColourPermutation:
             identity is allowed for every instruction that names no held-out pair, so no row is ever dropped; a
             row whose only allowed permutation is the identity keeps its colours. Without pairs, every row draws
             among all ``K!`` permutations.
+        object_names: object-type id -> name (``{6: "ball", ...}``). Given with pairs, a row's permutation must
+            also keep the held-out objects of its frames what they are: a visible object of a held-out pair stays
+            one (``red ball`` -> a held-out colour of balls), any other visible object does not become one. Without
+            it, an episode whose target is a blue ball, drawn "anything but red", would often turn a distractor
+            ball red, so the held-out objects would appear far more often than in the data, always as distractors,
+            and the policy would learn to avoid them (measured: docs/benchmarks.md).
         max_colours_with_pairs: the most colours for which the allowed sets are enumerated (``K!`` permutations).
     """
 
     def __init__(self, colour_names: Sequence[str], recolour_types: Sequence[int], type_channel: int = 0,
                  colour_channel: int = 1, hold_out_pairs: Sequence[str] = (),
-                 max_colours_with_pairs: int = 8) -> None:
+                 object_names: Mapping[int, str] | None = None, max_colours_with_pairs: int = 8) -> None:
         names = [str(c) for c in colour_names]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"colour_names: expected >= 2 distinct names, got {names}")
@@ -62,6 +68,7 @@ class ColourPermutation:
         self._word = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
         self._index = {n: i for i, n in enumerate(names)}
         self.hold_out_pairs = self._parse_pairs(hold_out_pairs)
+        self.object_names = {int(k): str(v) for k, v in (object_names or {}).items()}
         self._allowed: dict[str, torch.Tensor] = {}  # instruction -> indices into self._perms
         self._perms: torch.Tensor | None = None  # (K!, K) every permutation, identity first
         if self.hold_out_pairs:
@@ -89,28 +96,39 @@ class ColourPermutation:
             return []
         return [(m.group(1), m.group(2)) for m in self._pair_re.finditer(" ".join(text.lower().split()))]
 
-    def allowed_permutations(self, text: str) -> torch.Tensor:
-        """(N, K) the permutations that keep ``text`` clear of every held-out pair (``perm[c]`` is the new colour
-        id of colour ``c``); all ``K!`` without held-out pairs; the identity alone when none is allowed."""
+    def allowed_permutations(self, text: str, visible: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+        """(N, K) the permutations that keep ``text`` clear of every held-out pair and keep each visible
+        ``(type id, colour id)`` object a held-out one iff it was one (``perm[c]`` is the new colour id of colour
+        ``c``); all ``K!`` without held-out pairs; the identity alone when none is allowed."""
         if self._perms is None:
             self._perms = torch.tensor(list(itertools.permutations(range(len(self.colour_names)))),
                                        dtype=torch.long)  # fmt: skip
-        return self._perms[self._allowed_indices(text)]
+        return self._perms[self._allowed_indices(text, visible)]
 
-    def _allowed_indices(self, text: str) -> torch.Tensor:
-        if text in self._allowed:
-            return self._allowed[text]
+    def _held_colours(self, obj: str) -> list[int]:
+        return [self._index[c] for c, o in self.hold_out_pairs if o == obj]
+
+    def _allowed_indices(self, text: str, visible: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+        seen = frozenset((self.object_names[t], c) for t, c in visible if self.object_names.get(t) is not None)
+        key = (text, seen)
+        if key in self._allowed:
+            return self._allowed[key]
         assert self._perms is not None
         ok = torch.ones(self._perms.shape[0], dtype=torch.bool)
         for colour, obj in self.named_pairs(text):
-            banned = [self._index[c] for c, o in self.hold_out_pairs if o == obj]
+            banned = self._held_colours(obj)
             if banned:
                 ok &= ~torch.isin(self._perms[:, self._index[colour]], torch.tensor(banned))
+        for obj, colour in seen:
+            held = self._held_colours(obj)
+            if held and colour < len(self.colour_names):
+                to_held = torch.isin(self._perms[:, colour], torch.tensor(held))
+                ok &= to_held if colour in held else ~to_held
         idx = ok.nonzero().flatten()
         if idx.numel() == 0:
             idx = torch.zeros(1, dtype=torch.long)  # the identity (first of itertools.permutations): kept as is
-        if len(self._allowed) < 100_000:  # distinct instructions of a dataset: a few dozen to a few thousand
-            self._allowed[text] = idx
+        if len(self._allowed) < 100_000:  # distinct (instruction, visible held-out objects) of a dataset
+            self._allowed[key] = idx
         return idx
 
     def rewrite(self, text: str, perm: Sequence[int]) -> str:
@@ -129,7 +147,7 @@ class ColourPermutation:
         if len(instructions) != b:
             raise ValueError(f"instruction: expected {b} strings (one per image row), got {len(instructions)}")
         if self.hold_out_pairs:
-            perm = self._draw_allowed(instructions, generator)  # (B, K)
+            perm = self._draw_allowed(instructions, image, generator)  # (B, K)
         else:
             perm = torch.argsort(torch.rand(b, k, generator=generator), dim=1)  # (B, K) a permutation per row
         kinds = image[..., self.type_channel].long()  # (B, ..., H, W)
@@ -149,13 +167,24 @@ class ColourPermutation:
                                                  dtype=torch.long).reshape(old.shape)  # fmt: skip
         return out
 
-    def _draw_allowed(self, instructions: Sequence[str], generator: torch.Generator | None) -> torch.Tensor:
-        """(B, K) one permutation per row, uniform among the row's allowed ones."""
+    def _draw_allowed(self, instructions: Sequence[str], image: torch.Tensor,
+                      generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+        """(B, K) one permutation per row, uniform among the row's allowed ones (its instruction and the objects
+        of all its frames)."""
         assert self._perms is not None
         u = torch.rand(len(instructions), generator=generator)  # (B,)
+        b = image.shape[0]
+        if self.object_names:
+            kinds = image[..., self.type_channel].long().reshape(b, -1)  # (B, M)
+            colours = image[..., self.colour_channel].long().reshape(b, -1)
+            typed = torch.tensor(sorted(self.object_names), dtype=torch.long)
+            codes = torch.where(torch.isin(kinds, typed), kinds * 256 + colours, -1)  # (B, M)
         rows = []
-        for text, x in zip(instructions, u.tolist()):
-            idx = self._allowed_indices(str(text))
+        for i, (text, x) in enumerate(zip(instructions, u.tolist())):
+            visible: list[tuple[int, int]] = []
+            if self.object_names:
+                visible = [(c // 256, c % 256) for c in torch.unique(codes[i]).tolist() if c >= 0]
+            idx = self._allowed_indices(str(text), visible)
             rows.append(idx[min(int(x * idx.numel()), idx.numel() - 1)])
         return self._perms[torch.stack(rows)]
 

@@ -41,8 +41,9 @@ def colour_permutation(hold_out_pairs: Sequence[str] = ()) -> ColourPermutation:
     from vlafoundry.envs.augment import ColourPermutation  # imports torch: only when the augmentation is used
 
     names = [c for c, _ in sorted(COLOR_TO_IDX.items(), key=lambda kv: kv[1])]
-    return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in ("door", "key", "ball", "box")],
-                             hold_out_pairs=hold_out_pairs)  # fmt: skip
+    types = ("door", "key", "ball", "box")
+    return ColourPermutation(names, [OBJECT_TO_IDX[t] for t in types], hold_out_pairs=hold_out_pairs,
+                             object_names={OBJECT_TO_IDX[t]: t for t in types})  # fmt: skip
 
 
 #: the dataset metadata file (``vlafoundry.data.format.META_FILE``; ``envs`` must not import ``data``)
