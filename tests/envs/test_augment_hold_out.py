@@ -184,3 +184,36 @@ def test_tiny_generate_and_train_never_shows_a_held_out_pair(tmp_path: Path) -> 
     assert all(held_out_in(s, held) is None for s in seen), [s for s in seen if held_out_in(s, held)]
     raw = set(json.loads((root / "vlafoundry.json").read_text())["instructions"])
     assert any(s not in raw for s in seen)  # relabelled into trained pairs the data did not name
+
+
+def _held_cells(img: torch.Tensor, held: list[str]) -> int:
+    """How many object cells of an (..., H, W, C) grid show a held-out pair."""
+    ids = {(OBJECT_IDS[p.split()[1]], COLOURS.index(p.split()[0])) for p in held}
+    return sum((t, c) in ids for t, c in img.reshape(-1, img.shape[-1])[:, :2].tolist())
+
+
+def test_visible_objects_keep_their_held_out_status() -> None:
+    """A distractor of a held-out pair stays one and no other object becomes one, so the augmented frames hold the
+    held-out objects exactly as often as the data (not more, always as distractors)."""
+    aug = colour_permutation(DOCUMENTED)
+    # a blue ball target with a red ball (held out) and a green ball in view: red stays red, blue and green not red
+    allowed = aug.allowed_permutations("go to the blue ball", [(6, 0), (6, 1), (6, 2)]).tolist()
+    assert allowed and all(p[0] == 0 and p[1] != 0 and p[2] != 0 for p in allowed)
+    assert len(aug.allowed_permutations("go to the blue ball")) == 600  # without the frames: red only kept off blue
+    rng = random.Random(2)
+    texts, grids = [], []
+    for t in [t for t in _missions() if held_out_in(t, DOCUMENTED) is None]:
+        pairs = [tuple(p.split()) for p in mission_pairs(t)]
+        pairs += [(rng.choice(COLOURS), rng.choice(list(OBJECT_IDS))) for _ in range(3)]  # distractors, any pair
+        texts.append(t)
+        grids.append(_grid_with(pairs))
+    batch = {"image": torch.stack(grids), "instruction": texts}
+    assert sum(_held_cells(g, DOCUMENTED) > 0 for g in grids) > 10
+    relabelled = 0
+    for step in range(10):
+        out = aug(batch, torch.Generator().manual_seed(step))
+        for i in range(len(texts)):
+            assert held_out_in(out["instruction"][i], DOCUMENTED) is None
+            assert _held_cells(out["image"][i], DOCUMENTED) == _held_cells(grids[i], DOCUMENTED)
+            relabelled += out["instruction"][i] != texts[i]
+    assert relabelled > 5 * len(texts)  # most rows still change colour
