@@ -48,9 +48,8 @@ class ColourPermutation:
         object_names: object-type id -> name (``{6: "ball", ...}``). Given with pairs, a row's permutation must
             also keep the held-out objects of its frames what they are: a visible object of a held-out pair stays
             one (``red ball`` -> a held-out colour of balls), any other visible object does not become one. Without
-            it, an episode whose target is a blue ball, drawn "anything but red", would often turn a distractor
-            ball red, so the held-out objects would appear far more often than in the data, always as distractors,
-            and the policy would learn to avoid them (measured: docs/benchmarks.md).
+            it, an episode whose target is a blue ball, drawn "anything but red", may turn a distractor ball red:
+            held-out objects would appear where the data has none, always as distractors.
         max_colours_with_pairs: the most colours for which the allowed sets are enumerated (``K!`` permutations).
     """
 
