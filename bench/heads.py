@@ -1,15 +1,18 @@
 """Action heads: acting latency vs sampling steps, and regression vs flow vs diffusion on a multimodal task.
 
     python bench/heads.py latency [--steps 1,2,5,10,20] [--chunk 8] [--reps 50]
-    python bench/heads.py detour --out runs/heads [--heads continuous,continuous-mse,flow,diffusion] [--seeds 0,1,2]
-                                 [--episodes 100] [--train-steps 1500] [--plot docs/img/heads_detour.png]
+    python bench/heads.py detour --out runs/heads [--heads continuous,continuous-mse,binned,binned-sample,flow,diffusion]
+                                 [--seeds 0,1,2] [--episodes 100] [--train-steps 1500] [--plot docs/img/heads_detour.png]
+                                 [--steps 1,2,5,10,20]
 
 ``latency``: milliseconds per predicted chunk (one observation, batch 1, one thread) of a policy built for
 ``point/detour`` with each head, for each number of integration (flow) / DDIM (diffusion) steps; the regression head
-(``continuous``) has none. ``detour``: trains each head on the same 1,000 ``point/detour`` demonstrations (half detour
+(``continuous``) and the 256-bin head (``binned``) have none. ``detour``: trains each head on the same 1,000 ``point/detour`` demonstrations (half detour
 left of the obstacle, half right: ``envs/point.py``) with ``bench/heads_detour.yaml`` (one ``vlafoundry train``
 process per run, one thread), then rolls each policy out in closed loop on evaluation seeds, counting successes,
-collisions, and which side each trajectory passed the obstacle on; with ``--plot``, a PNG of sampled trajectories.
+collisions, and which side each trajectory passed the obstacle on (``binned-sample``: the ``binned`` runs acting
+with ``model.action_selection sample``, each dimension's bin drawn independently; ``--steps``: the generative heads
+evaluated at several sampling step counts); with ``--plot``, a PNG of sampled trajectories.
 Prints a table and one JSON line per measurement.
 """
 
@@ -51,11 +54,11 @@ def _policy(head: str, chunk: int) -> Any:
 def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     rows = []
-    for head in ("continuous", "flow", "diffusion"):
+    for head in ("continuous", "binned", "flow", "diffusion"):
         policy, env = _policy(head, args.chunk)
         obs = env.reset(seed=0)
         batch = {"state": torch.as_tensor(obs["state"])[None, None], "instruction": [obs["instruction"]]}
-        for n in ([0] if head == "continuous" else args.steps):
+        for n in (args.steps if head in STEP_KEYS else [0]):
             if n:
                 setattr(policy.cfg, "flow_steps" if head == "flow" else "diffusion_steps", n)
             for _ in range(5):
@@ -123,10 +126,16 @@ def rollout(policy: Any, episodes: int, batch: int = 0) -> dict[str, Any]:
             "trajectories": trajs}
 
 
-#: Bench labels -> ``vlafoundry train`` overrides (``continuous-mse``: regression with the averaging loss).
+#: Bench labels -> ``vlafoundry train`` overrides (``continuous-mse``: regression with the averaging loss; ``binned``:
+#: 256 bins per action dimension, argmax per dimension).
 VARIANTS = {"continuous": ["--model.head", "continuous"],
             "continuous-mse": ["--model.head", "continuous", "--loss.continuous", "mse"],
+            "binned": ["--model.head", "binned"],
             "flow": ["--model.head", "flow"], "diffusion": ["--model.head", "diffusion"]}
+#: Labels that act differently with another label's trained run: label -> (trained label, acting-time settings).
+ACTING = {"binned-sample": ("binned", {"action_selection": "sample"})}
+#: The acting-time setting that counts sampling steps, per generative head.
+STEP_KEYS = {"flow": "flow_steps", "diffusion": "diffusion_steps"}
 
 
 def _train(run: Path, data: Path, head: str, seed: int, steps: int, extra: list[str]) -> float:
@@ -151,30 +160,63 @@ def detour(args: argparse.Namespace) -> list[dict[str, Any]]:
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), stdout=subprocess.DEVNULL)
     rows, examples = [], {}
     for head in args.heads:
+        trained, extra_act = ACTING.get(head, (head, {}))
+        if trained not in VARIANTS:
+            raise SystemExit(f"--heads: expected labels from {sorted([*VARIANTS, *ACTING])}, got {head!r}")
+        sweep = args.steps if (args.steps and trained in STEP_KEYS) else [0]
         for seed in args.seeds:
-            run = out / f"{head}-s{seed}"
+            run = out / f"{trained}-s{seed}"
             train_s = 0.0 if (run / "checkpoints" / "latest").exists() else _train(
-                run, data, head, seed, args.train_steps, args.extra)
-            policy, _, _ = load_run(run, device="cpu")
-            policy.eval()
-            for key, value in args.act.items():  # acting-time settings on the loaded policy's config
-                kind = type(getattr(policy.cfg, key))
-                setattr(policy.cfg, key, value.lower() in ("1", "true") if kind is bool else kind(value))
-            r = rollout(policy, args.episodes)
-            examples.setdefault(head, r["trajectories"][:40])
-            np.savez_compressed(run / "trajectories.npz", *r["trajectories"])
-            row = {"bench": "heads_detour", "head": head, "seed": seed, "act": args.act, "train_steps": args.train_steps,
-                   "train_s": round(train_s, 1), "episodes": args.episodes,
-                   **{k: v for k, v in r.items() if k != "trajectories"}}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print(f"\n{'head':<15} {'seed':>4} {'success':>8} {'collision':>9} {'left':>6} {'right':>6}")
+                run, data, trained, seed, args.train_steps, args.extra)
+            for n in sweep:
+                act = {**args.act, **extra_act, **({STEP_KEYS[trained]: str(n)} if n else {})}
+                policy, _, _ = load_run(run, device="cpu")
+                policy.eval()
+                trained_steps = getattr(policy.cfg, STEP_KEYS[trained]) if trained in STEP_KEYS else 0
+                for key, value in act.items():  # acting-time settings on the loaded policy's config
+                    kind = type(getattr(policy.cfg, key))
+                    setattr(policy.cfg, key, value.lower() in ("1", "true") if kind is bool else kind(value))
+                r = rollout(policy, args.episodes)
+                if n in (0, trained_steps):  # the plot and the saved paths: the run's own step count
+                    examples.setdefault(head, r["trajectories"][:40])
+                if not n:
+                    np.savez_compressed(run / f"trajectories{'-' + head if head != trained else ''}.npz",
+                                        *r["trajectories"])
+                row = {"bench": "heads_detour", "head": head, "seed": seed, "act": act, "steps": n or None,
+                       "train_steps": args.train_steps, "train_s": round(train_s, 1), "episodes": args.episodes,
+                       **{k: v for k, v in r.items() if k != "trajectories"}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                train_s = 0.0
+    print(f"\n{'head':<15} {'steps':>5} {'seed':>4} {'success':>8} {'collision':>9} {'left':>6} {'right':>6}")
     for r in rows:
-        print(f"{r['head']:<15} {r['seed']:>4} {r['success']:>8.2f} {r['collision']:>9.2f} {r['left']:>6.2f} "
-              f"{r['right']:>6.2f}")
+        print(f"{r['head']:<15} {r['steps'] or '-':>5} {r['seed']:>4} {r['success']:>8.3f} {r['collision']:>9.3f} "
+              f"{r['left']:>6.2f} {r['right']:>6.2f}")
+    for line in fewest_steps(rows):
+        print(line)
     if args.plot:
         plot(examples, Path(args.plot))
     return rows
+
+
+def fewest_steps(rows: list[dict[str, Any]], within: float = 0.01) -> list[str]:
+    """Per generative head swept over sampling steps: mean success over seeds per step count, and the smallest step
+    count whose mean is within ``within`` (1 point) of the best mean."""
+    lines = []
+    for head in dict.fromkeys(r["head"] for r in rows if r["steps"]):
+        by_steps: dict[int, list[float]] = {}
+        for r in rows:
+            if r["head"] == head and r["steps"]:
+                by_steps.setdefault(r["steps"], []).append(r["success"])
+        means = {n: float(np.mean(v)) for n, v in sorted(by_steps.items())}
+        best = max(means.values())
+        smallest = min(n for n, m in means.items() if m >= best - within)
+        table = ", ".join(f"{n}: {m:.3f}" for n, m in means.items())
+        lines.append(f"{head}: mean success by steps {{{table}}}; best {best:.3f}; "
+                     f"fewest steps within {within * 100:.0f} point of it: {smallest}")
+        print(json.dumps({"bench": "heads_fewest_steps", "head": head, "means": means, "best": best,
+                          "fewest_steps_within_1pt": smallest}))
+    return lines
 
 
 def expert_trajectories(n: int) -> list[np.ndarray]:
@@ -235,7 +277,8 @@ def main() -> None:
     lat.add_argument("--reps", type=int, default=50)
     det = sub.add_parser("detour")
     det.add_argument("--out", default="runs/heads")
-    det.add_argument("--heads", type=lambda s: s.split(","), default=["continuous", "continuous-mse", "flow", "diffusion"])
+    det.add_argument("--heads", type=lambda s: s.split(","),
+                     default=["continuous", "continuous-mse", "binned", "binned-sample", "flow", "diffusion"])
     det.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     det.add_argument("--episodes", type=int, default=100)
     det.add_argument("--demos", type=int, default=1000)
@@ -243,6 +286,9 @@ def main() -> None:
     det.add_argument("--plot", default=None)
     det.add_argument("--act", type=_settings, default={},
                      help="acting-time model settings for the evaluation, e.g. 'ensemble=1,execute=1' or 'flow_steps=5'")
+    det.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[],
+                     help="sweep the flow / diffusion heads' sampling steps at acting time (e.g. 1,2,5,10,20) and "
+                          "report the fewest steps within 1 point of the best mean success")
     det.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `vlafoundry train` overrides")
     args = ap.parse_args()
     (latency if args.cmd == "latency" else detour)(args)

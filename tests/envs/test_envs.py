@@ -110,3 +110,26 @@ def test_instructions_cover_all_tasks() -> None:
     # phrasing is a deterministic function of the seed and several phrasings are used
     assert {instruction_for("push", s) for s in range(30)} == set(METAWORLD_INSTRUCTIONS["push"])
     assert instruction_for("push", 5) == instruction_for("push", 5)
+
+
+def test_babyai_rgb_shows_the_carried_object_in_the_agents_cell() -> None:
+    """Frames are Minigrid's until the agent picks something up; then its own cell is the carried object's tile
+    (as in the symbolic view), not Minigrid's triangle drawn over it."""
+    from minigrid.core.grid import Grid
+
+    env = make_env("babyai/PutNextLocal", image="rgb")
+    obs, base = env.reset(seed=3), env.unwrapped
+    assert np.array_equal(obs["image"], base.get_frame(tile_size=8, agent_pov=True))
+    for _ in range(100):
+        if base.carrying is not None:
+            break
+        obs = env.step(env.expert_action())[0]
+    assert base.carrying is not None, "the expert picks an object up within 100 steps"
+    cell = obs["image"][48:56, 24:32]  # bottom row, middle column of the 7x7 view of 8-px tiles
+    assert np.array_equal(cell, Grid.render_tile(base.carrying, highlight=True, tile_size=8).astype(np.uint8))
+    assert not np.array_equal(cell, base.get_frame(tile_size=8, agent_pov=True)[48:56, 24:32])
+    # the rest of the frame is Minigrid's
+    minigrid = base.get_frame(tile_size=8, agent_pov=True)
+    mask = np.ones(obs["image"].shape[:2], bool)
+    mask[48:56, 24:32] = False
+    assert np.array_equal(obs["image"][mask], minigrid[mask])

@@ -90,11 +90,34 @@ def directions_one_hot(direction: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pov_frames(env: Any, tile_size: int) -> Any:
+    """``env`` with egocentric RGB frames: Minigrid's ``RGBImgPartialObsWrapper``, except that while the agent
+    carries an object its own cell shows that object instead of the agent's triangle, as the symbolic view does
+    (Minigrid draws the triangle over it: a carried ball is hidden, a key or box barely shows). The triangle carries
+    no information in an egocentric view (always the same cell, always pointing up), so frames without a carried
+    object are Minigrid's, pixel for pixel."""
+    from minigrid.wrappers import RGBImgPartialObsWrapper
+
+    class CarriedObjectPOV(RGBImgPartialObsWrapper):
+        def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+            base = self.unwrapped
+            if base.carrying is None:
+                return super().observation(obs)
+            grid, visible = base.gen_obs_grid()  # the carried object sits in the agent's cell of this grid
+            size = base.agent_view_size
+            frame = grid.render(self.tile_size, agent_pos=(size // 2, size - 1), agent_dir=None,
+                                highlight_mask=visible)  # (7*tile, 7*tile, 3), no triangle
+            return {**obs, "image": frame}
+
+    return CarriedObjectPOV(env, tile_size=tile_size)
+
+
 class BabyAIEnv:
     """One BabyAI level.
 
     Observations: ``image`` is the egocentric 7x7x3 symbolic view (``image="symbolic"``) or its RGB
-    rendering through Minigrid's ``RGBImgPartialObsWrapper`` (``image="rgb"``, ``7*tile_size`` pixels a side);
+    rendering (``image="rgb"``, ``7*tile_size`` pixels a side: Minigrid's ``RGBImgPartialObsWrapper``, with the
+    carried object drawn in the agent's own cell instead of the agent's triangle, as in the symbolic view);
     ``state`` the one-hot agent direction (4,); ``instruction`` the level's mission.
     Success = the episode terminated with positive reward (BabyAI's only way to terminate).
 
@@ -127,9 +150,7 @@ class BabyAIEnv:
         except gym.error.Error:
             raise ValueError(unknown_level_message(level)) from None
         if image == "rgb":
-            from minigrid.wrappers import RGBImgPartialObsWrapper
-
-            env = RGBImgPartialObsWrapper(env, tile_size=tile_size)
+            env = _pov_frames(env, tile_size)
         self._env = env
         self.level = level
         self.image_mode = image
