@@ -136,6 +136,26 @@ def test_target_file_is_independent_of_the_shipped_one():
         assert target.rewrite(m) not in (None, m)
 
 
+def test_independent_mt10_paraphrases_cover_every_training_phrasing_and_share_nothing():
+    """The MT10 target file: every training instruction of the 10 tasks is rewritten, into words that are neither a
+    training instruction of any Meta-World task nor an alternative of the shipped MT10 file."""
+    from vlafoundry.envs.metaworld import MT10_TASKS
+    from vlafoundry.envs.metaworld_instructions import INSTRUCTIONS
+
+    path = HERE / "generalisation_target_paraphrases_mt10.json"
+    target = load_paraphrases(path)
+    raw = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("#")}
+    shipped = json.loads(shipped_paraphrases("metaworld").read_text())
+    shipped_alts = {a for k, v in shipped.items() if not k.startswith("#") for a in v}
+    alts = {a for v in raw.values() for a in v}
+    training = {p for v in INSTRUCTIONS.values() for p in v}
+    assert not alts & shipped_alts and not alts & training
+    for task in MT10_TASKS:
+        for phrase in INSTRUCTIONS[task]:
+            assert target.rewrite(phrase) not in (None, phrase)
+            assert len(raw[phrase]) == 4
+
+
 # ------------------------------------------------------------------------------------------------- the probes
 
 
