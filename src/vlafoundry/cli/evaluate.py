@@ -70,6 +70,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
                    help="override the softmax temperature of sampled actions (> 0; < 1 sharpens; default: the "
                    "checkpoint's model.sample_temperature)")  # fmt: skip
+    p.add_argument("--flow-steps", type=int, default=None, metavar="N",
+                   help="a flow head's Euler integration steps for these rollouts (default: the checkpoint's "
+                   "model.flow_steps)")  # fmt: skip
+    p.add_argument("--diffusion-steps", type=int, default=None, metavar="N",
+                   help="a diffusion head's DDIM denoising steps for these rollouts (default: the checkpoint's "
+                   "model.diffusion_steps)")  # fmt: skip
+    p.add_argument("--execute", type=int, default=None, metavar="N",
+                   help="actions acted on per predicted chunk before re-planning, 0 = the whole chunk (default: the "
+                   "checkpoint's model.execute)")  # fmt: skip
+    p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="temporal ensembling of overlapping chunks, as ACT (default: the checkpoint's model.ensemble)")
     p.add_argument("--server", default=None, metavar="URL", help="act through a policy server (ws://HOST:PORT, "
                    "`vlafoundry serve`) instead of loading the policy here; same seeds and results as in-process; "
                    "offline metrics and pictures that read the network are skipped")  # fmt: skip
@@ -81,7 +92,8 @@ def register(subparsers: Any) -> None:
 OPTION_NAMES = ("env", "episodes", "workers", "num_envs", "seed_start", "max_steps", "paraphrases", "robustness",
                 "conditions", "generalisation",
                 "offline", "offline_samples", "balance", "balance_samples", "gifs", "out", "device",
-                "action_selection", "sample_temperature")  # fmt: skip
+                "action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute",
+                "ensemble")  # fmt: skip
 
 
 def flag(name: str) -> str:

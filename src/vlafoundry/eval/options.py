@@ -16,13 +16,15 @@ from typing import Any
 
 from vlafoundry.eval.rollout import DEFAULT_SEED_START
 
-__all__ = ["CONFIG_KEYS", "DEFAULT_BALANCE_SAMPLES", "DEFAULT_EPISODES", "DEFAULT_OFFLINE_SAMPLES", "EvalError",
-           "EvalOptions", "EvalOptionsError", "default_workers"]  # fmt: skip
+__all__ = ["ACTING_KEYS", "CONFIG_KEYS", "DEFAULT_BALANCE_SAMPLES", "DEFAULT_EPISODES", "DEFAULT_OFFLINE_SAMPLES",
+           "EvalError", "EvalOptions", "EvalOptionsError", "apply_acting", "default_workers"]  # fmt: skip
 
 DEFAULT_EPISODES = 100
 DEFAULT_OFFLINE_SAMPLES = 5000
 DEFAULT_BALANCE_SAMPLES = 1024
 ACTION_SELECTIONS = ("greedy", "sample")
+# Options that set the policy's acting-time model settings for this evaluation (the same name under ``model.``).
+ACTING_KEYS = ("action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute", "ensemble")
 # Options that fall back on the checkpoint config's ``eval`` section (the same name there: ``eval.episodes``, ...).
 CONFIG_KEYS = ("episodes", "workers", "seed_start", "max_steps")
 
@@ -101,6 +103,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": (lambda v: isinstance(v, str) and v != "", "a torch device such as 'cpu' or 'cuda:0'"),
     "action_selection": (lambda v: v is None or v in ACTION_SELECTIONS, f"one of {list(ACTION_SELECTIONS)} or None"),
     "sample_temperature": (_temperature, "a number > 0"),
+    "flow_steps": _opt_int(1),
+    "diffusion_steps": _opt_int(1),
+    "execute": _opt_int(0),
+    "ensemble": _bool(optional=True),
 }
 
 
@@ -135,6 +141,11 @@ class EvalOptions:
         device: torch device of the policy.
         action_selection: ``greedy`` or ``sample``; None = the checkpoint's ``model.action_selection``.
         sample_temperature: softmax temperature of sampled actions (> 0); None = the checkpoint's.
+        flow_steps: Euler integration steps of a ``flow`` head's sampler; None = the checkpoint's.
+        diffusion_steps: DDIM denoising steps of a ``diffusion`` head's sampler; None = the checkpoint's.
+        execute: actions acted on per predicted chunk before re-planning (0 = the whole chunk; with ``ensemble``, the
+            steps between predictions); None = the checkpoint's.
+        ensemble: temporal ensembling of overlapping chunks (ACT's); None = the checkpoint's.
     """
 
     env: str | None = None
@@ -156,6 +167,10 @@ class EvalOptions:
     device: str = "cpu"
     action_selection: str | None = None
     sample_temperature: float | None = None
+    flow_steps: int | None = None
+    diffusion_steps: int | None = None
+    execute: int | None = None
+    ensemble: bool | None = None
 
     def __post_init__(self) -> None:
         if self.workers == -1:
@@ -206,3 +221,28 @@ class EvalOptions:
     def env_max_steps(self) -> int | None:
         """The step cap for ``make_env`` / the rollouts (None = each env's own)."""
         return self.max_steps or None
+
+
+def apply_acting(policy: Any, opts: EvalOptions, label: Callable[[str], str] = lambda n: n) -> dict[str, Any]:
+    """Set the acting-time options of ``opts`` that were given on ``policy.cfg`` (checked against the policy: a
+    sampler's step count only for its head, ``execute`` within the chunk, ensembling only without a memory), and
+    return the acting settings these rollouts use (for ``eval.json``); ``{}`` for a policy without a config."""
+    pcfg = getattr(policy, "cfg", None)
+    if pcfg is None:
+        return {}
+    head = getattr(policy, "head_kind", None)
+    for name, kind in (("flow_steps", "flow"), ("diffusion_steps", "diffusion")):
+        if getattr(opts, name) is not None and head != kind:
+            raise EvalError(f"{label(name)}: only for a policy with model.head {kind!r}; this checkpoint's head is "
+                            f"{head!r}")
+    chunk = int(getattr(pcfg, "chunk", 1))
+    if opts.execute is not None and opts.execute > chunk:
+        raise EvalOptionsError(label("execute"), f"an integer in [0, model.chunk={chunk}]", opts.execute)
+    if opts.ensemble and getattr(pcfg, "memory", "none") != "none":
+        raise EvalError(f"{label('ensemble')}: temporal ensembling needs a policy without a memory; this "
+                        f"checkpoint's model.memory is {pcfg.memory!r}")
+    for name in ACTING_KEYS:
+        value = getattr(opts, name)
+        if value is not None and hasattr(pcfg, name):
+            setattr(pcfg, name, float(value) if name == "sample_temperature" else value)
+    return {name: getattr(pcfg, name) for name in ACTING_KEYS if hasattr(pcfg, name)}

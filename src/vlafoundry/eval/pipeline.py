@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from vlafoundry.eval.options import EvalError, EvalOptions
+from vlafoundry.eval.options import ACTING_KEYS, EvalError, EvalOptions, apply_acting
 from vlafoundry.eval.rollout import EvalResult
 
 __all__ = ["STAGES", "EvalRun", "evaluate_checkpoint", "itm_verdict", "offline_dataset", "run_dir_of",
@@ -277,11 +277,7 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
     if not env:
         raise EvalError(f"{label('env')}: the checkpoint does not say which environment it was trained on; "
                         f"pass {label('env')}")  # fmt: skip
-    pcfg = getattr(policy, "cfg", None)
-    if opts.action_selection:
-        pcfg.action_selection = opts.action_selection
-    if opts.sample_temperature is not None:
-        pcfg.sample_temperature = float(opts.sample_temperature)
+    apply_acting(policy, opts, label)  # --action-selection, --flow-steps, --execute, ... on the policy's config
     env_kwargs: dict[str, Any] = dict(get_family(env).env_kwargs(cfg.data))
     if opts.max_steps:
         env_kwargs["max_steps"] = opts.max_steps  # the envs' own cap (truncation, BabyAI's return) = the rollouts'
@@ -522,6 +518,8 @@ def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attent
     pcfg = getattr(policy, "cfg", None)
     if getattr(pcfg, "action_selection", None) is not None:  # how discrete actions were picked in these rollouts
         payload["action_selection"] = {"mode": pcfg.action_selection, "sample_temperature": pcfg.sample_temperature}
+    if pcfg is not None and hasattr(pcfg, "flow_steps"):  # every acting-time setting of these rollouts
+        payload["acting"] = {k: getattr(pcfg, k) for k in ACTING_KEYS if hasattr(pcfg, k)}
     if run.paraphrase is not None:
         payload["paraphrase"] = run.paraphrase.to_dict()
     if run.robustness is not None:
