@@ -207,6 +207,12 @@ class EnvFamily:
         """Subgroup labels of one episode for the bias tables (keys: :attr:`subgroup_keys`)."""
         return {"task": task or "none"}
 
+    def task_groups(self, names: Sequence[str]) -> dict[str, Any] | None:
+        """Benchmark groups an evaluation of ``names`` (full env names) reports success for, beside published rows:
+        ``{"title", "groups": {group: [full names]}, "complete", "published": [{"name", "average", "groups"}],
+        "source"}`` (:mod:`vlafoundry.eval.task_groups`); default None (no groups)."""
+        return None
+
     def augmentation(self, kind: str, data_cfg: Any) -> Callable[..., Any] | None:
         """The training-batch augmentation for ``data.augment == kind`` (``None`` for ``"none"``)."""
         if kind == "none":

@@ -18,13 +18,14 @@ turned by 180 degrees, as LeRobot's ``envs/metaworld.py`` does.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from vlafoundry.envs.family import EnvFamily, register_family
 from vlafoundry.envs.metaworld_instructions import INSTRUCTIONS
+from vlafoundry.envs.metaworld_protocol import group_suites, mt50_task_groups
 from vlafoundry.envs.render import (FastRenderer, RenderingUnavailable, configure_gl, rendering_error,
                                     require_rendering)
 from vlafoundry.envs.spec import EnvSpec
@@ -270,7 +271,8 @@ def _camera_id(model: Any, name: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- the family adapter
 class MetaWorldFamily(EnvFamily):
-    """``metaworld/<task>`` (v3 tasks, scripted experts) and the suites ``metaworld/mt10`` / ``metaworld/mt50``.
+    """``metaworld/<task>`` (v3 tasks, scripted experts), the suites ``metaworld/mt10`` / ``metaworld/mt50`` and
+    MT50's difficulty groups ``metaworld/mt50-easy`` / ``-medium`` / ``-hard`` / ``-very-hard`` (LeRobot's).
 
     ``data.image`` ``symbolic`` means the 39-D state vector without a camera; ``rgb`` camera frames
     (``data.camera``, ``data.image_size``) with ``data.proprio`` proprioception (module docstring)."""
@@ -288,7 +290,11 @@ class MetaWorldFamily(EnvFamily):
         return rest[: -len("-v3")] if rest.endswith("-v3") else rest
 
     def suites(self) -> dict[str, tuple[str, ...]]:
-        return {"mt10": MT10_TASKS, "mt50": METAWORLD_TASKS}
+        return {"mt10": MT10_TASKS, "mt50": METAWORLD_TASKS, **group_suites()}
+
+    def task_groups(self, names: Sequence[str]) -> dict[str, Any] | None:
+        """LeRobot's MT50 difficulty groups evaluated whole (:mod:`vlafoundry.envs.metaworld_protocol`)."""
+        return mt50_task_groups(names, self.name)
 
     def validate(self, rest: str) -> None:
         if rest not in METAWORLD_TASKS:

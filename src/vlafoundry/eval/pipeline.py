@@ -299,6 +299,10 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
         with stage("rollouts", f"{total} episodes of {env} on {num_envs} envs, {pool.workers} workers"):
             result = evaluate_policy(policy, names, rollout=pool, progress="closed loop", **common)
             log(_rows_text("closed loop", result.rows))
+            if result.task_groups is not None:
+                from vlafoundry.eval.task_groups import group_lines
+
+                log(group_lines(result.task_groups))
             if paraphrases is not None:
                 para = evaluate_policy(policy, names, rollout=pool, paraphrases=paraphrases,
                                        progress="paraphrased instructions", **common)  # fmt: skip

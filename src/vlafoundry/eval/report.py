@@ -5,6 +5,8 @@ them there; ``report.html`` embeds them, so it can be mailed or opened anywhere 
 only when its data is given:
 
 * summary and per-task table (success rate, 95% Wilson interval, mean length, mean return);
+* success per benchmark task group (Meta-World MT50's difficulty groups) beside the published rows
+  (:mod:`vlafoundry.eval.task_groups`);
 * training / validation curves from ``RUN/metrics.jsonl`` (every numeric key, one panel per key, one line per split);
 * success per task with Wilson intervals (bar chart);
 * subgroup success (template / object / colour / task) with the worst-to-best gap;
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlafoundry.eval.task_groups import write_group_section
 
 ASSETS = "report_assets"
 
@@ -395,6 +399,9 @@ def write_report(out_dir: str | Path, inputs: ReportInputs) -> dict[str, Path]:
             "Instructions rewritten by the paraphrase file: "
             + ", ".join(f"{r['task']} {r['paraphrased_fraction']:.0%}" for r in rows)
         )
+
+    if res.get("task_groups"):
+        write_group_section(doc, res["task_groups"])
 
     if inputs.run_dir is not None and (Path(inputs.run_dir) / "metrics.jsonl").is_file():
         metrics = read_metrics(Path(inputs.run_dir) / "metrics.jsonl")

@@ -46,6 +46,7 @@ from vlafoundry.eval.corruption import MODALITIES, NOISE_WORDS, ObservationCorru
 from vlafoundry.eval.paraphrase import ParaphraseMap
 from vlafoundry.eval.stats import wilson_interval
 from vlafoundry.eval.subgroups import subgroup_success
+from vlafoundry.eval.task_groups import group_success, task_groups_for
 
 DEFAULT_SEED_START = EVAL_SEED_BASE  # the one constant, in vlafoundry.envs.spec
 Job = tuple[str, int, int]  # (env name, seed, global episode index)
@@ -330,6 +331,8 @@ class EvalResult:
         subgroups: per-subgroup success table (:func:`vlafoundry.eval.subgroups.subgroup_success`).
         config: the evaluation settings (env names, episodes, seeds, corruption, ...).
         elapsed_s: wall time of the rollouts.
+        task_groups: success per benchmark task group beside the published rows
+            (:func:`vlafoundry.eval.task_groups.group_success`; Meta-World MT50's difficulty groups), or None.
     """
 
     rows: list[dict[str, Any]]
@@ -337,6 +340,7 @@ class EvalResult:
     subgroups: dict[str, Any]
     config: dict[str, Any]
     elapsed_s: float
+    task_groups: dict[str, Any] | None = None
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -356,6 +360,7 @@ class EvalResult:
             "elapsed_s": self.elapsed_s,
             "episodes_per_s": self.episodes_per_s,
             "episodes": eps,
+            **({"task_groups": self.task_groups} if self.task_groups is not None else {}),
         }
 
 
@@ -584,7 +589,9 @@ def build_result(
     rows = [summarize_episodes([r for r in records if r["env"] == n], n) for n in names]
     if len(names) > 1:
         rows.append(summarize_episodes(records, "all"))
-    return EvalResult(rows, list(records), subgroup_success(records), config, elapsed)
+    spec = task_groups_for(names)
+    groups = group_success(rows, spec) if spec is not None else None
+    return EvalResult(rows, list(records), subgroup_success(records), config, elapsed, groups)
 
 
 def evaluate_policy(
