@@ -62,8 +62,9 @@ def run(tasks: list[str], episodes: int, seed_start: int, max_steps: int, action
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     from vlafoundry.envs.metaworld_protocol import difficulty_of
 
-    lines = [f"Scripted experts, {args.episodes} episodes per task from seed {args.seed_start}, at most "
-             f"{args.max_steps} steps, action noise {args.action_noise}, image {args.image}", ""]  # fmt: skip
+    title = (f"Scripted experts, {args.episodes} episodes per task from seed {args.seed_start}, at most "
+             f"{args.max_steps} steps, action noise {args.action_noise}, image {args.image}")  # fmt: skip
+    lines = [title, ""]
     total_w = total_n = 0
     for group in ("easy", "medium", "hard", "very hard"):
         sel = [r for r in rows if difficulty_of(r["task"]) == group]

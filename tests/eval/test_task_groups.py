@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from vlafoundry.envs import expand_env_names, get_family
-from vlafoundry.envs.metaworld_protocol import (GROUP_SUITES, MT50_DIFFICULTY, PROTOCOL, PUBLISHED_MT50,
-                                                difficulty_of)  # fmt: skip
+from vlafoundry.envs.metaworld_protocol import GROUP_SUITES, MT50_DIFFICULTY, PROTOCOL, PUBLISHED_MT50, difficulty_of
 from vlafoundry.eval.options import EvalOptions
 from vlafoundry.eval.pipeline import EvalRun, _write
 from vlafoundry.eval.rollout import build_result
@@ -93,7 +92,7 @@ def test_group_aggregation_matches_brute_force():
 def test_stratified_interval_edges():
     low, high = stratified_interval([[(10, 10)], [(0, 10)]])
     assert 0.0 < low < 0.5 < high < 1.0  # a task at 0 or n successes still has variance
-    assert stratified_interval([[(5, 5)]]) [1] == 1.0
+    assert stratified_interval([[(5, 5)]])[1] == 1.0
     with pytest.raises(ValueError, match="successes"):
         stratified_interval([[(3, 2)]])
     with pytest.raises(ValueError, match="rows: expected a row"):
@@ -108,6 +107,7 @@ def test_partial_suites():
     res = build_result(_records(hard, lambda n: 4, lambda n: 0.5), hard, {}, 1.0)
     assert res.task_groups["average"] is None and res.task_groups["all_tasks"] is None
     assert task_groups_for(["babyai/GoToLocal", "babyai/GoToObj"]) is None
+    assert task_groups_for(["nosuchfamily/task"]) is None and task_groups_for([]) is None
     assert get_family("babyai/GoToLocal").task_groups(["babyai/GoToLocal"]) is None
 
 

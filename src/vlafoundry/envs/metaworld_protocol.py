@@ -72,8 +72,7 @@ PROTOCOL_SOURCE = ("groups from LeRobot v0.6.1 envs/metaworld_config.json (DIFFI
 
 def difficulty_of(task: str) -> str:
     """The difficulty group of an MT50 task (``"push"``, ``"push-v3"`` or ``"metaworld/push"``)."""
-    name = task.split("/", 1)[-1].lower()
-    name = name[: -len("-v3")] if name.endswith("-v3") else name
+    name = task.split("/", 1)[-1].lower().removesuffix("-v3")
     for group, tasks in MT50_DIFFICULTY.items():
         if name in tasks:
             return group

@@ -33,7 +33,11 @@ def task_groups_for(names: Sequence[str]) -> dict[str, Any] | None:
     prefixes = {str(n).split("/", 1)[0] for n in names}
     if len(prefixes) != 1:
         return None
-    return get_family(str(names[0])).task_groups(list(names))
+    try:
+        family = get_family(str(names[0]))
+    except ValueError:  # not a registered family's name (records built by hand): no groups
+        return None
+    return family.task_groups(list(names))
 
 
 def stratified_interval(strata: Sequence[Sequence[tuple[int, int]]], z: float = 1.96) -> tuple[float, float]:
