@@ -51,4 +51,7 @@ def test_eval_refuses_acting_options_the_checkpoint_cannot_use(runs, tmp_path, c
     assert "--execute: expected an integer in [0, model.chunk=8], got 9" in capsys.readouterr().err
     assert main(["eval", str(runs["flow"]), *EVAL, "--diffusion-steps", "0", "--out", str(tmp_path / "e")]) == 2
     assert "--diffusion-steps: expected an integer >= 1 or None, got 0" in capsys.readouterr().err
+    assert main(["eval", str(runs["flow"]), *EVAL, "--instruction-snap", "--out", str(tmp_path / "f")]) == 2
+    assert "--instruction-snap: only for a policy with model.language 'pretrained'; this checkpoint's is 'none'" in \
+        capsys.readouterr().err
     assert not (tmp_path / "c").exists() or not (tmp_path / "c" / "eval.json").exists()

@@ -81,6 +81,10 @@ def register(subparsers: Any) -> None:
                    "checkpoint's model.execute)")  # fmt: skip
     p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
                    help="temporal ensembling of overlapping chunks, as ACT (default: the checkpoint's model.ensemble)")
+    p.add_argument("--instruction-snap", action=argparse.BooleanOptionalAction,
+                   default=None, help="replace each instruction that is not a training instruction by the nearest "
+                   "training instruction in the pretrained encoder's sentence space (model.language pretrained; "
+                   "default: the checkpoint's model.instruction_snap)")  # fmt: skip
     p.add_argument("--server", default=None, metavar="URL", help="act through a policy server (ws://HOST:PORT, "
                    "`vlafoundry serve`) instead of loading the policy here; same seeds and results as in-process; "
                    "offline metrics and pictures that read the network are skipped")  # fmt: skip
@@ -93,7 +97,7 @@ OPTION_NAMES = ("env", "episodes", "workers", "num_envs", "seed_start", "max_ste
                 "conditions", "generalisation",
                 "offline", "offline_samples", "balance", "balance_samples", "gifs", "out", "device",
                 "action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute",
-                "ensemble")  # fmt: skip
+                "ensemble", "instruction_snap")  # fmt: skip
 
 
 def flag(name: str) -> str:

@@ -123,7 +123,7 @@ def evaluate_through_server(checkpoint: str, given: dict[str, Any], url: str, ap
     from vlafoundry.train import load_run
 
     for name in ("offline", "action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute",
-                 "ensemble", "device"):
+                 "ensemble", "instruction_snap", "device"):
         if given.get(name) is not None and given.get(name) is not False:
             raise EvalError(f"{label(name)}: not available with --server (the server owns the policy; start it "
                             f"with the settings you want), got {given[name]!r}")

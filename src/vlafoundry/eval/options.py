@@ -24,7 +24,8 @@ DEFAULT_OFFLINE_SAMPLES = 5000
 DEFAULT_BALANCE_SAMPLES = 1024
 ACTION_SELECTIONS = ("greedy", "sample")
 # Options that set the policy's acting-time model settings for this evaluation (the same name under ``model.``).
-ACTING_KEYS = ("action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute", "ensemble")
+ACTING_KEYS = ("action_selection", "sample_temperature", "flow_steps", "diffusion_steps", "execute", "ensemble",
+               "instruction_snap")
 # Options that fall back on the checkpoint config's ``eval`` section (the same name there: ``eval.episodes``, ...).
 CONFIG_KEYS = ("episodes", "workers", "seed_start", "max_steps")
 
@@ -107,6 +108,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "diffusion_steps": _opt_int(1),
     "execute": _opt_int(0),
     "ensemble": _bool(optional=True),
+    "instruction_snap": _bool(optional=True),
 }
 
 
@@ -146,6 +148,8 @@ class EvalOptions:
         execute: actions acted on per predicted chunk before re-planning (0 = the whole chunk; with ``ensemble``, the
             steps between predictions); None = the checkpoint's.
         ensemble: temporal ensembling of overlapping chunks (ACT's); None = the checkpoint's.
+        instruction_snap: replace instructions that are not training instructions by the nearest one in the
+            pretrained encoder's sentence space (``model.instruction_snap``); None = the checkpoint's.
     """
 
     env: str | None = None
@@ -171,6 +175,7 @@ class EvalOptions:
     diffusion_steps: int | None = None
     execute: int | None = None
     ensemble: bool | None = None
+    instruction_snap: bool | None = None
 
     def __post_init__(self) -> None:
         if self.workers == -1:
@@ -241,6 +246,13 @@ def apply_acting(policy: Any, opts: EvalOptions, label: Callable[[str], str] = l
     if opts.ensemble and getattr(pcfg, "memory", "none") != "none":
         raise EvalError(f"{label('ensemble')}: temporal ensembling needs a policy without a memory; this "
                         f"checkpoint's model.memory is {pcfg.memory!r}")
+    if opts.instruction_snap:
+        if getattr(pcfg, "language", None) != "pretrained":
+            raise EvalError(f"{label('instruction_snap')}: only for a policy with model.language 'pretrained'; this "
+                            f"checkpoint's is {getattr(pcfg, 'language', None)!r}")
+        if not getattr(getattr(policy, "spec", None), "instructions", None):
+            raise EvalError(f"{label('instruction_snap')}: this checkpoint records no training instructions "
+                            "(spec.instructions; trained before they were recorded): retrain it to use snapping")
     for name in ACTING_KEYS:
         value = getattr(opts, name)
         if value is not None and hasattr(pcfg, name):

@@ -64,7 +64,12 @@ class PolicyConfig(ModelConfig):
     sample's frames move by up to this many pixels (0 = off). Needs ``vision`` ``patch``.
     language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
     dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`
-    (``language_adapter``: width of its optional trainable residual adapter, 0 = none).
+    (``language_adapter``: width of its optional trainable residual adapter, 0 = none). ``instruction_snap``
+    (``pretrained`` only, acting only): an instruction that is not one of the training data's is replaced by the
+    training instruction nearest to it in MiniLM's sentence-embedding space (:mod:`vlafoundry.models.grounding`),
+    so a new phrasing reaches the policy as a phrasing it was trained on. For tasks named by a fixed set of
+    phrasings (Meta-World); wrong where new instructions are new compositions (a held-out colour-object pair
+    would be snapped to a trained pair).
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), ``flow`` (flow matching) or ``diffusion`` (DDPM/DDIM) over the chunk
@@ -125,6 +130,7 @@ class PolicyConfig(ModelConfig):
     moe_capacity_factor: float = 1.25
     pretrained_model: str | None = None
     language_adapter: int = 0
+    instruction_snap: bool = False
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
     execute: int = 0
@@ -186,6 +192,9 @@ class PolicyConfig(ModelConfig):
         require(self.language_adapter == 0 or self.language == "pretrained", "model.language_adapter",
                 f"0 unless model.language is 'pretrained' (got model.language={self.language!r})",
                 self.language_adapter)
+        require(not self.instruction_snap or self.language == "pretrained", "model.instruction_snap",
+                f"false unless model.language is 'pretrained' (got model.language={self.language!r})",
+                self.instruction_snap)
         require(self.memory in MEMORY_KINDS, "model.memory", f"one of {list(MEMORY_KINDS)}", self.memory)
         require(self.memory == "none" or (self.history == 1 and self.chunk == 1), "model.memory",
                 f"'none' with model.history={self.history} and model.chunk={self.chunk} (a memory needs both 1)",

@@ -26,6 +26,8 @@ class PolicySpec:
     state_mean: list[float] | None = None
     state_std: list[float] | None = None
     tasks: list[str] = field(default_factory=list)
+    #: The distinct instructions of the training data (what ``model.instruction_snap`` grounds new phrasings in).
+    instructions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.action_type not in ("discrete", "continuous"):
@@ -59,6 +61,7 @@ class PolicySpec:
             state_mean=np.asarray(stats["mean"], dtype=np.float64).reshape(-1).tolist() if stats else None,
             state_std=np.asarray(stats["std"], dtype=np.float64).reshape(-1).tolist() if stats else None,
             tasks=list(ds.tasks),
+            instructions=[str(t) for t in getattr(ds, "instructions", [])],
         )
 
 

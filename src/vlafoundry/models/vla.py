@@ -30,6 +30,7 @@ from torch import nn
 from vlafoundry.models.acting import ActingState
 from vlafoundry.models.base import Policy
 from vlafoundry.models.components import FUSIONS, HEADS, resolve_head
+from vlafoundry.models.grounding import InstructionSnap
 from vlafoundry.models.config import PolicyConfig
 from vlafoundry.models.objectives import LossConfig, VLAObjectives
 from vlafoundry.models.processor import PolicyProcessor
@@ -236,9 +237,18 @@ class VLAPolicy(VLAObjectives, Policy):
         """Instruction strings -> ids (B, L) int64, mask (B, L) bool (the processor's tokenizer)."""
         return self.processor.tokenize(list(instructions), self.device)
 
+    @property
+    def instruction_snap(self) -> InstructionSnap:
+        """The :class:`~vlafoundry.models.grounding.InstructionSnap` over this policy's training instructions."""
+        if getattr(self, "_snap", None) is None:
+            self._snap = InstructionSnap(self.spec.instructions, self.text_encoder)
+        return self._snap
+
     def encode_language(self, instructions: list[str], ids: torch.Tensor | None = None,
                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.language == "pretrained":
+            if self.cfg.instruction_snap and not self.training:  # new phrasings -> nearest training instruction
+                instructions = self.instruction_snap(list(instructions))
             feats, m = self.text_encoder(list(instructions))
             return feats.to(self.device), m.to(self.device)
         if ids is None:

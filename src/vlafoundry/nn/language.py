@@ -214,6 +214,16 @@ class LanguageEncoder(nn.Module):
             mask[i, : s.shape[0]] = True
         return hidden, mask
 
+    @torch.no_grad()
+    def sentence_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """(B, H): the encoder's mean-pooled hidden states, unit length (the sentence embedding all-MiniLM-L6-v2
+        was trained for; before the trainable projection). Uses the feature cache when frozen."""
+        texts = list(texts)
+        hidden, mask = self._frozen_features(texts) if self.freeze else self._backbone(texts)
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, H)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
     def forward(self, text: Sequence[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
