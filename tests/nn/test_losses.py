@@ -339,12 +339,43 @@ def test_itm_loss_matches_manual_and_trains_head():
     g = torch.Generator().manual_seed(3)
     nt = task.mine_hard_negatives(sim, ids, g)
     ni = task.mine_hard_negatives(sim.T, ids, g)
-    logits = task.itm_head(torch.cat([torch.cat([v, v, v[ni]]), torch.cat([l, l[nt], l])], dim=-1))
+    vv, ll = torch.cat([v, v, v[ni]]), torch.cat([l, l[nt], l])
+    logits = task.itm_head(torch.cat([vv * ll, (vv - ll).abs()], dim=-1))
     target = torch.cat([torch.ones(6), torch.zeros(12)]).long()
-    assert torch.allclose(loss, F.cross_entropy(logits, target), atol=1e-6)
-    assert acc.item() == pytest.approx((logits.argmax(-1) == target).float().mean().item())
+    ce = F.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose(loss, 0.5 * (ce[:6].mean() + ce[6:].mean()), atol=1e-6)  # the classes weigh the same
+    right = (logits.argmax(-1) == target).float()
+    assert acc.item() == pytest.approx(0.5 * (right[:6].mean() + right[6:].mean()).item())  # balanced accuracy
     loss.backward()
     assert task.itm_head.weight.grad.abs().sum() > 0 and v.grad is not None
+
+
+def test_itm_constant_answer_scores_half_and_head_learns_matching():
+    """A head that says "no match" to everything scores 0.5 (not the 2/3 share of negatives); and the head can
+    learn to tell matched pairs from mismatched ones on fixed features (with ``cat([v, l])`` it could not: every
+    v and every l is in one matched and one mismatched pair, so ``f(v) + g(l)`` carries no signal)."""
+    torch.manual_seed(0)
+    task = MultimodalPretrainingTask(d_model=16, vocab_size=20)
+    with torch.no_grad():
+        task.itm_head.weight.zero_()
+        task.itm_head.bias.copy_(torch.tensor([5.0, 0.0]))  # always "no match"
+    v = torch.randn(32, 16)
+    ids = torch.arange(32)
+    _, acc = task.itm_loss(v, v.clone(), torch.zeros(32, 32), ids)
+    assert acc.item() == pytest.approx(0.5)
+    task.itm_head.reset_parameters()
+    opt = torch.optim.Adam(task.itm_head.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x = torch.randn(32, 16, generator=g)
+        loss, _ = task.itm_loss(x, x + 0.1 * torch.randn(32, 16, generator=g), torch.zeros(32, 32), ids, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.randn(64, 16, generator=g)
+    _, acc = task.itm_loss(x, x + 0.1 * torch.randn(64, 16, generator=g), torch.zeros(64, 64), torch.arange(64),
+                           generator=g)
+    assert acc.item() > 0.9
 
 
 # ---------------------------------------------------------------- MRM

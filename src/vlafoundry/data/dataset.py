@@ -275,6 +275,7 @@ class DemoDataset(Dataset):
             arrays["action_mask"] = action_mask
         arrays["episode"] = ep
         arrays["step"] = g - start
+        arrays["steps_left"] = end - 1 - g  # 0 on an episode's last step
         arrays["image_present"] = np.full(B, self.has_image)
         arrays["instruction_present"] = np.ones(B, dtype=bool)
         arrays["state_present"] = np.ones(B, dtype=bool)
@@ -309,7 +310,7 @@ class PairDataset(Dataset):
     """(observation, instruction) pairs for contrastive alignment: one pair per step of ``ds``.
 
     Items: ``image`` (H, W, C) [if any], ``state`` (S,), ``instruction`` str, ``instruction_id``, ``task_id``,
-    ``episode``, ``step`` and the ``*_present`` flags. Steps of one episode share an instruction; use
+    ``episode``, ``step``, ``steps_left`` (0 on an episode's last step) and the ``*_present`` flags. Steps of one episode share an instruction; use
     ``instruction_id`` to avoid treating them as negatives.
     """
 
@@ -350,7 +351,7 @@ class EpisodeDataset(DemoDataset):
     ``len(ds)`` is the number of episodes in the split and ``ds.__getitems__(ids)`` a batch of B episodes, right-padded
     to the longest one (L steps): ``image`` (B, L, H, W, C) [if any], ``state`` (B, L, S), ``seq_mask`` (B, L) True on
     real steps (``obs_mask`` is the same), ``action`` (B, L, K[, A]) the ``chunk`` actions from every step with
-    ``action_mask`` (B, L, K), ``step`` (B, L); per episode ``instruction`` (list of B), ``instruction_id``,
+    ``action_mask`` (B, L, K), ``step`` and ``steps_left`` (B, L); per episode ``instruction`` (list of B), ``instruction_id``,
     ``task_id``, ``episode`` and the ``*_present`` flags (B,). Padded steps are zeros. Every step of every episode is
     seen once per pass, with the whole episode before it as context, as a memory sees it when it acts.
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vlafoundry.config import require
+from vlafoundry.nn.fusion import masked_mean_pool
 from vlafoundry.nn.losses import mean_count_over_ranks
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 
@@ -37,6 +38,7 @@ class LossConfig:
     learnable_temperature: bool = True
     continuous: str = "l1"
     label_smoothing: float = 0.0
+    align_last: int = 0
 
     def __post_init__(self) -> None:
         for k in ("bc", "contrastive", "itm", "mlm", "mrm", "moe_aux"):
@@ -44,6 +46,8 @@ class LossConfig:
         require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
         require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
         require(0 <= self.label_smoothing < 1, "loss.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        require(isinstance(self.align_last, int) and self.align_last >= 0, "loss.align_last",
+                "an integer >= 0 (0 = every step)", self.align_last)
 
 
 def _m(t: torch.Tensor) -> torch.Tensor:
@@ -96,6 +100,35 @@ class VLAObjectives:
         ids = [index.setdefault(s, len(index)) for s in b["instruction"]]
         return torch.tensor(ids, device=self.device)
 
+    def alignment_rows(self, b: dict[str, Any], lc: Any) -> torch.Tensor | None:
+        """(B,) bool: the steps the contrastive and ITM objectives align, each episode's last ``loss.align_last``
+        steps; None (every step) when ``align_last`` is 0. Positions come from the episode batch's ``seq`` or, for
+        a batch of single steps, from its ``steps_left`` (0 on an episode's last step)."""
+        k = int(lc.align_last)
+        if k == 0:
+            return None
+        if b.get("seq") is not None:
+            rows, pos, n_ep, _ = b["seq"]
+            left = torch.bincount(rows, minlength=n_ep)[rows] - 1 - pos  # (B,) steps after this one
+        elif "steps_left" in b:
+            left = b["steps_left"].reshape(-1)
+        else:
+            raise ValueError(f"loss.align_last={k} needs each step's place in its episode: a batch of episodes "
+                             "(seq_mask) or 'steps_left' per step (DemoDataset gives it); got neither")
+        return left < k
+
+    def match_logits(self, enc: dict[str, Any], v_rows: torch.Tensor, l_rows: torch.Tensor) -> torch.Tensor:
+        """ITM logits (P, 2) of the pairs (observation ``v_rows[p]``, instruction ``l_rows[p]``) of encoded
+        ``enc``: the policy's fusion module reads the pair's tokens (ALBEF's fused encoder) and the ITM head reads
+        the fused features with the pooled instruction."""
+        def rows(key: str, r: torch.Tensor) -> torch.Tensor | None:
+            return None if enc[key] is None else enc[key][r]
+
+        fused = self.fusion(rows("vision", v_rows), rows("lang", l_rows), rows("vision_mask", v_rows),
+                            rows("lang_mask", l_rows), rows("state", v_rows), rows("state_mask", v_rows))  # (P, D)
+        lang_p = masked_mean_pool(enc["lang"][l_rows], enc["lang_mask"][l_rows])  # (P, D)
+        return self.pretrain_heads.itm_head(torch.cat([fused, lang_p], dim=-1))  # (P, 2)
+
     def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training/validation step's loss: behaviour cloning plus the weighted alignment objectives."""
         lc = loss_cfg or LossConfig()
@@ -118,6 +151,9 @@ class VLAObjectives:
         if (lc.contrastive > 0 or lc.itm > 0) and self.has_language:
             pair_ids = self.pair_ids(b)
             obs_p, lang_p = self.pooled_observation(enc), self.pooled_instruction(enc)  # (B, D)
+            keep = self.alignment_rows(b, lc)  # (B,) bool | None
+            if keep is not None:
+                obs_p, lang_p, pair_ids = obs_p[keep], lang_p[keep], pair_ids[keep]  # (B', D)
             ov, lv = self.obs_embed(obs_p), self.instr_embed(lang_p)  # (B, E)
             if lc.contrastive > 0:
                 con = self.contrastive(ov, lv, pair_ids)
@@ -126,7 +162,13 @@ class VLAObjectives:
             if lc.itm > 0:
                 with torch.no_grad():
                     sim = self.contrastive.similarity(ov, lv)  # (B, B)
-                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none")
+                base = keep.nonzero().squeeze(1) if keep is not None else torch.arange(len(pair_ids), device=sim.device)
+
+                def pair_logits(v_idx: torch.Tensor, l_idx: torch.Tensor) -> torch.Tensor:
+                    return self.match_logits(enc, base[v_idx], base[l_idx])
+
+                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none",
+                                                                  logits_fn=pair_logits)
                 itm = self.global_mean(itm_terms)
                 total = total + lc.itm * itm
                 metrics.update(itm=_m(itm), itm_acc=_m(torch.as_tensor(itm_acc)))

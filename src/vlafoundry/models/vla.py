@@ -194,7 +194,8 @@ class VLAPolicy(VLAObjectives, Policy):
     # ------------------------------------------------------------------ encoders
     def encode_image(self, image: torch.Tensor, frame_mask: torch.Tensor, mrm: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(B,T,[K,]H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N); with ``mrm`` also the MRM targets."""
+        """(B,T,[K,]H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N), extras: ``positions`` (1, T*N, D), the
+        fixed position terms (spatial, camera, temporal) the tokens carry, and with ``mrm`` the MRM targets."""
         b, t = image.shape[:2]
         if self.training and self.cfg.image_shift > 0:
             image = random_shift(image, self.cfg.image_shift)  # one offset per sample, shared by its frames
@@ -213,7 +214,9 @@ class VLAPolicy(VLAObjectives, Policy):
             tokens = blk(tokens, mask)
         if mrm:
             extras["mrm_pred"] = tokens
-        tokens = tokens.reshape(b, t, n, -1) + self.temporal_pos[-t:].view(1, t, 1, -1)  # (B, T, N, D)
+        temporal = self.temporal_pos[-t:].view(1, t, 1, -1)  # (1, T, 1, D)
+        tokens = tokens.reshape(b, t, n, -1) + temporal  # (B, T, N, D)
+        extras["positions"] = (self.image_positions(image, tokens).unsqueeze(1) + temporal).reshape(1, t * n, -1)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
 
     def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
@@ -316,11 +319,20 @@ class VLAPolicy(VLAObjectives, Policy):
         return masked_mean_pool(enc["lang"], enc["lang_mask"])
 
     def pooled_observation(self, enc: dict[str, Any]) -> torch.Tensor:
-        """(B, D): the mean of the observation's image and state tokens (masked)."""
+        """(B, D): the mean of the observation's image and state tokens (masked), the image tokens without the
+        fixed position terms the encoder added (``extras["positions"]``). In a mean over a frame's tokens those
+        terms are the same for every frame; with them the pooled image was ~99.8% one constant vector (cosine
+        0.998 to the mean over frames, GoToLocal RGB at initialisation), so after the contrastive loss's L2
+        normalisation every frame had almost the same embedding, and the loss's gradient, orthogonal to each
+        embedding, could hardly remove that constant: pretraining aligned nothing from pixels
+        (``bench/alignment.py``)."""
         parts, masks = [], []
         for k in ("vision", "state"):
             if enc[k] is not None:
-                parts.append(enc[k])
+                x = enc[k]
+                if k == "vision" and "positions" in enc["extras"]:
+                    x = x - enc["extras"]["positions"]  # (B, T*N, D) - (1, T*N, D)
+                parts.append(x)
                 masks.append(enc[f"{k}_mask"])
         return masked_mean_pool(torch.cat(parts, 1), torch.cat(masks, 1))  # (B, D)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -243,9 +243,14 @@ class MultimodalContrastiveLearning(nn.Module):
 class MultimodalPretrainingTask(nn.Module):
     """Pretraining heads and objectives: MLM, ITM (with hard negatives) and MRM.
 
-    Heads: ``mlm_head`` d_model -> vocab_size, ``itm_head`` 2*d_model -> 2 (it takes the concatenation of pooled
-    vision and pooled language features; the chapter's head was d_model wide but fed 2*d_model), ``mrm_head``
-    d_model -> patch_dim (regresses the original patch features; defaults to d_model).
+    Heads: ``mlm_head`` d_model -> vocab_size, ``itm_head`` 2*d_model -> 2, ``mrm_head`` d_model -> patch_dim
+    (regresses the original patch features; defaults to d_model).
+
+    The ITM head reads the interaction of the pooled vision and language features, ``[v * l, |v - l|]``
+    (:meth:`itm_features`), not their concatenation ``[v, l]`` (the chapter's; ALBEF's linear head reads one fused
+    encoder's output, where the two have already interacted): a linear head on ``[v, l]`` computes ``f(v) + g(l)``, and with ITM's pairs, where every
+    image and every text is in one matched and one mismatched pair, that sum cannot tell them apart; it learns the
+    class prior ("no match") and nothing else. The products make a match score ``sum_k w_k v_k l_k`` linear.
 
     Args:
         d_model: width of the encoder features the heads read.
@@ -359,9 +364,14 @@ class MultimodalPretrainingTask(nn.Module):
         index = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return torch.where(has_neg, index, torch.full_like(index, -1))
 
+    @staticmethod
+    def itm_features(v_pooled: torch.Tensor, l_pooled: torch.Tensor) -> torch.Tensor:
+        """(N, D), (N, D) -> (N, 2D): ``[v * l, |v - l|]``, what the ITM head reads (see the class docstring)."""
+        return torch.cat([v_pooled * l_pooled, (v_pooled - l_pooled).abs()], dim=-1)
+
     def itm_logits(self, v_pooled: torch.Tensor, l_pooled: torch.Tensor) -> torch.Tensor:
         """(N, D), (N, D) -> (N, 2) match logits (class 1 = matched)."""
-        return self.itm_head(torch.cat([v_pooled, l_pooled], dim=-1))
+        return self.itm_head(self.itm_features(v_pooled, l_pooled))
 
     def itm_loss(
         self,
@@ -371,13 +381,20 @@ class MultimodalPretrainingTask(nn.Module):
         pair_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
+        logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image-text matching on B positives plus hard negatives in both directions -> (loss, accuracy).
+        """Image-text matching on B positives plus hard negatives in both directions -> (loss, balanced accuracy).
 
         Pairs: (v_i, l_i) labelled 1; (v_i, l_{n(i)}) with n mined from ``similarity`` rows (image -> text) and
         (v_{m(j)}, l_j) with m mined from ``similarity`` columns (text -> image), labelled 0. ``similarity`` is
         (B_vision, B_lang), e.g. :meth:`ContrastiveLoss.similarity`. Rows without any negative are skipped.
-        ``reduction='none'``: the (P,) per-pair losses (B positives, then the negatives).
+        The classes weigh the same: there are up to twice as many negatives as positives, and an unweighted loss
+        rewards answering "no match" (67% accuracy for nothing). Each pair's loss is multiplied by
+        ``P / (2 * pairs of its class)``, so the mean over the P pairs is the mean of the two classes' mean losses;
+        the accuracy is likewise the mean of the two classes' accuracies (0.5 for a constant answer).
+        ``reduction='none'``: the (P,) weighted per-pair losses (B positives, then the negatives).
+        ``logits_fn(v_idx (P,), l_idx (P,)) -> (P, 2)`` scores the pairs instead of :meth:`itm_logits` on the pooled
+        features (a policy scores them with its fusion module, ALBEF's fused encoder).
 
         Under DDP the negatives are mined within each rank's batch (as ALBEF does), unlike the contrastive loss,
         which gathers every rank's features: with the trainer's batches of whole episodes a rank still holds
@@ -401,10 +418,19 @@ class MultimodalPretrainingTask(nn.Module):
             [torch.ones(batch, dtype=torch.long, device=rows.device),
              torch.zeros(int(ok_t.sum()) + int(ok_i.sum()), dtype=torch.long, device=rows.device)]
         )
-        logits = self.itm_logits(v_pooled[v_idx], l_pooled[l_idx])  # (P, 2)
-        loss = _reduce(F.cross_entropy(logits, target, reduction="none"), reduction)  # (P,) or scalar
-        accuracy = (logits.argmax(dim=-1) == target).float().mean().detach()
-        return loss, accuracy
+        if logits_fn is None:
+            logits = self.itm_logits(v_pooled[v_idx], l_pooled[l_idx])  # (P, 2)
+        else:
+            logits = logits_fn(v_idx, l_idx)  # (P, 2)
+        n_pos, n_neg = batch, target.numel() - batch
+        weight = torch.full_like(target, 1.0, dtype=logits.dtype)  # (P,)
+        if n_neg > 0:
+            weight[:n_pos] = target.numel() / (2.0 * n_pos)
+            weight[n_pos:] = target.numel() / (2.0 * n_neg)
+        loss = _reduce(F.cross_entropy(logits, target, reduction="none") * weight, reduction)  # (P,) or scalar
+        correct = (logits.argmax(dim=-1) == target).float()  # (P,)
+        accuracy = correct[:n_pos].mean() if n_neg == 0 else 0.5 * (correct[:n_pos].mean() + correct[n_pos:].mean())
+        return loss, accuracy.detach()
 
     # ------------------------------------------------------------------ MRM
     @staticmethod
