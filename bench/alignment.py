@@ -56,7 +56,7 @@ def _floor_and_chance(policy: Any, batch: dict[str, Any], loss_cfg: Any) -> tupl
     with torch.no_grad():
         b = policy.prepare(batch)
         ids = policy.pair_ids(b)
-        keep = policy.alignment_rows(b, loss_cfg) if hasattr(policy, "alignment_rows") else None
+        keep = policy.alignment_rows(b, loss_cfg)
         if keep is not None:
             ids = ids[keep]
         pos = (ids[:, None] == ids[None, :]).sum(1).float()
@@ -98,10 +98,9 @@ def heldout(policy: Any, ds: Any, max_episodes: int = 250, seed: int = 0) -> dic
                 if targets[j] != targets[t]:
                     break
             neg.append(j)
-        pair = dict(enc, lang=lang, lang_mask=mask)  # frames (N) and the dataset's instructions (I)
-        rows_v = torch.arange(len(truth))
-        rows["pos"] += (policy.match_logits(pair, rows_v, truth).argmax(-1) == 1).tolist()
-        rows["neg"] += (policy.match_logits(pair, rows_v, torch.tensor(neg)).argmax(-1) == 0).tolist()
+        heads = policy.pretrain_heads
+        rows["pos"] += (heads.itm_logits(obs_p, lang_p[truth]).argmax(-1) == 1).tolist()
+        rows["neg"] += (heads.itm_logits(obs_p, lang_p[torch.tensor(neg)]).argmax(-1) == 0).tolist()
     policy.train()
     last = np.array(rows["last"], dtype=bool)
     out: dict[str, float] = {"frames": len(last), "instructions": len(instructions),
@@ -143,7 +142,7 @@ def run_variant(preset: str, data: Path, overrides: list[str], steps: int, tmp: 
             log.append({k: float(v) for k, v in m.items()} | {"floor": floor, "chance": chance})
     res = {k: float(np.mean([r[k] for r in log if k in r])) for k in log[-1]}
     res["vis_grad"] = vis_grad
-    res["logit_scale"] = float(policy.contrastive.logit_scale)
+    res["logit_scale"] = float(policy.contrastive.logit_scale.detach())
     res["train_s"] = time.perf_counter() - t0
     res.update(heldout(policy, tr.val_ds))
     return res

@@ -240,7 +240,7 @@ class _Collector:
             self.obs_e.append(ov.float().cpu())
             self.ins_e.append(lv.float().cpu())
             self.pids.append(pair.cpu())
-            _itm_counts(policy, obs_p, lang_p, ov, lv, pair, self.gen, self.itm, enc)
+            _itm_counts(policy, obs_p, lang_p, ov, lv, pair, self.gen, self.itm)
         self.offset += len(b["instruction"])
 
     def result(self, order: np.ndarray) -> OfflineOutputs:
@@ -293,26 +293,18 @@ def collect_offline_outputs(
 
 
 def _itm_counts(policy: Any, obs_p: torch.Tensor, lang_p: torch.Tensor, ov: torch.Tensor, lv: torch.Tensor,
-                pair: torch.Tensor, gen: torch.Generator, counts: dict[str, int],
-                enc: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """Matched pairs and hard negatives (both directions, as in training) scored by the ITM head, through the
-    policy's ``match_logits`` (its fusion) when it has one and ``enc`` is given."""
+                pair: torch.Tensor, gen: torch.Generator, counts: dict[str, int]) -> None:  # fmt: skip
+    """Matched pairs and hard negatives (both directions, as in training) scored by the ITM head."""
     heads = policy.pretrain_heads
-    if enc is not None and hasattr(policy, "match_logits"):
-        def score(v: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-            return policy.match_logits(enc, v, l)
-    else:
-        def score(v: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-            return heads.itm_logits(obs_p[v], lang_p[l])
     sim = policy.contrastive.similarity(ov, lv).cpu()  # (B, B)
     neg_text = heads.mine_hard_negatives(sim, pair.cpu(), gen).to(obs_p.device)  # (B,)
     neg_image = heads.mine_hard_negatives(sim.T, pair.cpu(), gen).to(obs_p.device)
     rows = torch.arange(obs_p.shape[0], device=obs_p.device)
     ok_t, ok_i = neg_text >= 0, neg_image >= 0
-    matched = score(rows, rows).argmax(-1) == 1  # (B,)
+    matched = heads.itm_logits(obs_p, lang_p).argmax(-1) == 1  # (B,)
     v_idx = torch.cat([rows[ok_t], neg_image[ok_i]])
     l_idx = torch.cat([neg_text[ok_t], rows[ok_i]])
-    negative = score(v_idx, l_idx).argmax(-1) == 0  # (P,)
+    negative = heads.itm_logits(obs_p[v_idx], lang_p[l_idx]).argmax(-1) == 0  # (P,)
     counts["matched_correct"] += int(matched.sum())
     counts["matched"] += int(matched.numel())
     counts["negative_correct"] += int(negative.sum())

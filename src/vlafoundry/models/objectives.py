@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from vlafoundry.config import require
-from vlafoundry.nn.fusion import masked_mean_pool
 from vlafoundry.nn.losses import mean_count_over_ranks
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 
@@ -117,18 +116,6 @@ class VLAObjectives:
                              "(seq_mask) or 'steps_left' per step (DemoDataset gives it); got neither")
         return left < k
 
-    def match_logits(self, enc: dict[str, Any], v_rows: torch.Tensor, l_rows: torch.Tensor) -> torch.Tensor:
-        """ITM logits (P, 2) of the pairs (observation ``v_rows[p]``, instruction ``l_rows[p]``) of encoded
-        ``enc``: the policy's fusion module reads the pair's tokens (ALBEF's fused encoder) and the ITM head reads
-        the fused features with the pooled instruction."""
-        def rows(key: str, r: torch.Tensor) -> torch.Tensor | None:
-            return None if enc[key] is None else enc[key][r]
-
-        fused = self.fusion(rows("vision", v_rows), rows("lang", l_rows), rows("vision_mask", v_rows),
-                            rows("lang_mask", l_rows), rows("state", v_rows), rows("state_mask", v_rows))  # (P, D)
-        lang_p = masked_mean_pool(enc["lang"][l_rows], enc["lang_mask"][l_rows])  # (P, D)
-        return self.pretrain_heads.itm_head(torch.cat([fused, lang_p], dim=-1))  # (P, 2)
-
     def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training/validation step's loss: behaviour cloning plus the weighted alignment objectives."""
         lc = loss_cfg or LossConfig()
@@ -162,13 +149,7 @@ class VLAObjectives:
             if lc.itm > 0:
                 with torch.no_grad():
                     sim = self.contrastive.similarity(ov, lv)  # (B, B)
-                base = keep.nonzero().squeeze(1) if keep is not None else torch.arange(len(pair_ids), device=sim.device)
-
-                def pair_logits(v_idx: torch.Tensor, l_idx: torch.Tensor) -> torch.Tensor:
-                    return self.match_logits(enc, base[v_idx], base[l_idx])
-
-                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none",
-                                                                  logits_fn=pair_logits)
+                itm_terms, itm_acc = self.pretrain_heads.itm_loss(obs_p, lang_p, sim, pair_ids, reduction="none")
                 itm = self.global_mean(itm_terms)
                 total = total + lc.itm * itm
                 metrics.update(itm=_m(itm), itm_acc=_m(torch.as_tensor(itm_acc)))

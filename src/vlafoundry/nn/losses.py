@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -381,7 +381,6 @@ class MultimodalPretrainingTask(nn.Module):
         pair_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
-        logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-text matching on B positives plus hard negatives in both directions -> (loss, balanced accuracy).
 
@@ -393,8 +392,6 @@ class MultimodalPretrainingTask(nn.Module):
         ``P / (2 * pairs of its class)``, so the mean over the P pairs is the mean of the two classes' mean losses;
         the accuracy is likewise the mean of the two classes' accuracies (0.5 for a constant answer).
         ``reduction='none'``: the (P,) weighted per-pair losses (B positives, then the negatives).
-        ``logits_fn(v_idx (P,), l_idx (P,)) -> (P, 2)`` scores the pairs instead of :meth:`itm_logits` on the pooled
-        features (a policy scores them with its fusion module, ALBEF's fused encoder).
 
         Under DDP the negatives are mined within each rank's batch (as ALBEF does), unlike the contrastive loss,
         which gathers every rank's features: with the trainer's batches of whole episodes a rank still holds
@@ -418,10 +415,7 @@ class MultimodalPretrainingTask(nn.Module):
             [torch.ones(batch, dtype=torch.long, device=rows.device),
              torch.zeros(int(ok_t.sum()) + int(ok_i.sum()), dtype=torch.long, device=rows.device)]
         )
-        if logits_fn is None:
-            logits = self.itm_logits(v_pooled[v_idx], l_pooled[l_idx])  # (P, 2)
-        else:
-            logits = logits_fn(v_idx, l_idx)  # (P, 2)
+        logits = self.itm_logits(v_pooled[v_idx], l_pooled[l_idx])  # (P, 2)
         n_pos, n_neg = batch, target.numel() - batch
         weight = torch.full_like(target, 1.0, dtype=logits.dtype)  # (P,)
         if n_neg > 0:
