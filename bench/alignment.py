@@ -69,8 +69,7 @@ def heldout(policy: Any, ds: Any, max_episodes: int = 250, seed: int = 0) -> dic
     policy.eval()
     instructions = list(ds.instructions)
     targets = [target_of(s) for s in instructions]
-    ids, mask = policy.tokenize(instructions)
-    lang = policy.text_encoder(ids, mask) if policy.cfg.language == "scratch" else policy.encode_language(instructions)[0]
+    lang, mask = policy.encode_language(instructions)  # (I, L, D), (I, L)
     lang_p = masked_mean_pool(lang, mask)  # (I, D)
     lt = torch.nn.functional.normalize(policy.instr_embed(lang_p), dim=-1)  # (I, E)
     rng = np.random.default_rng(seed)

@@ -21,8 +21,9 @@ def spec(size=24):
 
 def make(**kw):
     torch.manual_seed(0)
-    cfg = PolicyConfig(**{**dict(vision="patch", patch_size=8, d_model=32, num_heads=4, d_ff=64, num_layers=1,
-                                 vision_layers=0, fusion="film", use_state=False), **kw})
+    base = {"vision": "patch", "patch_size": 8, "d_model": 32, "num_heads": 4, "d_ff": 64, "num_layers": 1,
+            "vision_layers": 0, "fusion": "film", "use_state": False}
+    cfg = PolicyConfig(**{**base, **kw})
     return VLAPolicy(cfg, spec(), TextTokenizer.train(INSTR, kind="word"))
 
 
@@ -37,8 +38,8 @@ def tile_batch(b=32, seed=0, size=24):
     for i in range(b):
         r, c = g.integers(0, cells, 2)
         img[i, 0, r * 8 + 2:r * 8 + 6, c * 8 + 2:c * 8 + 6] = list(COLORS.values())[ids[i]]
-    return {"image": torch.as_tensor(img), "state": torch.zeros(b, 1, 4), "obs_mask": torch.ones(b, 1, dtype=torch.bool),
-            "instruction": [INSTR[i] for i in ids], "instruction_id": torch.as_tensor(ids),
+    return {"image": torch.as_tensor(img), "state": torch.zeros(b, 1, 4),
+            "obs_mask": torch.ones(b, 1, dtype=torch.bool), "instruction": [INSTR[i] for i in ids], "instruction_id": torch.as_tensor(ids),
             "action": torch.zeros(b, 1, dtype=torch.long), "action_mask": torch.ones(b, 1, dtype=torch.bool)}
 
 
@@ -112,6 +113,9 @@ def test_alignment_rows_from_episodes_and_from_steps_left():
     two = LossConfig(bc=0.0, contrastive=1.0, align_last=2)
     assert p.alignment_rows({"seq": seq}, two).tolist() == [False, True, True, True, True]
     assert p.alignment_rows({"seq": None, "steps_left": torch.tensor([3, 0, 1])}, lc).tolist() == [False, True, False]
+    # no step among the last ones: those nearest the end (never an empty loss)
+    assert p.alignment_rows({"seq": None, "steps_left": torch.tensor([3, 2, 4, 2])}, lc).tolist() == [
+        False, True, False, True]
     with pytest.raises(ValueError, match="steps_left"):
         p.alignment_rows({"seq": None}, lc)
 

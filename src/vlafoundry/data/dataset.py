@@ -310,8 +310,8 @@ class PairDataset(Dataset):
     """(observation, instruction) pairs for contrastive alignment: one pair per step of ``ds``.
 
     Items: ``image`` (H, W, C) [if any], ``state`` (S,), ``instruction`` str, ``instruction_id``, ``task_id``,
-    ``episode``, ``step``, ``steps_left`` (0 on an episode's last step) and the ``*_present`` flags. Steps of one episode share an instruction; use
-    ``instruction_id`` to avoid treating them as negatives.
+    ``episode``, ``step``, ``steps_left`` (0 on an episode's last step) and the ``*_present`` flags. Steps of one
+    episode share an instruction; use ``instruction_id`` to avoid treating them as negatives.
     """
 
     def __init__(self, ds: DemoDataset, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
@@ -351,9 +351,10 @@ class EpisodeDataset(DemoDataset):
     ``len(ds)`` is the number of episodes in the split and ``ds.__getitems__(ids)`` a batch of B episodes, right-padded
     to the longest one (L steps): ``image`` (B, L, H, W, C) [if any], ``state`` (B, L, S), ``seq_mask`` (B, L) True on
     real steps (``obs_mask`` is the same), ``action`` (B, L, K[, A]) the ``chunk`` actions from every step with
-    ``action_mask`` (B, L, K), ``step`` and ``steps_left`` (B, L); per episode ``instruction`` (list of B), ``instruction_id``,
-    ``task_id``, ``episode`` and the ``*_present`` flags (B,). Padded steps are zeros. Every step of every episode is
-    seen once per pass, with the whole episode before it as context, as a memory sees it when it acts.
+    ``action_mask`` (B, L, K), ``step`` and ``steps_left`` (B, L); per episode ``instruction`` (list of B),
+    ``instruction_id``, ``task_id``, ``episode`` and the ``*_present`` flags (B,). Padded steps are zeros. Every
+    step of every episode is seen once per pass, with the whole episode before it as context, as a memory sees it
+    when it acts.
 
     Same arguments as :class:`DemoDataset` except ``history`` (always 1: the memory carries the past),
     ``anchor_first`` and ``transform``.

@@ -102,7 +102,8 @@ class VLAObjectives:
     def alignment_rows(self, b: dict[str, Any], lc: Any) -> torch.Tensor | None:
         """(B,) bool: the steps the contrastive and ITM objectives align, each episode's last ``loss.align_last``
         steps; None (every step) when ``align_last`` is 0. Positions come from the episode batch's ``seq`` or, for
-        a batch of single steps, from its ``steps_left`` (0 on an episode's last step)."""
+        a batch of single steps, from its ``steps_left`` (0 on an episode's last step); a batch of single steps
+        with none of them among the last ``align_last`` keeps those nearest their episode's end (never empty)."""
         k = int(lc.align_last)
         if k == 0:
             return None
@@ -114,7 +115,7 @@ class VLAObjectives:
         else:
             raise ValueError(f"loss.align_last={k} needs each step's place in its episode: a batch of episodes "
                              "(seq_mask) or 'steps_left' per step (DemoDataset gives it); got neither")
-        return left < k
+        return left <= max(k - 1, int(left.min())) if left.numel() else left < k
 
     def forward(self, batch: dict[str, Any], loss_cfg: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training/validation step's loss: behaviour cloning plus the weighted alignment objectives."""

@@ -248,9 +248,10 @@ class MultimodalPretrainingTask(nn.Module):
 
     The ITM head reads the interaction of the pooled vision and language features, ``[v * l, |v - l|]``
     (:meth:`itm_features`), not their concatenation ``[v, l]`` (the chapter's; ALBEF's linear head reads one fused
-    encoder's output, where the two have already interacted): a linear head on ``[v, l]`` computes ``f(v) + g(l)``, and with ITM's pairs, where every
-    image and every text is in one matched and one mismatched pair, that sum cannot tell them apart; it learns the
-    class prior ("no match") and nothing else. The products make a match score ``sum_k w_k v_k l_k`` linear.
+    encoder's output, where the two have already interacted): a linear head on ``[v, l]`` computes
+    ``f(v) + g(l)``, and with ITM's pairs, where every image and every text is in one matched and one mismatched
+    pair, that sum cannot tell them apart; it learns the class prior ("no match") and nothing else. The products
+    make a match score ``sum_k w_k v_k l_k`` linear.
 
     Args:
         d_model: width of the encoder features the heads read.
