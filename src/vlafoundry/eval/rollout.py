@@ -26,6 +26,8 @@ generator seeded from the episode seed, so they too are reproducible and indepen
 (:class:`ObservationCorruption` lives in :mod:`vlafoundry.eval.corruption` and is importable from here as before.)
 Episodes store their action sequence, so GIFs are made afterwards by replaying chosen episodes
 (:func:`replay_frames`) instead of rendering every step of every episode.
+The env-side slots and worker processes are :mod:`vlafoundry.eval.rollout_workers`; the summary rows and
+:class:`EvalResult` are :mod:`vlafoundry.eval.rollout_results` (both importable from here as before).
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,13 +44,24 @@ import numpy as np
 from vlafoundry.envs.spec import EVAL_SEED_BASE
 from vlafoundry.eval.corruption import MODALITIES, NOISE_WORDS, ObservationCorruption  # noqa: F401 (re-exported)
 from vlafoundry.eval.paraphrase import ParaphraseMap
-from vlafoundry.eval.stats import wilson_interval
-from vlafoundry.eval.subgroups import subgroup_success
-from vlafoundry.eval.task_groups import group_success, task_groups_for
+from vlafoundry.eval.rollout_results import (  # noqa: F401 (re-exported)
+    EvalResult,
+    build_result,
+    select_gif_episodes,
+    summarize_episodes,
+)
+from vlafoundry.eval.rollout_workers import (  # noqa: F401 (re-exported)
+    _OBS_FIELDS,
+    Job,
+    _LocalGroup,
+    _RemoteGroup,
+    _RunOptions,
+    _Slot,
+    _SlotGroup,
+    _worker_main,
+)
 
 DEFAULT_SEED_START = EVAL_SEED_BASE  # the one constant, in vlafoundry.envs.spec
-Job = tuple[str, int, int]  # (env name, seed, global episode index)
-_OBS_FIELDS = 5  # image, state, instructions, present flags, tasks: the head of every worker reply
 
 
 def resolve_seed_start(
@@ -94,292 +105,6 @@ def resolve_seed_start(
         )
         warnings.warn(note, stacklevel=2)
     return start, note
-
-
-# ----------------------------------------------------------------------------------------------- env-side slots
-
-
-@dataclass
-class _RunOptions:
-    corruption: ObservationCorruption = field(default_factory=ObservationCorruption)
-    paraphrases: ParaphraseMap | None = None
-    max_steps: int | None = None
-    stop_on_success: bool = True
-
-
-class _Slot:
-    """One environment slot: the env (created per env name, reused across episodes) and its running episode."""
-
-    def __init__(self, make_env: Callable[..., Any], env_kwargs: Mapping[str, Any]) -> None:
-        self._make_env = make_env
-        self._env_kwargs = dict(env_kwargs)
-        self.env: Any = None
-        self.env_name: str | None = None
-        self.job: Job | None = None
-        self.rng: np.random.Generator | None = None
-        self.view_rng: np.random.Generator | None = None
-        self.view_params: Any = None
-        self.instruction = ""
-        self.instruction_present = True
-
-    def close(self) -> None:
-        if self.env is not None:
-            self.env.close()
-            self.env = None
-
-    def reset(self, job: Job, opts: _RunOptions) -> dict[str, Any]:
-        name, seed, index = job
-        if self.env_name != name:
-            self.close()
-            self.env = self._make_env(name, **self._env_kwargs)
-            self.env_name = name
-        obs = self.env.reset(seed=int(seed))
-        self.job = job
-        self.rng = np.random.default_rng([int(seed), 0x5EED])
-        # per-episode image draws (occluder, jitter, shift) from their own stream: the per-step draws of the
-        # other conditions stay as they were; drawn at the episode's first frame (its shape is known then)
-        self.view_rng = np.random.default_rng([int(seed), 0x5EED, 1])
-        self.view_params: Any = None
-        self.max_steps = opts.max_steps or int(self.env.spec.max_episode_steps)
-        original = str(obs["instruction"])
-        used = original
-        self.paraphrased = False
-        if opts.paraphrases is not None:
-            rewritten = opts.paraphrases.rewrite(original, choice=seed)
-            if rewritten is not None:
-                used, self.paraphrased = rewritten, True
-        self.instruction, self.instruction_present = opts.corruption.corrupt_instruction(used, self.rng)
-        self.record: dict[str, Any] = {
-            "index": int(index),
-            "env": name,
-            "task": str(obs.get("task", name)),
-            "seed": int(seed),
-            "instruction": original,
-            "policy_instruction": self.instruction,
-            "paraphrased": self.paraphrased,
-            "success": False,
-            "length": 0,
-            "return": 0.0,
-            "actions": [],
-        }
-        return obs
-
-    def step(self, action: Any, opts: _RunOptions) -> tuple[dict[str, Any], bool]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        rec = self.record
-        rec["length"] += 1
-        rec["return"] += float(reward)
-        rec["actions"].append(np.asarray(action).tolist())  # plain Python (int or list of float) for JSON
-        if bool(info.get("success", False)):
-            rec["success"] = True
-        done = bool(terminated or truncated) or rec["length"] >= self.max_steps
-        done = done or (opts.stop_on_success and rec["success"])
-        return obs, done
-
-
-class _SlotGroup:
-    """A contiguous chunk of slots; lives in a worker process (or in-process for ``workers=0``)."""
-
-    def __init__(self, n: int, env_kwargs: Mapping[str, Any]) -> None:
-        from vlafoundry.envs import make_env
-
-        self.slots = [_Slot(make_env, env_kwargs) for _ in range(n)]
-        self.opts = _RunOptions()
-        self.active = np.zeros(n, dtype=bool)
-        self.image: np.ndarray | None = None
-        self.state: np.ndarray | None = None
-        self.present = np.ones((n, 3), dtype=bool)
-        self.instructions = [""] * n
-        self.tasks = [""] * n  # task of each slot's episode ("" until its first episode)
-
-    def configure(self, opts: _RunOptions) -> None:
-        self.opts = opts
-
-    def close(self) -> None:
-        for s in self.slots:
-            s.close()
-
-    def _write(self, i: int, obs: Mapping[str, Any]) -> None:
-        slot = self.slots[i]
-        image = None if obs.get("image") is None else np.asarray(obs["image"])
-        corruption = self.opts.corruption
-        if image is not None and corruption.per_episode_view and slot.view_params is None:
-            slot.view_params = corruption.frame_params(image.shape, slot.view_rng)
-        image, state, img_p, st_p = corruption.corrupt_step(
-            image, np.asarray(obs["state"], dtype=np.float32), slot.rng, slot.view_params
-        )
-        if self.state is None or self.state.shape[1:] != state.shape:
-            self.state = np.zeros((len(self.slots), *state.shape), dtype=np.float32)
-        self.state[i] = state
-        if image is not None:
-            if self.image is None or self.image.shape[1:] != image.shape:
-                self.image = np.zeros((len(self.slots), *image.shape), dtype=image.dtype)
-            self.image[i] = image
-        self.present[i] = (img_p, slot.instruction_present, st_p)
-        self.instructions[i] = slot.instruction
-        self.tasks[i] = slot.record["task"]
-
-    def _batch(self) -> tuple[Any, ...]:
-        # the first _OBS_FIELDS entries of every reply; VectorRollout._gather turns them into the policy batch
-        return (self.image, self.state, list(self.instructions), self.present.copy(), list(self.tasks))
-
-    def start(self, jobs: Sequence[Job | None]) -> tuple[Any, ...]:
-        """Reset every slot that has a job; others become idle."""
-        for i, job in enumerate(jobs):
-            self.active[i] = job is not None
-            if job is not None:
-                self._write(i, self.slots[i].reset(job, self.opts))
-        return (*self._batch(), self.active.copy())
-
-    def step(self, actions: np.ndarray, next_jobs: Sequence[Job | None]) -> tuple[Any, ...]:
-        """Step running slots; finished ones start ``next_jobs[i]`` (or go idle). One reply per call."""
-        started = np.zeros(len(self.slots), dtype=bool)
-        finished: list[dict[str, Any]] = []
-        for i in np.flatnonzero(self.active):
-            slot = self.slots[i]
-            obs, done = slot.step(actions[i], self.opts)
-            if done:
-                finished.append(slot.record)
-                job = next_jobs[i]
-                if job is None:
-                    self.active[i] = False
-                    continue
-                obs = slot.reset(job, self.opts)
-                started[i] = True
-            self._write(i, obs)
-        return (*self._batch(), self.active.copy(), started, finished)
-
-
-def _worker_main(conn: Any, n: int, env_kwargs: Mapping[str, Any]) -> None:
-    try:
-        group = _SlotGroup(n, env_kwargs)
-        conn.send(("ok", None))
-    except Exception:  # report construction errors to the parent instead of dying silently
-        conn.send(("error", traceback.format_exc()))
-        return
-    try:
-        while True:
-            cmd, args = conn.recv()
-            if cmd == "close":
-                group.close()
-                conn.send(("ok", None))
-                return
-            try:
-                conn.send(("ok", getattr(group, cmd)(*args)))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
-    except (EOFError, KeyboardInterrupt):
-        group.close()
-
-
-class _RemoteGroup:
-    def __init__(self, ctx: Any, n: int, env_kwargs: Mapping[str, Any]) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, n, dict(env_kwargs)), daemon=True)
-        self.proc.start()
-        child.close()
-
-    def send(self, cmd: str, *args: Any) -> None:
-        self.conn.send((cmd, args))
-
-    def recv(self) -> Any:
-        status, payload = self.conn.recv()
-        if status == "error":
-            raise RuntimeError(f"evaluation worker failed:\n{payload}")
-        return payload
-
-    def close(self) -> None:
-        try:
-            self.send("close")
-            self.recv()
-        except (OSError, EOFError, RuntimeError, BrokenPipeError):
-            pass
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-        self.conn.close()
-
-
-class _LocalGroup:
-    def __init__(self, n: int, env_kwargs: Mapping[str, Any]) -> None:
-        self.group = _SlotGroup(n, env_kwargs)
-        self._reply: Any = None
-
-    def send(self, cmd: str, *args: Any) -> None:
-        self._reply = getattr(self.group, cmd)(*args)
-
-    def recv(self) -> Any:
-        reply, self._reply = self._reply, None
-        return reply
-
-    def close(self) -> None:
-        self.group.close()
-
-
-# ------------------------------------------------------------------------------------------------ main process
-
-
-@dataclass
-class EvalResult:
-    """Outcome of a closed-loop evaluation.
-
-    Attributes:
-        rows: one summary row per task (and an ``"all"`` row when there are several tasks), see
-            :func:`summarize_episodes`.
-        episodes: per-episode records sorted by index: ``index, env, task, seed, instruction`` (original),
-            ``policy_instruction`` (what the policy saw), ``paraphrased, success, length, return, actions``.
-        subgroups: per-subgroup success table (:func:`vlafoundry.eval.subgroups.subgroup_success`).
-        config: the evaluation settings (env names, episodes, seeds, corruption, ...).
-        elapsed_s: wall time of the rollouts.
-        task_groups: success per benchmark task group beside the published rows
-            (:func:`vlafoundry.eval.task_groups.group_success`; Meta-World MT50's difficulty groups), or None.
-    """
-
-    rows: list[dict[str, Any]]
-    episodes: list[dict[str, Any]]
-    subgroups: dict[str, Any]
-    config: dict[str, Any]
-    elapsed_s: float
-    task_groups: dict[str, Any] | None = None
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        """The overall row (``"all"`` for suites, the single task's row otherwise)."""
-        return self.rows[-1]
-
-    @property
-    def episodes_per_s(self) -> float:
-        return len(self.episodes) / max(self.elapsed_s, 1e-9)
-
-    def to_dict(self, include_actions: bool = False) -> dict[str, Any]:
-        eps = self.episodes if include_actions else [{k: v for k, v in e.items() if k != "actions"} for e in self.episodes]
-        return {
-            "rows": self.rows,
-            "subgroups": self.subgroups,
-            "config": self.config,
-            "elapsed_s": self.elapsed_s,
-            "episodes_per_s": self.episodes_per_s,
-            "episodes": eps,
-            **({"task_groups": self.task_groups} if self.task_groups is not None else {}),
-        }
-
-
-def summarize_episodes(episodes: Sequence[Mapping[str, Any]], task: str, z: float = 1.96) -> dict[str, Any]:
-    """Success rate with a Wilson interval, mean length and mean return of ``episodes``."""
-    n = len(episodes)
-    succ = sum(bool(e["success"]) for e in episodes)
-    low, high = wilson_interval(succ, n, z=z)
-    return {
-        "task": task,
-        "episodes": n,
-        "successes": succ,
-        "success_rate": succ / n if n else 0.0,
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "mean_length": float(np.mean([e["length"] for e in episodes])) if n else 0.0,
-        "mean_return": float(np.mean([e["return"] for e in episodes])) if n else 0.0,
-        "paraphrased_fraction": float(np.mean([bool(e["paraphrased"]) for e in episodes])) if n else 0.0,
-    }
 
 
 class VectorRollout:
@@ -582,18 +307,6 @@ def _as_names(env: str | Sequence[str]) -> list[str]:
     return out
 
 
-def build_result(
-    records: Sequence[dict[str, Any]], names: Sequence[str], config: dict[str, Any], elapsed: float
-) -> EvalResult:
-    """Per-task rows (plus ``"all"`` for several tasks) and subgroup tables from episode records."""
-    rows = [summarize_episodes([r for r in records if r["env"] == n], n) for n in names]
-    if len(names) > 1:
-        rows.append(summarize_episodes(records, "all"))
-    spec = task_groups_for(names)
-    groups = group_success(rows, spec) if spec is not None else None
-    return EvalResult(rows, list(records), subgroup_success(records), config, elapsed, groups)
-
-
 def evaluate_policy(
     policy: Any,
     env: str | Sequence[str],
@@ -676,10 +389,3 @@ def replay_frames(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | Non
         return frames
     finally:
         env.close()
-
-
-def select_gif_episodes(records: Sequence[Mapping[str, Any]], n: int) -> list[Mapping[str, Any]]:
-    """The first ``n`` successful and first ``n`` failed episodes (by index)."""
-    wins = [r for r in records if r["success"]][:n]
-    fails = [r for r in records if not r["success"]][:n]
-    return [*wins, *fails]
