@@ -4,6 +4,11 @@ Pipeline: plan -> shards (parallel, resumable) -> assemble (Minari hdf5 + traini
 ``--episodes N`` asks for N *successful* demonstrations: episode ``i`` uses seed ``S+i``; failed seeds are
 skipped (and recorded) and the run continues with the next seeds, so the dataset is the first N successes
 in seed order: the same bytes whatever the number of workers, and after any number of interruptions.
+
+Layout: the held-out compositions are :mod:`vlafoundry.data.holdout`, the per-process env cache
+:mod:`vlafoundry.data.env_cache`, the output folder (plan, resume check, reading shards back)
+:mod:`vlafoundry.data.shard_layout`; this module holds the configuration, the shard workers and their pool, the
+assembly and :func:`generate_dataset` (every name is importable from here as before).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlafoundry.data.cache import build_cache
+from vlafoundry.data.env_cache import _ENVS, _get_env  # noqa: F401 (re-exported)
 from vlafoundry.data.episodes import Episode, to_episode_buffer
 from vlafoundry.data.format import (
     CACHE_DIR,
@@ -37,23 +43,33 @@ from vlafoundry.data.format import (
     file_record,
     minari_datasets_path,
     minari_spaces,
-    read_json,
     write_json_atomic,
 )
 from vlafoundry.data.h5compress import compress_hdf5, update_minari_size
+from vlafoundry.data.holdout import (  # noqa: F401 (re-exported)
+    _PAIR,
+    HELD_OUT_REASON,
+    HOLD_OUT_OBJECTS,
+    held_out_in,
+    mission_pairs,
+    parse_hold_out_pairs,
+)
 from vlafoundry.data.rollout import check_action_noise, run_expert_episode
-from vlafoundry.data.shards import read_shard, read_shard_summary, shard_path, write_shard
-from vlafoundry.envs import Env, canonical_name, expand_env_names, get_family, make_env
-from vlafoundry.envs.babyai_missions import BABYAI_COLORS
+from vlafoundry.data.shard_layout import (  # noqa: F401 (re-exported)
+    PLAN_FILE,
+    _collect,
+    _dataset_entries,
+    _prepare_root,
+    _wipe,
+)
+from vlafoundry.data.shards import read_shard_summary, shard_path, write_shard
+from vlafoundry.envs import canonical_name, expand_env_names, get_family
 from vlafoundry.envs.family import split_name
 
 log = logging.getLogger(__name__)
-PLAN_FILE = "plan.json"
 # an env whose expert solves none of this many seeds has no demonstrations to give: stop instead of trying
 # max(2N, N + 1000) seeds
 FAIL_FAST_SEEDS = 200
-HOLD_OUT_OBJECTS: tuple[str, ...] = ("box", "ball", "key", "door")
-_PAIR = re.compile(r"\b(" + "|".join(BABYAI_COLORS) + r") (" + "|".join(HOLD_OUT_OBJECTS) + r")\b")
 LISTED_FAILURES = 20  # failed seeds named on stderr (all of them are in the dataset's metadata)
 
 
@@ -102,53 +118,7 @@ class GenerationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------ held-out compositions
-HELD_OUT_REASON = "held out pair: "  # failure reason prefix of a seed skipped because its mission names one
-
-
-def parse_hold_out_pairs(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"red ball,green key"`` (or a list of such strings) -> ``("green key", "red ball")``: sorted, unique,
-    each a BabyAI colour and object type; anything else raises ``ValueError`` naming expected vs got."""
-    if value is None:
-        return ()
-    items = value.split(",") if isinstance(value, str) else list(value)
-    pairs: set[str] = set()
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(  # noqa: TRY004 (config errors are ValueErrors, reported as ConfigError)
-                f"hold_out_pairs: expected 'colour object' strings, got {type(item).__name__} {item!r}")
-        words = item.lower().split()
-        if not words:
-            continue
-        if (len(words) != 2 or words[0] not in BABYAI_COLORS or words[1] not in HOLD_OUT_OBJECTS):
-            raise ValueError(f"hold_out_pairs: expected 'colour object' with colour in {list(BABYAI_COLORS)} and "
-                             f"object in {list(HOLD_OUT_OBJECTS)}, got {item.strip()!r}")
-        pairs.add(" ".join(words))
-    return tuple(sorted(pairs))
-
-
-def mission_pairs(instruction: str) -> list[str]:
-    """The ``"colour object"`` pairs a BabyAI mission names (descriptions without a colour name none)."""
-    return [f"{m.group(1)} {m.group(2)}" for m in _PAIR.finditer(" ".join(str(instruction).lower().split()))]
-
-
-def held_out_in(instruction: str, pairs: Sequence[str]) -> str | None:
-    """The first held-out pair ``instruction`` names, or None."""
-    return next((p for p in mission_pairs(instruction) if p in pairs), None)
-
-
 # ----------------------------------------------------------------------------------------------- workers
-_ENVS: dict[tuple[Any, ...], Env] = {}
-
-
-def _get_env(task: str, cfg: GenerationConfig) -> Env:
-    kwargs = cfg.env_kwargs()
-    key = (task, *sorted(kwargs.items()))
-    if key not in _ENVS:
-        _ENVS[key] = make_env(task, **kwargs)
-    return _ENVS[key]
-
-
 def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
     """Generate shard ``k`` (episode indices ``[k*size, (k+1)*size)``) and write it atomically."""
     cfg_dict, k, size, shard_dir = job
@@ -179,47 +149,6 @@ def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
         (cfg.seed + k * size, cfg.seed + (k + 1) * size),
     )
     return {"shard": k, "ok": len(episodes), "failed": failures, "steps": steps}
-
-
-# ------------------------------------------------------------------------------------------------ layout
-def _dataset_entries(root: Path) -> list[Path]:
-    return [root / META_FILE, root / MINARI_DIR, root / CACHE_DIR, root / SHARD_DIR, root / f".{MINARI_DIR}.tmp"]
-
-
-def _wipe(root: Path) -> None:
-    for p in _dataset_entries(root):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
-def _prepare_root(root: Path, cfg: GenerationConfig, shard_size: int, overwrite: bool) -> int:
-    """Create/validate the output dir; returns the shard size to use (a resumed run keeps its own)."""
-    shard_dir = root / SHARD_DIR
-    plan_path = shard_dir / PLAN_FILE
-    if (root / META_FILE).exists():
-        if not overwrite:
-            raise FileExistsError(f"{root} already holds a dataset ({META_FILE}); pass overwrite=True / --overwrite to replace it")
-        _wipe(root)
-    elif plan_path.exists():
-        plan = read_json(plan_path)
-        if plan.get("config") == asdict(cfg):
-            log.info("resuming the interrupted generation in %s", root)
-            return int(plan["shard_size"])
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} holds an interrupted generation with different settings ({plan.get('config')}); "
-                "rerun with the same settings to resume, or pass --overwrite"
-            )
-        _wipe(root)
-    elif root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to write a dataset there")
-        _wipe(root)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_path, {"config": asdict(cfg), "shard_size": shard_size})
-    return shard_size
 
 
 def _start_method(requested: str | None) -> str:
@@ -318,25 +247,6 @@ def _top_reasons(reasons: Counter[str], k: int = 3) -> str:
     if not reasons:
         return "no failure recorded by this call"
     return "; ".join(f"{n} x {r}" for r, n in reasons.most_common(k))
-
-
-def _collect(cfg: GenerationConfig, shard_dir: Path, num_shards: int) -> tuple[list[Episode], list[tuple[int, str]]]:
-    """The first N successes in seed order and the failures among the seeds before the last one used."""
-    episodes: list[Episode] = []
-    failures: list[tuple[int, str]] = []
-    for k in range(num_shards):
-        eps, fails = read_shard(shard_path(shard_dir, k))
-        items = sorted([(ep["seed"], ep) for ep in eps] + [(s, r) for s, r in fails], key=lambda t: t[0])
-        for seed, item in items:
-            if len(episodes) == cfg.episodes:
-                return episodes, failures
-            if isinstance(item, dict):
-                episodes.append(item)
-            else:
-                failures.append((seed, item))
-    if len(episodes) < cfg.episodes:
-        raise RuntimeError(f"shards hold {len(episodes)} episodes, expected {cfg.episodes}")
-    return episodes, failures
 
 
 def _env_spec_dict(cfg: GenerationConfig, tasks: list[str]) -> dict[str, Any]:
