@@ -18,12 +18,15 @@ and weights in ``cfg.pretrain``). A run directory holds::
 
 Resume is exact: a run stopped after a checkpoint and started again with the same command ends with the same
 weights as one never stopped (weights, AdamW moments, schedule position, RNG states and data order are saved).
+
+Layout: the optimiser and schedule are :mod:`vlafoundry.train.optim`, the dataset and checkpoint loading
+:mod:`vlafoundry.train.inputs`, the cosine cycles with ``fit_phase`` / ``run_phase`` :mod:`vlafoundry.train.cycles`;
+this module holds :class:`Trainer` (every name is importable from here as before).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import time
@@ -36,90 +39,22 @@ from torch import nn
 
 from vlafoundry.config import ConfigError, dump_yaml, from_dict, to_dict
 from vlafoundry.io import read_json, write_json_atomic
-from vlafoundry.models import Policy, PolicyLoadError, make_policy
-from vlafoundry.models.base import build_from_folder
+from vlafoundry.models import make_policy
 from vlafoundry.models.policy import count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
 from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
 from vlafoundry.train.config import apply_dataset_metadata, format_changes, resume_changes
 from vlafoundry.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed
+from vlafoundry.train.inputs import ensure_dataset, load_datasets, load_run, policy_from_checkpoint  # noqa: F401
+from vlafoundry.train.optim import build_optimizer, lr_factor
 from vlafoundry.train.sampler import ResumableBatchSampler
+
+_CYCLES = ("cycle_configs", "cycle_dirs", "fit_phase", "phase_finished", "run_phase")  # in train/cycles.py
 
 
 class NonFiniteError(RuntimeError):
     """Raised by ``train.check_finite`` when a loss or gradient stops being finite."""
-
-
-# ---------------------------------------------------------------------------------------------- schedule
-def lr_factor(step: int, opt: OptimConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``opt.steps``."""
-    if opt.warmup_steps > 0 and step < opt.warmup_steps:
-        return (step + 1) / opt.warmup_steps
-    span = max(1, opt.steps - opt.warmup_steps)
-    progress = min(1.0, (step - opt.warmup_steps) / span)
-    return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, opt: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on matrices only (no decay on biases, norms, embeddings' 1-D params)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas))
-
-
-# ---------------------------------------------------------------------------------------------- data
-def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = True) -> Path:
-    """The dataset directory for ``cfg.data``, generating (rank 0 only) and caching it when missing.
-
-    A complete dataset already in the cache is reused as it is; an interrupted generation is resumed.
-    """
-    from vlafoundry.data import META_FILE, generate_dataset
-    from vlafoundry.data.lerobot import is_lerobot_dataset
-
-    root = cfg.data.dataset_dir()
-    if cfg.data.path is None and dist_info.is_main and not (root / META_FILE).exists():
-        generate_dataset(cfg.data.env, cfg.data.episodes, root, workers=cfg.data.workers, seed=cfg.data.seed,
-                         image=cfg.data.image, progress=progress, action_noise=cfg.data.action_noise,
-                         hold_out_pairs=cfg.data.hold_out_pairs, camera=cfg.data.camera,
-                         image_size=cfg.data.image_size, proprio=cfg.data.proprio)
-    barrier(dist_info)
-    if not (root / META_FILE).exists() and not is_lerobot_dataset(root):
-        raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}) nor a LeRobot v3.0 "
-                                "one (no meta/info.json); create one with `vlafoundry data generate`")
-    return root
-
-
-def load_datasets(cfg: ExperimentConfig, root: Path) -> tuple[Any, Any | None]:
-    from vlafoundry.data import make_dataset
-
-    kw = dict(val_fraction=cfg.data.val_fraction, split_seed=cfg.data.seed, **cfg.model.dataset_view())
-    train = make_dataset(root, split="train", **kw)
-    val = make_dataset(root, split="val", **kw) if cfg.data.val_fraction > 0 else None
-    if val is not None and len(val) == 0:
-        val = None
-    return train, val
-
-
-# ---------------------------------------------------------------------------------------------- policy I/O
-def policy_from_checkpoint(path: str | Path, device: torch.device | str = "cpu"
-                           ) -> tuple[Policy, ExperimentConfig, dict[str, Any]]:
-    """Rebuild a policy (type and architecture from the saved config, processor state from processor.json), load
-    its weights, in eval mode; also the run's experiment config and the checkpoint's contents (``load_run``)."""
-    data = ckpt.load_checkpoint(path)
-    cfg = from_dict(ExperimentConfig, data["config"])
-    try:
-        policy = build_from_folder(data["dir"], config=to_dict(cfg.model))
-    except PolicyLoadError as exc:
-        raise ckpt.CheckpointError(str(exc)) from None
-    return policy.to(device).eval(), cfg, data
-
-
-load_run = policy_from_checkpoint
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -482,90 +417,15 @@ class Trainer:
         return broadcast_flag(stop, self.dist)
 
 
-def cycle_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
-    """The behaviour-cloning cosine cycles of ``cfg``: the first as configured, then one per ``train.restarts``
-    entry (that many steps, ``train.restart_warmup_steps`` of warm-up); each copy has no restarts of its own."""
-    cycles = []
-    for k, steps in enumerate((cfg.train.steps, *cfg.train.restarts)):
-        c = copy.deepcopy(cfg)
-        c.train.restarts = ()
-        if k > 0:
-            c.train.steps, c.train.warmup_steps = steps, cfg.train.restart_warmup_steps
-        cycles.append(c)
-    return cycles
+def __getattr__(name: str) -> Any:
+    """The cycle functions, re-exported lazily: :mod:`vlafoundry.train.cycles` imports :class:`Trainer` from here."""
+    if name in _CYCLES:
+        from vlafoundry.train import cycles
+
+        return getattr(cycles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def cycle_dirs(run_dir: str | Path, n: int) -> list[Path]:
-    """Where the ``n`` cycles of a run live: the earlier ones under ``run_dir/cycles``, the last in ``run_dir``."""
-    run_dir = Path(run_dir)
-    return [run_dir / "cycles" / f"cycle_{k}" for k in range(1, n)] + [run_dir]
-
-
-def phase_finished(summary: dict[str, Any], steps: int) -> bool:
-    """Whether a run's summary (``summary.json``, or a ``cycles.json`` record) says it trained ``steps`` steps or
-    stopped early."""
-    return int(summary.get("step", 0)) >= steps or bool(summary.get("stopped_early"))
-
-
-def fit_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train",
-              init_from: str | Path | None = None, resume: bool = True, dist_info: DistInfo | None = None,
-              dataset_root: str | Path | None = None) -> tuple[dict[str, Any], Trainer]:
-    """Train one phase, with ``train.restarts`` as further cosine cycles for ``phase="train"``.
-
-    Cycle k+1 is ``Trainer(cycle config, its dir, init_from=cycle k's dir)``: the computation of the chained
-    ``vlafoundry train --init-from`` commands, in one command, resumable cycle by cycle (finished cycles are
-    skipped, an interrupted one resumes from its checkpoint). Returns the summary (for several cycles: total
-    steps and loop time, with each cycle's summary under ``"cycles"``) and the last cycle's trainer.
-    """
-    if phase != "train" or not cfg.train.restarts:
-        tr = Trainer(cfg, run_dir, phase=phase, init_from=init_from, resume=resume, dist_info=dist_info,
-                     dataset_root=dataset_root)
-        return tr.fit(), tr
-    run_dir = Path(run_dir)
-    if dataset_root is not None or cfg.data.path:
-        apply_dataset_metadata(cfg, dataset_root or cfg.data.dataset_dir())  # config.yaml below says what was used
-    configs = cycle_configs(cfg)
-    dirs = cycle_dirs(run_dir, len(configs))
-    record_path = run_dir / "cycles.json"
-    done: list[dict[str, Any]] = []
-    if resume and record_path.exists():
-        done = read_json(record_path)
-    records: list[dict[str, Any]] = []
-    prev, dist, tr = init_from, dist_info, None
-    for k, (c, d) in enumerate(zip(configs, dirs, strict=True)):
-        earlier = done[k] if k < len(done) and done[k].get("dir") == str(d) else None
-        finished = earlier is not None and phase_finished(earlier, c.train.steps)
-        if finished and k < len(configs) - 1:
-            records.append(earlier)  # skip: its checkpoint is the next cycle's start
-        else:
-            tr = Trainer(c, d, phase="train", init_from=prev, resume=resume, dist_info=dist,
-                         dataset_root=dataset_root)
-            dist = tr.dist
-            s = tr.fit()
-            records.append(earlier if finished else dict(s, cycle=k + 1, dir=str(d)))
-            if tr.dist.is_main:
-                write_json_atomic(record_path, records)
-            barrier(tr.dist)
-        prev = d
-    assert tr is not None
-    last = records[-1]
-    wall = sum(float(r["wall_s"]) for r in records)
-    samples = sum(float(r["samples_per_s"]) * float(r["wall_s"]) for r in records)
-    summary = dict(last, step=sum(int(r["step"]) for r in records), steps=sum(c.train.steps for c in configs),
-                   wall_s=wall, samples_per_s=samples / max(wall, 1e-9), cycles=records)
-    summary.pop("cycle", None)
-    summary.pop("dir", None)
-    if tr.dist.is_main:
-        write_json_atomic(run_dir / "summary.json", summary)
-        dump_yaml(cfg, run_dir / "config.yaml")  # the whole recipe (each cycle's checkpoint holds its own)
-    return summary, tr
-
-
-def run_phase(cfg: ExperimentConfig, run_dir: str | Path, phase: str = "train", init_from: str | Path | None = None,
-              resume: bool = True) -> dict[str, Any]:
-    return fit_phase(cfg, run_dir, phase=phase, init_from=init_from, resume=resume)[0]
-
-
-__all__ = ["Trainer", "run_phase", "fit_phase", "cycle_configs", "cycle_dirs", "phase_finished",
+__all__ = ["Trainer", "run_phase", "fit_phase", "cycle_configs", "cycle_dirs", "phase_finished",  # noqa: F822 (lazy)
            "policy_from_checkpoint", "lr_factor", "build_optimizer", "NonFiniteError", "ensure_dataset",
            "load_datasets"]
