@@ -26,6 +26,7 @@ def _generate(args: argparse.Namespace) -> int:
             camera=args.camera,
             image_size=args.image_size,
             proprio=args.proprio,
+            **({"env_cache": args.env_cache} if args.env_cache is not None else {}),
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -134,6 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-steps", type=int, default=None, help="episode step cap (default: the env's)")
     gen.add_argument("--episode-timeout", type=float, default=10.0, help="cap on the expert's CPU time per episode, seconds (the wall-clock backstop is 30x, >= 60 s)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gen.add_argument("--env-cache", type=int, default=None, metavar="N",
+                     help="envs each process keeps built, the least recently used closed first (0: one per task; "
+                          "a Meta-World camera env holds ~100 MB). Default 16; the bytes do not depend on it")
     gen.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
                      help="DART: execute noisy actions, record the expert's clean ones. Continuous (Meta-World): "
                           "Gaussian noise of SIGMA x half the action range; discrete (BabyAI): a uniformly random "

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from vlafoundry.data.cache import build_cache
-from vlafoundry.data.env_cache import _ENVS, _get_env  # noqa: F401 (re-exported)
+from vlafoundry.data.env_cache import (  # noqa: F401 (re-exported)
+    _ENVS,
+    DEFAULT_ENV_CACHE,
+    _get_env,
+    check_env_cache,
+    env_cache_size,
+    set_env_cache_size,
+)
 from vlafoundry.data.episodes import Episode, to_episode_buffer
 from vlafoundry.data.format import (
     CACHE_DIR,
@@ -192,7 +199,8 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
                     results = map(_run_shard, jobs)
                 else:
                     if pool is None:
-                        pool = mp.get_context(_start_method(start_method)).Pool(workers)
+                        pool = mp.get_context(_start_method(start_method)).Pool(
+                            workers, initializer=set_env_cache_size, initargs=(env_cache_size(),))
                     results = pool.imap_unordered(_run_shard, jobs)
                 for res in results:
                     ok[res["shard"]] = res["ok"]
@@ -369,6 +377,7 @@ def generate_dataset(
     camera: str = "corner2",
     image_size: int = 64,
     proprio: str = "auto",
+    env_cache: int = DEFAULT_ENV_CACHE,
 ) -> GenerationResult:
     """Generate ``episodes`` expert demonstrations of ``env`` into ``out``: an env or suite name, or an env list
     (comma-separated names of one family, or a suite file; see :mod:`vlafoundry.envs.names`), whose tasks take
@@ -384,11 +393,14 @@ def generate_dataset(
     pairs are recorded under ``generation.hold_out_pairs`` and the skipped seeds under ``counts.held_out``.
     ``camera``, ``image_size`` and ``proprio`` shape camera observations where the family has them (Meta-World
     ``image="rgb"``: named cameras, frame side, ``full`` / ``hand`` / ``auto`` proprioception; docs/data.md).
+    ``env_cache``: envs each process keeps built, least recently used closed first (0: one per task, unbounded;
+    :mod:`vlafoundry.data.env_cache`); the bytes do not depend on it.
     """
     if episodes <= 0:
         raise ValueError(f"episodes: expected > 0, got {episodes}")
     if workers <= 0:
         raise ValueError(f"workers: expected > 0, got {workers}")
+    set_env_cache_size(env_cache)  # this process's cache; the pool's workers get the same size
     check_action_noise(action_noise)  # the env-independent part, before any env is built
     name = canonical_name(env)  # an env list or suite file becomes "a/x,a/y" (one family, each task once)
     family = get_family(name)
