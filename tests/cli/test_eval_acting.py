@@ -55,3 +55,30 @@ def test_eval_refuses_acting_options_the_checkpoint_cannot_use(runs, tmp_path, c
     assert "--instruction-snap: only for a policy with model.language 'pretrained'; this checkpoint's is 'none'" in \
         capsys.readouterr().err
     assert not (tmp_path / "c").exists() or not (tmp_path / "c" / "eval.json").exists()
+
+
+def test_report_plots_closed_loop_trajectories_replayed_from_the_episodes(runs, tmp_path):
+    """point/detour has a 2-D position: the report shows each episode's path, replayed from its seed and actions,
+    and the replayed path ends where the recorded episode did (same length)."""
+    from vlafoundry.eval.rollout import replay_positions
+
+    out = tmp_path / "r"
+    assert main(["eval", str(runs["flow"]), "--episodes", "3", "--workers", "0", "--no-offline", "--gifs", "1",
+                 "--out", str(out)]) == 0
+    assert (out / "report_assets" / "trajectories.png").stat().st_size > 0
+    assert "Closed-loop trajectories" in (out / "report.md").read_text()
+    # the replay visits the states the env visits under the same seed and actions
+    import numpy as np
+
+    from vlafoundry.envs import make_env
+
+    env, rng = make_env("point/detour"), np.random.default_rng(0)
+    states = [env.reset(seed=7)["state"][:2]]
+    actions = [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(6)]
+    for a in actions:
+        states.append(env.step(a)[0]["state"][:2])
+    path = replay_positions({"env": "point/detour", "seed": 7, "actions": [a.tolist() for a in actions]})
+    np.testing.assert_allclose(path, np.stack(states), atol=1e-6)
+    assert replay_positions({"env": "babyai/GoToLocal", "seed": 0, "actions": [2]}) is None  # no 2-D position
+    assert main(["eval", str(runs["flow"]), *EVAL, "--out", str(tmp_path / "q")]) == 0  # --gifs 0: no replay
+    assert not (tmp_path / "q" / "report_assets" / "trajectories.png").exists()

@@ -118,6 +118,14 @@ class EnvFamily:
         render = getattr(env, "render_rgb", None)
         return None if render is None else render()
 
+    #: Axis labels of :meth:`trajectory_point` (the report's trajectory plot).
+    trajectory_axes: tuple[str, str] = ("x", "y")
+
+    def trajectory_point(self, obs: Mapping[str, Any]) -> np.ndarray | None:
+        """A 2-D position of the agent in ``obs`` (the report plots closed-loop paths of it), or ``None`` when
+        the family has none (default)."""
+        return None
+
     def env_kwargs(self, data_cfg: Any) -> dict[str, Any]:
         """The keyword arguments of :meth:`make_env` implied by a training ``DataConfig`` (observation mode...),
         so that evaluation builds the envs the policy was trained on."""

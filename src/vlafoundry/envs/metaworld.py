@@ -284,6 +284,10 @@ class MetaWorldFamily(EnvFamily):
     packages = ("metaworld", "mujoco")
     image_modes = ("symbolic", "rgb")
     observation_options = ("camera", "image_size", "proprio")
+    trajectory_axes = ("hand x (m)", "hand y (m)")
+
+    def trajectory_point(self, obs: Any) -> np.ndarray:
+        return np.asarray(obs["state"][:2], dtype=np.float32)  # the hand's x, y (first entries of full and hand state)
 
     def canonical(self, rest: str) -> str:
         rest = rest.lower()

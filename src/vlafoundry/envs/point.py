@@ -98,6 +98,9 @@ class PointFamily(EnvFamily):
     def default_instruction(self, task: str) -> str:
         return INSTRUCTION
 
+    def trajectory_point(self, obs: Any) -> np.ndarray:
+        return np.asarray(obs["state"][:2], dtype=np.float32)  # the point's (x, y)
+
 
 register_family(PointFamily())
 

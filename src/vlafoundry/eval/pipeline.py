@@ -251,17 +251,19 @@ def run_evaluation(policy: Any, cfg: Any, options: EvalOptions, *, checkpoint: s
             offline["bias"] = offline_bias(policy, ds, outputs=offline.pop("_outputs"))
 
     with stage("pictures", "similarity, attention, GIFs"):
-        from vlafoundry.eval.visuals import attention_frames, gif_specs, similarity
+        from vlafoundry.eval.visuals import attention_frames, gif_specs, similarity, trajectory_paths
 
         sim, alignment = similarity(policy, result.episodes, env_kwargs, notes)
         attention = attention_frames(policy, result.episodes, env_kwargs, notes)
         gifs = gif_specs(result.episodes, env_kwargs, opts.gifs, notes)
+        trajectories = (trajectory_paths(result.episodes, env_kwargs, per_task=max(5, 40 // len(names)))
+                        if opts.gifs else None)  # with the GIFs (--gifs 0: neither)
 
     run = EvalRun(options=opts, checkpoint=ckpt, out=out, env=env, env_kwargs=env_kwargs, closed_loop=result,
                   paraphrase=para, robustness=robustness, offline=offline, notes=notes,
                   generalisation=generalisation)  # fmt: skip
     with stage("report", str(out)):
-        _write(run, cfg, policy, sim, alignment, attention, gifs)
+        _write(run, cfg, policy, sim, alignment, attention, gifs, trajectories)
     run.stage_s = stage.seconds
     log(f"wrote {out / 'eval.json'}, {run.report['markdown']}, {run.report['html']}")
     return run
@@ -300,7 +302,8 @@ def _robustness(policy: Any, names: list[str], pool: Any, env_kwargs: dict[str, 
                           offline_fn=offline_fn, reference=result, progress=True, **common)  # fmt: skip
 
 
-def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attention: Any, gifs: list[Any]) -> None:
+def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attention: Any, gifs: list[Any],
+           trajectories: Any = None) -> None:
     """``eval.json`` and the report into ``run.out``."""
     from vlafoundry.data.format import write_json_atomic
     from vlafoundry.eval.report import ReportInputs, write_report
@@ -362,5 +365,6 @@ def _write(run: EvalRun, cfg: Any, policy: Any, sim: Any, alignment: Any, attent
             title=f"Evaluation of {run.checkpoint.name} on {run.env}",
             balance=offline["balance"] if offline else None,
             offline_bias=offline["bias"] if offline else None,
+            trajectories=trajectories,
         ),
     )

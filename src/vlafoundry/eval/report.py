@@ -47,6 +47,7 @@ from vlafoundry.eval.report_plots import (  # noqa: F401 (re-exported)
     plot_subgroups,
     plot_success_per_task,
     plot_training_curves,
+    plot_trajectories,
     read_metrics,
     save_gif,
 )
@@ -81,6 +82,8 @@ class ReportInputs:
         notes: free-text lines shown under the summary (e.g. why a section is missing).
         balance: :func:`vlafoundry.eval.offline.modality_balance` result (table and bar chart).
         offline_bias: :func:`vlafoundry.eval.offline.offline_bias` result (held-out accuracy per subgroup).
+        trajectories: ``({task: [(path (T, 2), success), ...]}, axis labels)``: closed-loop paths to plot
+            (:func:`vlafoundry.eval.visuals.trajectory_paths`).
     """
 
     eval_result: Mapping[str, Any]
@@ -94,6 +97,7 @@ class ReportInputs:
     title: str = "vlafoundry evaluation report"
     balance: Mapping[str, Any] | None = None
     offline_bias: Mapping[str, Any] | None = None
+    trajectories: tuple[Mapping[str, Sequence[tuple[np.ndarray, bool]]], Sequence[str]] | None = None
 
 
 
@@ -192,6 +196,13 @@ def write_report(out_dir: str | Path, inputs: ReportInputs) -> dict[str, Path]:
         frames, maps, titles = inputs.attention
         doc.heading("Attention over the image")
         doc.image(plot_attention_maps(frames, maps, assets / "attention.png", titles), "Attention maps")
+
+    if inputs.trajectories is not None:
+        paths, axes = inputs.trajectories
+        doc.heading("Closed-loop trajectories")
+        doc.image(plot_trajectories(paths, axes, assets / "trajectories.png"),
+                  "Paths of the first episodes of each task, replayed from their seeds and actions "
+                  "(green: success, red: failure; dots: starts)")
 
     if inputs.gifs:
         doc.heading("Episodes")

@@ -217,6 +217,34 @@ def plot_modality_balance(balance: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_trajectories(paths: Mapping[str, Sequence[tuple[np.ndarray, bool]]], axes: Sequence[str], path: Path,
+                      max_panels: int = 10) -> Path:
+    """Closed-loop paths per task (one panel each, at most ``max_panels``): successes green, failures red; a dot
+    at each start."""
+    plt = _plt()
+    tasks = list(paths)[:max_panels]
+    cols = min(5, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig, grid = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    for ax in grid.ravel()[len(tasks):]:
+        ax.axis("off")
+    for ax, task in zip(grid.ravel(), tasks):
+        for p, ok in paths[task]:
+            ax.plot(p[:, 0], p[:, 1], color="tab:green" if ok else "tab:red", lw=0.8, alpha=0.6)
+            ax.plot(p[0, 0], p[0, 1], "k.", ms=3)
+        n_ok = sum(ok for _, ok in paths[task])
+        ax.set_title(f"{task.split('/')[-1]} ({n_ok}/{len(paths[task])} ok)", fontsize=8)
+        ax.set_xlabel(axes[0], fontsize=7)
+        ax.set_ylabel(axes[1], fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def save_gif(frames: Sequence[np.ndarray], path: Path, fps: float = 4.0) -> Path:
     """Write frames (H, W, 3) uint8 as a looping GIF with imageio."""
     import imageio.v3 as iio

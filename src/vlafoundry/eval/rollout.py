@@ -389,3 +389,23 @@ def replay_frames(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | Non
         return frames
     finally:
         env.close()
+
+
+def replay_positions(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | None = None) -> np.ndarray | None:
+    """The env family's :meth:`~vlafoundry.envs.family.EnvFamily.trajectory_point` at every step of a replayed
+    episode (its seed and recorded actions): ``(T + 1, 2)``, or ``None`` when the family has no 2-D position."""
+    from vlafoundry.envs import get_family, make_env
+
+    family = get_family(record["env"])
+    env = make_env(record["env"], **dict(env_kwargs or {}))
+    try:
+        point = family.trajectory_point(env.reset(seed=int(record["seed"])))
+        if point is None:
+            return None
+        path = [np.asarray(point, dtype=np.float32)]
+        for a in record["actions"]:
+            obs = env.step(np.asarray(a) if isinstance(a, list) else a)[0]
+            path.append(np.asarray(family.trajectory_point(obs), dtype=np.float32))
+        return np.stack(path)
+    finally:
+        env.close()

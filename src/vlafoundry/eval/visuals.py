@@ -169,3 +169,25 @@ def gif_specs(records: Sequence[Mapping[str, Any]], env_kwargs: Mapping[str, Any
     if n and not gifs:
         notes.append("no GIFs: the environment cannot render frames")
     return gifs
+
+
+def trajectory_paths(records: Sequence[Mapping[str, Any]], env_kwargs: Mapping[str, Any], per_task: int = 30
+                     ) -> tuple[dict[str, list[tuple[np.ndarray, bool]]], tuple[str, str]] | None:  # fmt: skip
+    """Closed-loop paths of the first ``per_task`` episodes of each task (replayed from seeds and actions): ``({task:
+    [(path (T, 2), success), ...]}, axis labels)``, or ``None`` when the env family has no 2-D position."""
+    from vlafoundry.envs import get_family
+    from vlafoundry.eval.rollout import replay_positions
+
+    if not records or per_task <= 0:
+        return None
+    family = get_family(records[0]["env"])
+    out: dict[str, list[tuple[np.ndarray, bool]]] = {}
+    for rec in sorted(records, key=lambda r: r["index"]):
+        paths = out.setdefault(rec["env"], [])
+        if len(paths) >= per_task:
+            continue
+        path = replay_positions(rec, env_kwargs)
+        if path is None:
+            return None
+        paths.append((path, bool(rec["success"])))
+    return out, family.trajectory_axes
