@@ -67,4 +67,4 @@ def test_quickstart_help_is_plain_text(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["quickstart", "--help"])
     out = capsys.readouterr().out
-    assert "``" not in out and "babyai-gotolocal preset" in out and "(--train.steps 500)" in out, out
+    assert "``" not in out and "babyai-gotolocal-minilm preset" in out and "(--train.steps 500)" in out, out

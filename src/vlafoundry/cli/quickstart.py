@@ -1,6 +1,8 @@
 """``vlafoundry quickstart``: demonstrations -> alignment pretraining -> behaviour cloning -> evaluation -> report.
 
-With no arguments it runs the ``babyai-gotolocal`` preset end to end on BabyAI GoToLocal; any config key can be
+With no arguments it runs the ``babyai-gotolocal-minilm`` preset end to end on BabyAI GoToLocal (the frozen
+pretrained MiniLM reads the instructions, so phrasings never seen in training work too; ``--preset babyai-gotolocal``
+is the word-tokenizer version); any config key can be
 overridden (``--train.steps 500``). Each stage shows progress and is cached/resumable: rerunning the command
 reuses the generated dataset and finished phases.
 """
@@ -23,7 +25,7 @@ def _plain(doc: str | None) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="generate demos, pretrain, train, evaluate and report (BabyAI GoToLocal)",
                        description=_plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="babyai-gotolocal", help="preset or YAML file (default: %(default)s)")
+    p.add_argument("--preset", default="babyai-gotolocal-minilm", help="preset or YAML file (default: %(default)s)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default: the preset's eval.episodes)")
     p.add_argument("--no-pretrain", action="store_true", help="skip alignment pretraining")
