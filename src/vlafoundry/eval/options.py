@@ -228,13 +228,13 @@ class EvalOptions:
         return self.max_steps or None
 
 
-def apply_acting(policy: Any, opts: EvalOptions, label: Callable[[str], str] = lambda n: n) -> dict[str, Any]:
+def apply_acting(policy: Any, opts: EvalOptions, label: Callable[[str], str] = lambda n: n) -> None:
     """Set the acting-time options of ``opts`` that were given on ``policy.cfg`` (checked against the policy: a
-    sampler's step count only for its head, ``execute`` within the chunk, ensembling only without a memory), and
-    return the acting settings these rollouts use (for ``eval.json``); ``{}`` for a policy without a config."""
+    sampler's step count only for its head, ``execute`` within the chunk, ensembling only without a memory); a
+    policy without a config is left as it is. ``eval.json`` records the settings used under ``acting``."""
     pcfg = getattr(policy, "cfg", None)
     if pcfg is None:
-        return {}
+        return
     head = getattr(policy, "head_kind", None)
     for name, kind in (("flow_steps", "flow"), ("diffusion_steps", "diffusion")):
         if getattr(opts, name) is not None and head != kind:
@@ -257,4 +257,3 @@ def apply_acting(policy: Any, opts: EvalOptions, label: Callable[[str], str] = l
         value = getattr(opts, name)
         if value is not None and hasattr(pcfg, name):
             setattr(pcfg, name, float(value) if name == "sample_temperature" else value)
-    return {name: getattr(pcfg, name) for name in ACTING_KEYS if hasattr(pcfg, name)}

@@ -366,6 +366,26 @@ def evaluate_policy(
     return build_result(records, names, config, elapsed)
 
 
+def _replay(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | None,
+            observe: Callable[[Any, Any, dict[str, Any]], Any]) -> list[Any] | None:
+    """Re-run an episode from its seed and recorded actions, calling ``observe(family, env, obs)`` after the reset
+    and after every step; ``None`` when the first call returns ``None`` (nothing to observe in this env)."""
+    from vlafoundry.envs import get_family, make_env
+
+    family = get_family(record["env"])
+    env = make_env(record["env"], **dict(env_kwargs or {}))
+    try:
+        first = observe(family, env, env.reset(seed=int(record["seed"])))
+        if first is None:
+            return None
+        seen = [first]
+        for a in record["actions"]:
+            seen.append(observe(family, env, env.step(np.asarray(a) if isinstance(a, list) else a)[0]))
+        return seen
+    finally:
+        env.close()
+
+
 def replay_frames(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | None = None) -> list[np.ndarray]:
     """Re-run an episode from its seed and recorded actions and return its frames (the env family's
     ``render_rgb``).
@@ -373,39 +393,19 @@ def replay_frames(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | Non
     Environments are deterministic given the reset seed and the action sequence, so the replay is exactly the
     evaluated episode. Returns an empty list when the environment cannot render.
     """
-    from vlafoundry.envs import get_family, make_env
+    def frame(family: Any, env: Any, obs: dict[str, Any]) -> np.ndarray | None:
+        f = family.render_rgb(env)
+        return None if f is None else np.asarray(f)
 
-    family = get_family(record["env"])
-    env = make_env(record["env"], **dict(env_kwargs or {}))
-    try:
-        env.reset(seed=int(record["seed"]))
-        frame = family.render_rgb(env)
-        if frame is None:
-            return []
-        frames = [np.asarray(frame)]
-        for a in record["actions"]:
-            env.step(np.asarray(a) if isinstance(a, list) else a)
-            frames.append(np.asarray(family.render_rgb(env)))
-        return frames
-    finally:
-        env.close()
+    return _replay(record, env_kwargs, frame) or []
 
 
 def replay_positions(record: Mapping[str, Any], env_kwargs: Mapping[str, Any] | None = None) -> np.ndarray | None:
     """The env family's :meth:`~vlafoundry.envs.family.EnvFamily.trajectory_point` at every step of a replayed
     episode (its seed and recorded actions): ``(T + 1, 2)``, or ``None`` when the family has no 2-D position."""
-    from vlafoundry.envs import get_family, make_env
+    def point(family: Any, env: Any, obs: dict[str, Any]) -> np.ndarray | None:
+        xy = family.trajectory_point(obs)
+        return None if xy is None else np.asarray(xy, dtype=np.float32)
 
-    family = get_family(record["env"])
-    env = make_env(record["env"], **dict(env_kwargs or {}))
-    try:
-        point = family.trajectory_point(env.reset(seed=int(record["seed"])))
-        if point is None:
-            return None
-        path = [np.asarray(point, dtype=np.float32)]
-        for a in record["actions"]:
-            obs = env.step(np.asarray(a) if isinstance(a, list) else a)[0]
-            path.append(np.asarray(family.trajectory_point(obs), dtype=np.float32))
-        return np.stack(path)
-    finally:
-        env.close()
+    path = _replay(record, env_kwargs, point)
+    return None if path is None else np.stack(path)
