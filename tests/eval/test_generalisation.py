@@ -247,3 +247,48 @@ def test_eval_cli_generalisation_writes_the_table(tmp_path, monkeypatch):
     assert [g["probe"] for g in res["generalisation"]] == ["paraphrases", "held-out template"]
     assert res["options"]["generalisation"] is True
     assert "Language generalisation suite" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_hold_out_scope_scene_keeps_the_pairs_out_of_every_level(tmp_path):
+    """``hold_out_scope="scene"``: no recorded mission names a held-out pair and no recorded level holds one (checked
+    in every frame's 7x7 view and, replayed from the seeds, in the whole level); the seeds skipped for a level that
+    holds one are exactly those a fresh env says hold one; the scope is recorded and names its own cache folder."""
+    import numpy as np
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    from vlafoundry.config import ConfigError
+    from vlafoundry.data import DemoDataset
+    from vlafoundry.data.holdout import IN_LEVEL, held_out_reason, scene_pairs
+    from vlafoundry.envs import make_env
+    from vlafoundry.train.config import load_config
+
+    pairs = ["green key", "red ball"]
+    res = generate_dataset("babyai/GoToLocal", 12, tmp_path / "ds", hold_out_pairs=pairs, hold_out_scope="scene",
+                           progress=False)
+    meta, counts = res.metadata, res.metadata["counts"]
+    assert meta["generation"]["hold_out_scope"] == "scene" and counts["episodes"] == 12
+    frames = np.concatenate([DemoDataset(tmp_path / "ds", split="all")[i]["image"][None] for i in range(counts["steps"])])
+    for pair in pairs:
+        colour, obj = pair.split()
+        cell = (frames[..., 0] == OBJECT_TO_IDX[obj]) & (frames[..., 1] == COLOR_TO_IDX[colour])
+        assert not cell.any(), pair
+    env = make_env("babyai/GoToLocal")
+    reasons = []
+    for seed in range(counts["seeds_used"]):
+        obs = env.reset(seed=seed)
+        reasons.append(held_out_reason(obs["instruction"], env.unwrapped, pairs, "scene"))
+        if reasons[-1] is None:
+            assert not set(scene_pairs(env.unwrapped)) & set(pairs), seed
+    assert sum(r is None for r in reasons) == counts["episodes"] + counts["failed"]
+    assert sum(r is not None for r in reasons) == counts["held_out"]
+    assert sum(r is not None and r.endswith(IN_LEVEL) for r in reasons) > counts["held_out"] / 2  # most: in level
+    # mission scope (the default) keeps levels that hold a pair as long as the mission does not name it
+    assert held_out_reason("go to the blue box", types.SimpleNamespace(
+        grid=types.SimpleNamespace(grid=[types.SimpleNamespace(type="ball", color="red")])), pairs) is None
+    with pytest.raises(ValueError, match=r"hold_out_scope: expected one of \['mission', 'scene'\], got 'room'"):
+        generate_dataset("babyai/GoToLocal", 1, tmp_path / "x", hold_out_pairs=pairs, hold_out_scope="room",
+                         progress=False)
+    cfg = load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball]", "--data.hold_out_scope", "scene"])
+    assert cfg.data.dataset_dir().name.endswith("-ho-red_ball-scene")
+    with pytest.raises(ConfigError, match="data.hold_out_scope"):
+        load_config("babyai-gotolocal", ["--data.hold_out_scope", "level"])

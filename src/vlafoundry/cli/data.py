@@ -23,6 +23,7 @@ def _generate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             action_noise=args.action_noise,
             hold_out_pairs=args.hold_out_pairs,
+            hold_out_scope=args.hold_out_scope,
             camera=args.camera,
             image_size=args.image_size,
             proprio=args.proprio,
@@ -34,7 +35,7 @@ def _generate(args: argparse.Namespace) -> int:
     counts = result.metadata["counts"]
     print(
         f"wrote {counts['episodes']} episodes ({counts['steps']} steps, {counts['failed']} failed seeds skipped"
-        + (f", {counts['held_out']} seeds skipped for naming a held-out pair" if counts.get("held_out") else "")
+        + (f", {counts['held_out']} seeds skipped for a held-out pair" if counts.get("held_out") else "")
         + ") "
         f"to {result.root} in {result.wall_s:.1f}s"
         + (f" (resumed {result.shards_reused} finished shards)" if result.shards_reused else "")
@@ -145,6 +146,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--hold-out-pairs", default=None, metavar="PAIRS",
                      help="BabyAI: colour-object pairs no recorded mission may name, comma-separated, e.g. "
                           "'red ball,green key' (recorded in the metadata; evaluate on them with eval --generalisation)")
+    gen.add_argument("--hold-out-scope", default="mission", choices=["mission", "scene"],
+                     help="what the held-out pairs are kept out of: 'mission' (default), the recorded missions (the "
+                          "objects still appear as distractors); 'scene', the episodes altogether (no recorded level "
+                          "holds one either)")
     gen.set_defaults(handler=_generate)
 
     ins = sub.add_parser("inspect", help="print a dataset summary")

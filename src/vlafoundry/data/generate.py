@@ -57,7 +57,10 @@ from vlafoundry.data.holdout import (  # noqa: F401 (re-exported)
     _PAIR,
     HELD_OUT_REASON,
     HOLD_OUT_OBJECTS,
+    HOLD_OUT_SCOPES,
+    check_hold_out_scope,
     held_out_in,
+    held_out_reason,
     mission_pairs,
     parse_hold_out_pairs,
 )
@@ -93,6 +96,7 @@ class GenerationConfig:
     action_noise: float = 0.0  # DART noise on executed actions (labels stay the expert's)
     # BabyAI "colour object" pairs no mission may name (held-out compositions); a list, as in plan.json
     hold_out_pairs: list[str] = field(default_factory=list)
+    hold_out_scope: str = "mission"  # "scene": no level holds a held-out pair either (data/holdout.py)
     # camera observations (families with observation_options, e.g. Meta-World with image="rgb")
     camera: str = "corner2"
     image_size: int = 64
@@ -100,6 +104,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hold_out_pairs", list(parse_hold_out_pairs(self.hold_out_pairs)))
+        check_hold_out_scope(self.hold_out_scope)
 
     def env_kwargs(self) -> dict[str, Any]:
         """``make_env`` keywords: the image mode, what the family reads of the camera options, the step cap."""
@@ -139,9 +144,10 @@ def _run_shard(job: tuple[dict[str, Any], int, int, str]) -> dict[str, Any]:
         env = _get_env(tasks[i % len(tasks)], cfg)
         seed = cfg.seed + i
         if cfg.hold_out_pairs:
-            pair = held_out_in(env.reset(seed=seed)["instruction"], cfg.hold_out_pairs)
-            if pair is not None:
-                failures.append((seed, HELD_OUT_REASON + pair))
+            reason = held_out_reason(env.reset(seed=seed)["instruction"], env.unwrapped, cfg.hold_out_pairs,
+                                     cfg.hold_out_scope)
+            if reason is not None:
+                failures.append((seed, reason))
                 continue
         ep, reason = run_expert_episode(env, seed, cfg.episode_timeout_s, cfg.action_noise)
         if ep is None:
@@ -374,6 +380,7 @@ def generate_dataset(
     start_method: str | None = None,
     action_noise: float = 0.0,
     hold_out_pairs: str | Sequence[str] | None = None,
+    hold_out_scope: str = "mission",
     camera: str = "corner2",
     image_size: int = 64,
     proprio: str = "auto",
@@ -390,7 +397,9 @@ def generate_dataset(
     records the expert's labels (DART, see
     :func:`~vlafoundry.data.rollout.run_expert_episode`). ``hold_out_pairs`` (BabyAI: ``"red ball,green key"``)
     skips every seed whose mission names one of those colour-object pairs, so the policy never hears them; the
-    pairs are recorded under ``generation.hold_out_pairs`` and the skipped seeds under ``counts.held_out``.
+    pairs are recorded under ``generation.hold_out_pairs`` and the skipped seeds under ``counts.held_out``;
+    ``hold_out_scope="scene"`` also skips every seed whose level holds one of those objects, so the policy never
+    sees them either (recorded under ``generation.hold_out_scope``).
     ``camera``, ``image_size`` and ``proprio`` shape camera observations where the family has them (Meta-World
     ``image="rgb"``: named cameras, frame side, ``full`` / ``hand`` / ``auto`` proprioception; docs/data.md).
     ``env_cache``: envs each process keeps built, least recently used closed first (0: one per task, unbounded;
@@ -412,7 +421,8 @@ def generate_dataset(
     expand_env_names(name)  # validates the names early
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
-                           action_noise=float(action_noise), hold_out_pairs=list(pairs), camera=str(camera),
+                           action_noise=float(action_noise), hold_out_pairs=list(pairs),
+                           hold_out_scope=check_hold_out_scope(str(hold_out_scope)), camera=str(camera),
                            image_size=int(image_size), proprio=str(proprio))
     family.validate_observation(cfg)
     root = Path(out)

@@ -9,8 +9,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlafoundry.config import (ConfigError, apply_overrides, check_key, from_dict, load_yaml, override_keys, require,
-                               to_dict)
+from vlafoundry.config import (
+    ConfigError,
+    apply_overrides,
+    check_key,
+    from_dict,
+    load_yaml,
+    override_keys,
+    require,
+    to_dict,
+)
 from vlafoundry.envs.spec import EVAL_SEED_BASE
 from vlafoundry.models.config import ModelConfig, PolicyConfig
 from vlafoundry.models.objectives import LossConfig
@@ -24,7 +32,9 @@ class DataConfig:
     ``vlafoundry data generate --action-noise``). ``augment``: ``colour`` relabels object colours at random in every
     training batch, consistently in the grid and the instruction (BabyAI, symbolic images; see
     :class:`~vlafoundry.data.ColourPermutation`; with ``hold_out_pairs``, only permutations that relabel no
-    instruction into a held-out pair); ``none``: the demonstrations as recorded. ``camera`` (a camera name
+    instruction into a held-out pair); ``none``: the demonstrations as recorded. ``hold_out_pairs`` are kept out of
+    the generated missions (``hold_out_scope: mission``) or out of the episodes altogether (``scene``: no level of
+    the data holds one either; :mod:`vlafoundry.data.holdout`). ``camera`` (a camera name
     or comma list), ``image_size`` (frame side in pixels) and ``proprio`` (``full`` | ``hand`` | ``auto``) shape
     camera observations of families that render them (Meta-World with ``image: rgb``; docs/data.md)."""
 
@@ -39,6 +49,7 @@ class DataConfig:
     action_noise: float = 0.0
     augment: str = "none"
     hold_out_pairs: list[str] = field(default_factory=list)
+    hold_out_scope: str = "mission"
     camera: str = "corner2"
     image_size: int = 64
     proprio: str = "auto"
@@ -70,6 +81,10 @@ class DataConfig:
             self.hold_out_pairs = list(parse_hold_out_pairs(self.hold_out_pairs))
         except ValueError as exc:
             raise ConfigError(f"data.{exc}") from None
+        from vlafoundry.data.holdout import HOLD_OUT_SCOPES
+
+        require(self.hold_out_scope in HOLD_OUT_SCOPES, "data.hold_out_scope", f"one of {list(HOLD_OUT_SCOPES)}",
+                self.hold_out_scope)
         # with data.augment colour, the permutations are drawn among those that name no held-out pair
         # (vlafoundry.envs.augment.ColourPermutation, hold_out_pairs)
         from vlafoundry.envs import get_family
@@ -87,6 +102,7 @@ class DataConfig:
         slug = env_slug(self.env)  # an env list: a short hashed slug
         noise = f"-dart{self.action_noise:g}" if self.action_noise > 0 else ""
         held = ("-ho-" + "+".join(p.replace(" ", "_") for p in self.hold_out_pairs)) if self.hold_out_pairs else ""
+        held += "-scene" if held and self.hold_out_scope == "scene" else ""
         view = (f"-cam{self.camera.replace(',', '+')}" if self.camera != "corner2" else "") \
             + (f"-px{self.image_size}" if self.image_size != 64 else "") \
             + (f"-p{self.proprio}" if self.proprio != "auto" else "")

@@ -30,7 +30,8 @@ def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = 
     if cfg.data.path is None and dist_info.is_main and not (root / META_FILE).exists():
         generate_dataset(cfg.data.env, cfg.data.episodes, root, workers=cfg.data.workers, seed=cfg.data.seed,
                          image=cfg.data.image, progress=progress, action_noise=cfg.data.action_noise,
-                         hold_out_pairs=cfg.data.hold_out_pairs, camera=cfg.data.camera,
+                         hold_out_pairs=cfg.data.hold_out_pairs,
+                         hold_out_scope=cfg.data.hold_out_scope, camera=cfg.data.camera,
                          image_size=cfg.data.image_size, proprio=cfg.data.proprio)
     barrier(dist_info)
     if not (root / META_FILE).exists() and not is_lerobot_dataset(root):
