@@ -292,3 +292,13 @@ def test_hold_out_scope_scene_keeps_the_pairs_out_of_every_level(tmp_path):
     assert cfg.data.dataset_dir().name.endswith("-ho-red_ball-scene")
     with pytest.raises(ConfigError, match="data.hold_out_scope"):
         load_config("babyai-gotolocal", ["--data.hold_out_scope", "level"])
+
+
+def test_hold_out_scope_scene_gives_up_when_almost_no_level_is_left(tmp_path):
+    """Seeds skipped for held-out pairs do not count against the expert's attempts, but generation gives up with a
+    message naming the pairs and the scope when they leave (almost) no level."""
+    many = ["red ball", "green key", "yellow box", "blue ball", "grey ball", "purple ball", "yellow ball",
+            "green ball", "red key", "blue key"]
+    with pytest.raises(RuntimeError, match=r"seeds skipped for the held-out pairs .* \(scope 'scene'\).*giving up"):
+        generate_dataset("babyai/GoToLocal", 20, tmp_path / "ds", hold_out_pairs=many, hold_out_scope="scene",
+                         progress=False)

@@ -72,7 +72,7 @@ from vlafoundry.data.shard_layout import (  # noqa: F401 (re-exported)
     _prepare_root,
     _wipe,
 )
-from vlafoundry.data.shards import read_shard_summary, shard_path, write_shard
+from vlafoundry.data.shards import read_shard_reasons, read_shard_summary, shard_path, write_shard
 from vlafoundry.envs import canonical_name, expand_env_names, get_family
 from vlafoundry.envs.family import split_name
 
@@ -183,6 +183,7 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
     reasons: Counter[str] = Counter()  # why the expert failed, over the seeds run by this call
     num_shards = math.ceil(n_needed / shard_size)
     ok: dict[int, int] = {}
+    held: dict[int, int] = {}  # seeds skipped on purpose per shard (held-out pairs): not counted as attempts
     reused = 0
     for path in sorted(shard_dir.glob("shard_*.npz")):
         summary = read_shard_summary(path)
@@ -191,6 +192,8 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
             path.unlink()
             continue
         ok[int(path.stem.split("_")[1])] = len(summary[0])
+        if cfg.hold_out_pairs:
+            held[int(path.stem.split("_")[1])] = sum(r.startswith(HELD_OUT_REASON) for r in read_shard_reasons(path))
         reused += 1
     steps = episodes = 0
     bar = progress_bar(n_needed, f"generate {cfg.env}", "ep", enabled=progress)
@@ -210,6 +213,7 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
                     results = pool.imap_unordered(_run_shard, jobs)
                 for res in results:
                     ok[res["shard"]] = res["ok"]
+                    held[res["shard"]] = sum(r.startswith(HELD_OUT_REASON) for _, r in res["failed"])
                     steps += res["steps"]
                     episodes += res["ok"]
                     for seed, reason in res["failed"]:
@@ -230,18 +234,27 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
             have = sum(ok[k] for k in range(num_shards))
             if have >= n_needed:
                 return num_shards, steps, episodes, reused
-            tried = num_shards * shard_size
+            skipped = sum(held.get(k, 0) for k in range(num_shards))
+            tried = num_shards * shard_size - skipped  # seeds the expert played
             if tried >= max_attempts:
                 raise RuntimeError(
                     f"the expert succeeded on only {have} of {tried} seeds ({_top_reasons(reasons)}); "
                     f"giving up before {n_needed}"
                 )
-            num_shards = _next_round_shards(num_shards, shard_size, have, n_needed, max_attempts)
+            if skipped >= MAX_HELD_OUT_PER_EPISODE * n_needed + 1000:
+                raise RuntimeError(
+                    f"{skipped} seeds skipped for the held-out pairs {cfg.hold_out_pairs} (scope "
+                    f"{cfg.hold_out_scope!r}) for {have} episodes kept; giving up before {n_needed}: hold fewer "
+                    "pairs out, or use hold_out_scope 'mission'")
+            num_shards = _next_round_shards(num_shards, shard_size, have, n_needed, max_attempts + skipped)
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+MAX_HELD_OUT_PER_EPISODE = 50  # seeds skipped for held-out pairs per episode wanted before generation gives up
 
 
 def _next_round_shards(num_shards: int, shard_size: int, have: int, n_needed: int, max_attempts: int) -> int:

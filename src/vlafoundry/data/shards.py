@@ -64,6 +64,12 @@ def read_shard_summary(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
 
+def read_shard_reasons(path: Path) -> list[str]:
+    """The failure reasons of a complete shard (one per failed or skipped seed), without loading its episodes."""
+    with np.load(path, allow_pickle=False) as z:
+        return [str(r) for r in z["failed_reason"]]
+
+
 def read_shard(path: Path) -> tuple[list[Episode], list[tuple[int, str]]]:
     """Episodes (observation arrays include the final observation) and failures of a shard."""
     with np.load(path, allow_pickle=False) as z:
