@@ -34,7 +34,9 @@ class DataConfig:
     :class:`~vlafoundry.data.ColourPermutation`; with ``hold_out_pairs``, only permutations that relabel no
     instruction into a held-out pair); ``none``: the demonstrations as recorded. ``hold_out_pairs`` are kept out of
     the generated missions (``hold_out_scope: mission``) or out of the episodes altogether (``scene``: no level of
-    the data holds one either; :mod:`vlafoundry.data.holdout`). ``camera`` (a camera name
+    the data holds one either; :mod:`vlafoundry.data.holdout`). ``instruction_variants`` (a shipped name such as
+    ``metaworld`` or a paraphrase-format JSON file) replaces each training row's instruction, with probability
+    ``instruction_variant_p``, by a variant of the same meaning (:mod:`vlafoundry.data.instruction_variants`). ``camera`` (a camera name
     or comma list), ``image_size`` (frame side in pixels) and ``proprio`` (``full`` | ``hand`` | ``auto``) shape
     camera observations of families that render them (Meta-World with ``image: rgb``; docs/data.md)."""
 
@@ -50,6 +52,8 @@ class DataConfig:
     augment: str = "none"
     hold_out_pairs: list[str] = field(default_factory=list)
     hold_out_scope: str = "mission"
+    instruction_variants: str | None = None
+    instruction_variant_p: float = 0.5
     camera: str = "corner2"
     image_size: int = 64
     proprio: str = "auto"
@@ -83,6 +87,11 @@ class DataConfig:
             raise ConfigError(f"data.{exc}") from None
         from vlafoundry.data.holdout import HOLD_OUT_SCOPES
 
+        require(0.0 <= self.instruction_variant_p <= 1.0, "data.instruction_variant_p", "a probability in [0, 1]",
+                self.instruction_variant_p)
+        require(self.instruction_variants is None or (isinstance(self.instruction_variants, str)
+                                                      and self.instruction_variants.strip() != ""),
+                "data.instruction_variants", "null, a shipped name or a JSON file path", self.instruction_variants)
         require(self.hold_out_scope in HOLD_OUT_SCOPES, "data.hold_out_scope", f"one of {list(HOLD_OUT_SCOPES)}",
                 self.hold_out_scope)
         # with data.augment colour, the permutations are drawn among those that name no held-out pair

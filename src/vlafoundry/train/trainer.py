@@ -72,6 +72,46 @@ def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+def _batch_augmentation(cfg: ExperimentConfig) -> Any:
+    """The training-batch augmentation of ``cfg.data``: the env family's (``data.augment``), then instruction
+    variants (``data.instruction_variants``; after a colour permutation, so the relabelled mission is what gets
+    rephrased); None when there is neither. Called as ``augment(batch, generator)``."""
+    steps = []
+    if cfg.data.augment != "none":
+        from vlafoundry.envs import get_family
+
+        steps.append(get_family(cfg.data.env).augmentation(cfg.data.augment, cfg.data))
+    if cfg.data.instruction_variants:
+        from vlafoundry.data.instruction_variants import load_variants
+
+        try:
+            steps.append(load_variants(cfg.data.instruction_variants, cfg.data.instruction_variant_p))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc) if str(exc).startswith("data.") else f"data.instruction_variants: {exc}") \
+                from None
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def chained(batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        for step in steps:
+            batch = step(batch, generator)
+        return batch
+
+    chained.steps = steps  # type: ignore[attr-defined]
+    return chained
+
+
+def _policy_texts(dataset: Any, augment: Any) -> Any:
+    """What a new policy is built from: ``dataset``, or with instruction variants a view whose ``instructions``
+    also lists them (a scratch tokenizer then knows their words)."""
+    from vlafoundry.data.instruction_variants import InstructionVariants, WithVariantTexts
+
+    found = [s for s in getattr(augment, "steps", [augment]) if isinstance(s, InstructionVariants)]
+    return WithVariantTexts(dataset, found[0]) if found else dataset
+
+
 class Trainer:
     """Owns the model, optimiser, data order and run directory of one training phase."""
 
@@ -98,6 +138,7 @@ class Trainer:
         if note and self.dist.is_main:
             print(note, flush=True)
         self.train_ds, self.val_ds = load_datasets(cfg, root)
+        self._augment = _batch_augmentation(cfg)
 
         self.step = 0
         self.best_val = float("inf")
@@ -116,7 +157,8 @@ class Trainer:
                 # the architecture comes from the checkpoint; keep the run's config truthful
                 self.cfg.model = init_cfg.model
         else:
-            self.policy = make_policy(cfg.model, self.train_ds, self.loss_cfg).to(self.device)
+            self.policy = make_policy(cfg.model, _policy_texts(self.train_ds, self._augment), self.loss_cfg
+                                      ).to(self.device)
         self.policy.check_objectives(self.loss_cfg)
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
@@ -135,11 +177,6 @@ class Trainer:
                 part.compile(dynamic=True)
         self.autocast_dtype = self._autocast_dtype()
         self._writer = None
-        self._augment = None
-        if cfg.data.augment != "none":
-            from vlafoundry.envs import get_family
-
-            self._augment = get_family(cfg.data.env).augmentation(cfg.data.augment, cfg.data)
 
     # ------------------------------------------------------------------ set-up helpers
     def _augment_generator(self) -> torch.Generator:
