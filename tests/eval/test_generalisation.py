@@ -288,6 +288,11 @@ def test_hold_out_scope_scene_keeps_the_pairs_out_of_every_level(tmp_path):
     with pytest.raises(ValueError, match=r"hold_out_scope: expected one of \['mission', 'scene'\], got 'room'"):
         generate_dataset("babyai/GoToLocal", 1, tmp_path / "x", hold_out_pairs=pairs, hold_out_scope="room",
                          progress=False)
+    from vlafoundry.train.config import apply_dataset_metadata
+
+    passed = load_config("babyai-gotolocal", ["--data.path", str(tmp_path / "ds")])
+    assert "data.hold_out_scope 'mission' -> 'scene'" in apply_dataset_metadata(passed, tmp_path / "ds")
+    assert passed.data.hold_out_scope == "scene"  # a dataset passed by path says what it held out
     cfg = load_config("babyai-gotolocal", ["--data.hold_out_pairs", "[red ball]", "--data.hold_out_scope", "scene"])
     assert cfg.data.dataset_dir().name.endswith("-ho-red_ball-scene")
     with pytest.raises(ConfigError, match="data.hold_out_scope"):

@@ -264,7 +264,8 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
 #: ``data.*`` keys a dataset's ``vlafoundry.json`` answers for: what was generated (env, episodes, seed, image mode,
 #: DART noise, cameras, frame size, proprioception). With ``data.path`` set they come from the dataset, whatever the
 #: preset says.
-DATASET_KEYS = ("env", "episodes", "seed", "image", "action_noise", "camera", "image_size", "proprio")
+DATASET_KEYS = ("env", "episodes", "seed", "image", "action_noise", "camera", "image_size", "proprio",
+                "hold_out_scope")
 
 
 def dataset_facts(meta: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +282,8 @@ def dataset_facts(meta: dict[str, Any]) -> dict[str, Any]:
         facts["image"] = str(env["image"])
     if gen.get("action_noise") is not None:
         facts["action_noise"] = float(gen["action_noise"])
-    for key, kind in (("camera", str), ("image_size", int), ("proprio", str)):  # datasets since camera observations
+    # datasets since camera observations (camera, image_size, proprio) and held-out scopes (hold_out_scope)
+    for key, kind in (("camera", str), ("image_size", int), ("proprio", str), ("hold_out_scope", str)):
         if gen.get(key) is not None:
             facts[key] = kind(gen[key])
     return facts
