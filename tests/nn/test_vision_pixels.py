@@ -72,6 +72,15 @@ def test_random_shift_moves_content_by_at_most_pad_and_shares_the_offset_within_
     exp_r = (torch.arange(h) + dy[b, 0, 0]).clamp(0, h - 1)
     exp_c = (torch.arange(w) + dx[b, 0, 0]).clamp(0, w - 1)
     assert torch.equal(out[b, 0, 0, :, 0, 0].long(), exp_r) and torch.equal(out[b, 0, 0, 0, :, 1].long(), exp_c)
+    # independent=1: each camera (last leading axis) draws its own offset, its T frames still share it
+    out = random_shift(x, 3, generator=torch.Generator().manual_seed(1), independent=1)
+    dy = out[..., h // 2, w // 2, 0].long() - h // 2  # (B, T, K)
+    dx = out[..., h // 2, w // 2, 1].long() - w // 2
+    assert (dy == dy[:, :1]).all() and (dx == dx[:, :1]).all()  # shared over T
+    differ = ((dy[:, 0, 0] != dy[:, 0, 1]) | (dx[:, 0, 0] != dx[:, 0, 1])).float().mean()
+    assert differ > 0.7, differ  # two cameras of a sample: same offset with probability 1/49
+    with pytest.raises(ValueError, match=r"independent: expected an integer in \[0, 2\]"):
+        random_shift(x, 3, independent=3)
 
 
 def test_random_shift_zero_pad_and_eval_mode_are_identity_and_bad_input_is_named():

@@ -61,7 +61,7 @@ class PolicyConfig(ModelConfig):
     (a small convolutional stem, :class:`~vlafoundry.nn.vision.ConvStem`; ``patch_size`` a power of two).
     patch_norm: LayerNorm on each patch token before the positions are added (timm's ``PatchEmbed`` norm option).
     image_shift: random-shift augmentation in training (DrQ; :func:`~vlafoundry.nn.augment.random_shift`): each
-    sample's frames move by up to this many pixels (0 = off). Needs ``vision`` ``patch``.
+    sample's frames move by up to this many pixels (0 = off), each camera by its own offset. Needs ``vision`` ``patch``.
     language: ``scratch`` is :class:`~vlafoundry.nn.TextProcessingModule` with a tokenizer trained on the
     dataset's instructions; ``pretrained`` is the frozen MiniLM :class:`~vlafoundry.nn.LanguageEncoder`
     (``language_adapter``: width of its optional trainable residual adapter, 0 = none). ``instruction_snap``

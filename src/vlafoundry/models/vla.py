@@ -198,7 +198,8 @@ class VLAPolicy(VLAObjectives, Policy):
         fixed position terms (spatial, camera, temporal) the tokens carry, and with ``mrm`` the MRM targets."""
         b, t = image.shape[:2]
         if self.training and self.cfg.image_shift > 0:
-            image = random_shift(image, self.cfg.image_shift)  # one offset per sample, shared by its frames
+            # one offset per sample and camera, shared by the sample's T frames: (B, T, [K,] H, W, C)
+            image = random_shift(image, self.cfg.image_shift, independent=1 if image.ndim == 6 else 0)
         flat = image.reshape(b * t, *image.shape[2:])  # (B*T, [K,] H, W, C)
         tokens = self.vision_encoder(flat)  # (B*T, N, D); uint8 RGB is read channels-last by VisionEncoder
         n = tokens.shape[1]
