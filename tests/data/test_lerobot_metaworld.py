@@ -73,3 +73,16 @@ def test_metaworld_golden_checked_against_the_named_env(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"env babyai/GoToLocal has \(state dim, action type, action dim\) .* "
                                          r"the dataset's features give \(39, 'continuous', 4\)"):
         DemoDataset(data, split="all", env_name="babyai/GoToLocal", cache_dir=tmp_path / "c")
+
+
+def test_a_wrong_data_env_on_a_foreign_dataset_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    """``vlafoundry train --data FOREIGN --data.env ENV``: the env is checked against the data's features when the
+    config is read (state dim, action type and width named), so nothing is trained or written."""
+    data = tmp_path / "metaworld"
+    shutil.copytree(FIXTURES / "metaworld", data)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "metaworld-mt10", "--data", str(data), "--data.env", "babyai/GoToLocal",
+                 "--out", str(run), "--train.steps", "4", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "data.env:" in err and "the dataset's features give (39, 'continuous', 4)" in err, err
+    assert not run.exists()

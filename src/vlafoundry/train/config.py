@@ -317,6 +317,8 @@ def apply_dataset_metadata(cfg: ExperimentConfig, root: str | Path, explicit: tu
         meta = None
     if meta is None:
         return None  # not a dataset (yet): ensure_dataset / DemoDataset say so with the path
+    if "data.env" in explicit and not (meta.get("env") or {}).get("name") and meta.get("format") == "lerobot v3.0":
+        _check_env_against_foreign_data(cfg.data.env, root)
     facts = dataset_facts(meta)
     changed: dict[str, Any] = {}
     notes = []
@@ -334,6 +336,18 @@ def apply_dataset_metadata(cfg: ExperimentConfig, root: str | Path, explicit: tu
         return None
     cfg.data = dataclasses.replace(cfg.data, **changed)
     return f"note: the dataset {root} sets {', '.join(notes)} (from its {META_FILE}; the preset said otherwise)"
+
+
+def _check_env_against_foreign_data(env: str, root: Path) -> None:
+    """``--data.env`` on a LeRobot dataset that records no env: its spaces must be the data's (state dim, action
+    type and width), else a :class:`ConfigError` naming both, before anything is trained."""
+    from vlafoundry.data.lerobot import load_info
+    from vlafoundry.data.source import lerobot_metadata
+
+    try:
+        lerobot_metadata(load_info(root), env)
+    except ValueError as exc:
+        raise ConfigError(f"data.env: {exc}; pass the vlafoundry env whose spaces the data has") from None
 
 
 # ------------------------------------------------------------------------------------ resuming a run
