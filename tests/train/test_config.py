@@ -50,3 +50,29 @@ def test_override_syntax_errors():
         apply_overrides({}, ["train.lr", "1"])
     with pytest.raises(ConfigError):
         apply_overrides({}, ["--train.lr"])
+
+
+def test_env_cache_is_a_data_key_passed_to_generation(tmp_path, monkeypatch):
+    """data.env_cache reaches generate_dataset when training generates its data; negative values are refused."""
+    import types
+
+    import pytest
+
+    from vlafoundry.config import ConfigError
+    from vlafoundry.train import inputs
+    from vlafoundry.train.config import load_config
+
+    seen = {}
+
+    def fake_generate(env, episodes, root, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("vlafoundry.data.generate_dataset", fake_generate)
+    cfg = load_config("babyai-gotolocal", ["--data.env_cache", "3", "--data.cache_dir", str(tmp_path)])
+    with pytest.raises(RuntimeError, match="stop"):
+        inputs.ensure_dataset(cfg, types.SimpleNamespace(is_main=True, world_size=1), progress=False)
+    assert seen["env_cache"] == 3
+    assert load_config("babyai-gotolocal", []).data.env_cache == 16
+    with pytest.raises(ConfigError, match=r"data.env_cache: expected an integer >= 0"):
+        load_config("babyai-gotolocal", ["--data.env_cache", "-2"])

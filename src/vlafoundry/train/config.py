@@ -20,6 +20,7 @@ from vlafoundry.config import (
     to_dict,
 )
 from vlafoundry.envs.spec import EVAL_SEED_BASE
+from vlafoundry.data.env_cache import DEFAULT_ENV_CACHE
 from vlafoundry.models.config import ModelConfig, PolicyConfig
 from vlafoundry.models.objectives import LossConfig
 
@@ -36,7 +37,10 @@ class DataConfig:
     the generated missions (``hold_out_scope: mission``) or out of the episodes altogether (``scene``: no level of
     the data holds one either; :mod:`vlafoundry.data.holdout`). ``instruction_variants`` (a shipped name such as
     ``metaworld`` or a paraphrase-format JSON file) replaces each training row's instruction, with probability
-    ``instruction_variant_p``, by a variant of the same meaning (:mod:`vlafoundry.data.instruction_variants`). ``camera`` (a camera name
+    ``instruction_variant_p``, by a variant of the same meaning (:mod:`vlafoundry.data.instruction_variants`).
+    ``env_cache``: envs each generation process keeps built when ``vlafoundry train`` generates the data (least
+    recently used closed first; 0: one per task, unbounded; :mod:`vlafoundry.data.env_cache`); the bytes do not
+    depend on it. ``camera`` (a camera name
     or comma list), ``image_size`` (frame side in pixels) and ``proprio`` (``full`` | ``hand`` | ``auto``) shape
     camera observations of families that render them (Meta-World with ``image: rgb``; docs/data.md)."""
 
@@ -54,6 +58,7 @@ class DataConfig:
     hold_out_scope: str = "mission"
     instruction_variants: str | None = None
     instruction_variant_p: float = 0.5
+    env_cache: int = DEFAULT_ENV_CACHE
     camera: str = "corner2"
     image_size: int = 64
     proprio: str = "auto"
@@ -87,6 +92,8 @@ class DataConfig:
             raise ConfigError(f"data.{exc}") from None
         from vlafoundry.data.holdout import HOLD_OUT_SCOPES
 
+        require(isinstance(self.env_cache, int) and self.env_cache >= 0, "data.env_cache",
+                "an integer >= 0 (0: one env per task, unbounded)", self.env_cache)
         require(0.0 <= self.instruction_variant_p <= 1.0, "data.instruction_variant_p", "a probability in [0, 1]",
                 self.instruction_variant_p)
         require(self.instruction_variants is None or (isinstance(self.instruction_variants, str)

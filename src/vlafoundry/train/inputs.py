@@ -32,7 +32,7 @@ def ensure_dataset(cfg: ExperimentConfig, dist_info: DistInfo, progress: bool = 
                          image=cfg.data.image, progress=progress, action_noise=cfg.data.action_noise,
                          hold_out_pairs=cfg.data.hold_out_pairs,
                          hold_out_scope=cfg.data.hold_out_scope, camera=cfg.data.camera,
-                         image_size=cfg.data.image_size, proprio=cfg.data.proprio)
+                         image_size=cfg.data.image_size, proprio=cfg.data.proprio, env_cache=cfg.data.env_cache)
     barrier(dist_info)
     if not (root / META_FILE).exists() and not is_lerobot_dataset(root):
         raise FileNotFoundError(f"data.path: {root} is not a vlafoundry dataset (no {META_FILE}) nor a LeRobot v3.0 "
