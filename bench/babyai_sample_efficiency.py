@@ -95,7 +95,10 @@ def run_one(level: str, preset: str, demos: int, seed: int, episodes: int, worke
     policy = trainer.policy.eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # worker processes step the environments on the other core
+    from vlafoundry.envs import get_family
+
     result = evaluate_policy(policy, cfg.data.env, episodes=episodes, workers=workers,
+                             env_kwargs=dict(get_family(cfg.data.env).env_kwargs(cfg.data)),  # e.g. image="rgb"
                              seed_start=10**9, training_seeds=[(cfg.data.seed, cfg.data.seed + demos)])
     torch.set_num_threads(threads)
     row = result.summary
