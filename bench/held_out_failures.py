@@ -23,20 +23,11 @@ import numpy as np
 OBJECTS = ("ball", "box", "key")
 
 
-def _batch(obs: dict[str, Any], mission: str, env_name: str) -> dict[str, Any]:
-    b: dict[str, Any] = {"state": np.asarray(obs["state"], np.float32)[None], "instruction": [mission],
-                         "instruction_present": np.array([True]), "state_present": np.array([True]),
-                         "task": [env_name]}  # fmt: skip
-    if obs.get("image") is not None:
-        b["image"] = np.asarray(obs["image"])[None]
-        b["image_present"] = np.array([True])
-    return b
-
-
 def analyse(run: str, episodes: int, seed: int) -> dict[str, Any]:
     from vlafoundry.data.holdout import held_out_in
     from vlafoundry.envs import get_family, make_env
     from vlafoundry.eval.generalisation import held_out_pairs_of
+    from vlafoundry.eval.talk import observation_batch
     from vlafoundry.train import load_run
 
     policy, cfg, _ = load_run(run)
@@ -63,7 +54,7 @@ def analyse(run: str, episodes: int, seed: int) -> dict[str, Any]:
         faced: list[tuple[str, str]] = []
         success = False
         for _ in range(level.max_steps):
-            action = np.asarray(policy.select_action(_batch(obs, mission, env_name)))[0]
+            action = np.asarray(policy.select_action(observation_batch(obs, mission, env_name)))[0]
             obs, _, terminated, truncated, info = env.step(action)
             cell = level.grid.get(*level.front_pos)
             if cell is not None and cell.type in OBJECTS:

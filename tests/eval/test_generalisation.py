@@ -267,7 +267,8 @@ def test_hold_out_scope_scene_keeps_the_pairs_out_of_every_level(tmp_path):
                            progress=False)
     meta, counts = res.metadata, res.metadata["counts"]
     assert meta["generation"]["hold_out_scope"] == "scene" and counts["episodes"] == 12
-    frames = np.concatenate([DemoDataset(tmp_path / "ds", split="all")[i]["image"][None] for i in range(counts["steps"])])
+    data = DemoDataset(tmp_path / "ds", split="all")
+    frames = np.concatenate([data[i]["image"][None] for i in range(counts["steps"])])
     for pair in pairs:
         colour, obj = pair.split()
         cell = (frames[..., 0] == OBJECT_TO_IDX[obj]) & (frames[..., 1] == COLOR_TO_IDX[colour])

@@ -72,7 +72,7 @@ from vlafoundry.data.shard_layout import (  # noqa: F401 (re-exported)
     _prepare_root,
     _wipe,
 )
-from vlafoundry.data.shards import read_shard_reasons, read_shard_summary, shard_path, write_shard
+from vlafoundry.data.shards import read_shard_summary, shard_path, write_shard
 from vlafoundry.envs import canonical_name, expand_env_names, get_family
 from vlafoundry.envs.family import split_name
 
@@ -191,9 +191,9 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
             log.warning("discarding unreadable shard %s", path.name)
             path.unlink()
             continue
-        ok[int(path.stem.split("_")[1])] = len(summary[0])
-        if cfg.hold_out_pairs:
-            held[int(path.stem.split("_")[1])] = sum(r.startswith(HELD_OUT_REASON) for r in read_shard_reasons(path))
+        k = int(path.stem.split("_")[1])
+        ok[k] = len(summary[0])
+        held[k] = sum(r.startswith(HELD_OUT_REASON) for r in summary[2])
         reused += 1
     steps = episodes = 0
     bar = progress_bar(n_needed, f"generate {cfg.env}", "ep", enabled=progress)
@@ -213,11 +213,12 @@ def _roll_out_shards(cfg: GenerationConfig, shard_dir: Path, shard_size: int, wo
                     results = pool.imap_unordered(_run_shard, jobs)
                 for res in results:
                     ok[res["shard"]] = res["ok"]
-                    held[res["shard"]] = sum(r.startswith(HELD_OUT_REASON) for _, r in res["failed"])
+                    held[res["shard"]] = 0
                     steps += res["steps"]
                     episodes += res["ok"]
                     for seed, reason in res["failed"]:
                         if reason.startswith(HELD_OUT_REASON):
+                            held[res["shard"]] += 1
                             continue  # skipped on purpose, not an expert failure
                         reasons[_reason_kind(reason)] += 1
                         listed = sum(reasons.values())
@@ -435,7 +436,7 @@ def generate_dataset(
     cfg = GenerationConfig(env=name, episodes=int(episodes), seed=int(seed), image=image,
                            max_steps=max_steps, episode_timeout_s=float(episode_timeout_s),
                            action_noise=float(action_noise), hold_out_pairs=list(pairs),
-                           hold_out_scope=check_hold_out_scope(str(hold_out_scope)), camera=str(camera),
+                           hold_out_scope=str(hold_out_scope), camera=str(camera),
                            image_size=int(image_size), proprio=str(proprio))
     family.validate_observation(cfg)
     root = Path(out)

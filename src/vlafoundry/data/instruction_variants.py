@@ -68,10 +68,6 @@ class InstructionVariants:
             n = self._counts[instruction] = 0 if found is None else len(found[0])
         return n
 
-    def covers(self, instruction: str) -> bool:
-        """Whether ``instruction`` has variants."""
-        return self._count(str(instruction)) > 0
-
     def expand(self, instructions: Any) -> list[str]:
         """Every variant of each distinct instruction of ``instructions``, first-seen order, without repeats."""
         out: dict[str, None] = {}

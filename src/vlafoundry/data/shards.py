@@ -55,19 +55,14 @@ def write_shard(path: Path, episodes: list[Episode], failures: list[tuple[int, s
     os.replace(tmp, path)
 
 
-def read_shard_summary(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(successful seeds, failed seeds) of a complete shard, or ``None`` if it cannot be read."""
+def read_shard_summary(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(successful seeds, failed or skipped seeds, their reasons) of a complete shard, without loading its
+    episodes; ``None`` if it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return z["ep_seed"], z["failed_seed"]
+            return z["ep_seed"], z["failed_seed"], [str(r) for r in z["failed_reason"]]
     except Exception:
         return None
-
-
-def read_shard_reasons(path: Path) -> list[str]:
-    """The failure reasons of a complete shard (one per failed or skipped seed), without loading its episodes."""
-    with np.load(path, allow_pickle=False) as z:
-        return [str(r) for r in z["failed_reason"]]
 
 
 def read_shard(path: Path) -> tuple[list[Episode], list[tuple[int, str]]]:

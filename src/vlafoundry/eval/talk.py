@@ -81,6 +81,17 @@ class Episode:
                 f"told \u201c{self.instruction}\u201d, the env's mission was \u201c{self.mission}\u201d")  # fmt: skip
 
 
+def observation_batch(obs: dict[str, Any], instruction: str, task: str) -> dict[str, Any]:
+    """One env observation as a batch of one for ``policy.select_action``, the policy told ``instruction``."""
+    batch: dict[str, Any] = {"state": np.asarray(obs["state"], dtype=np.float32)[None],
+                             "instruction": [instruction], "instruction_present": np.array([True]),
+                             "state_present": np.array([True]), "task": [task]}  # fmt: skip
+    if obs.get("image") is not None:
+        batch["image"] = np.asarray(obs["image"])[None]
+        batch["image_present"] = np.array([True])
+    return batch
+
+
 def run_instruction(policy: Any, env_name: str, instruction: str, *, seed: int = 0,
                     env_kwargs: dict[str, Any] | None = None, max_steps: int | None = None,
                     frames: bool = True) -> Episode:  # fmt: skip
@@ -107,13 +118,7 @@ def run_instruction(policy: Any, env_name: str, instruction: str, *, seed: int =
         policy.reset()
         success, steps, ret = False, 0, 0.0
         while steps < cap:
-            batch: dict[str, Any] = {"state": np.asarray(obs["state"], dtype=np.float32)[None],
-                                     "instruction": [instruction], "instruction_present": np.array([True]),
-                                     "state_present": np.array([True]), "task": [env_name]}  # fmt: skip
-            if obs.get("image") is not None:
-                batch["image"] = np.asarray(obs["image"])[None]
-                batch["image_present"] = np.array([True])
-            action = np.asarray(policy.select_action(batch))[0]
+            action = np.asarray(policy.select_action(observation_batch(obs, instruction, env_name)))[0]
             obs, reward, terminated, truncated, info = env.step(action)
             steps += 1
             ret += float(reward)

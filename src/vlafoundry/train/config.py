@@ -84,23 +84,21 @@ class DataConfig:
                 "an integer in [8, 1024]", self.image_size)
         require(self.proprio in ("auto", "full", "hand"), "data.proprio", "one of ['auto', 'full', 'hand']",
                 self.proprio)
-        from vlafoundry.data.generate import parse_hold_out_pairs
+        from vlafoundry.data.env_cache import check_env_cache
+        from vlafoundry.data.holdout import check_hold_out_scope, parse_hold_out_pairs
 
-        try:  # "colour object" pairs no training mission names (held-out compositions)
+        try:  # the generator's own checks, reported under data.*
+            # "colour object" pairs no training mission names (held-out compositions), and what they are kept out of
             self.hold_out_pairs = list(parse_hold_out_pairs(self.hold_out_pairs))
+            check_hold_out_scope(self.hold_out_scope)
+            check_env_cache(self.env_cache)
         except ValueError as exc:
             raise ConfigError(f"data.{exc}") from None
-        from vlafoundry.data.holdout import HOLD_OUT_SCOPES
-
-        require(isinstance(self.env_cache, int) and self.env_cache >= 0, "data.env_cache",
-                "an integer >= 0 (0: one env per task, unbounded)", self.env_cache)
         require(0.0 <= self.instruction_variant_p <= 1.0, "data.instruction_variant_p", "a probability in [0, 1]",
                 self.instruction_variant_p)
         require(self.instruction_variants is None or (isinstance(self.instruction_variants, str)
                                                       and self.instruction_variants.strip() != ""),
                 "data.instruction_variants", "null, a shipped name or a JSON file path", self.instruction_variants)
-        require(self.hold_out_scope in HOLD_OUT_SCOPES, "data.hold_out_scope", f"one of {list(HOLD_OUT_SCOPES)}",
-                self.hold_out_scope)
         # with data.augment colour, the permutations are drawn among those that name no held-out pair
         # (vlafoundry.envs.augment.ColourPermutation, hold_out_pairs)
         from vlafoundry.envs import get_family

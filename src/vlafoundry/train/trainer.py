@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from vlafoundry.config import ConfigError, dump_yaml, from_dict, to_dict
+from vlafoundry.data.instruction_variants import WithVariantTexts
 from vlafoundry.io import read_json, write_json_atomic
 from vlafoundry.models import make_policy
 from vlafoundry.models.policy import count_parameters
@@ -72,44 +73,39 @@ def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _batch_augmentation(cfg: ExperimentConfig) -> Any:
-    """The training-batch augmentation of ``cfg.data``: the env family's (``data.augment``), then instruction
-    variants (``data.instruction_variants``; after a colour permutation, so the relabelled mission is what gets
-    rephrased); None when there is neither. Called as ``augment(batch, generator)``."""
+def _instruction_variants(cfg: ExperimentConfig) -> Any:
+    """The :class:`~vlafoundry.data.instruction_variants.InstructionVariants` of ``data.instruction_variants``, or
+    None; a missing or malformed file is a :class:`ConfigError` naming it."""
+    if not cfg.data.instruction_variants:
+        return None
+    from vlafoundry.data.instruction_variants import load_variants
+
+    try:
+        return load_variants(cfg.data.instruction_variants, cfg.data.instruction_variant_p)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc) if str(exc).startswith("data.") else f"data.instruction_variants: {exc}") from None
+
+
+def _batch_augmentation(cfg: ExperimentConfig, variants: Any) -> Any:
+    """The training-batch augmentation of ``cfg.data``: the env family's (``data.augment``), then ``variants``
+    (after a colour permutation, so the relabelled mission is what gets rephrased); None when there is neither.
+    Called as ``augment(batch, generator)``."""
     steps = []
     if cfg.data.augment != "none":
         from vlafoundry.envs import get_family
 
         steps.append(get_family(cfg.data.env).augmentation(cfg.data.augment, cfg.data))
-    if cfg.data.instruction_variants:
-        from vlafoundry.data.instruction_variants import load_variants
-
-        try:
-            steps.append(load_variants(cfg.data.instruction_variants, cfg.data.instruction_variant_p))
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(str(exc) if str(exc).startswith("data.") else f"data.instruction_variants: {exc}") \
-                from None
-    if not steps:
-        return None
-    if len(steps) == 1:
-        return steps[0]
+    if variants is not None:
+        steps.append(variants)
+    if len(steps) <= 1:
+        return steps[0] if steps else None
 
     def chained(batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         for step in steps:
             batch = step(batch, generator)
         return batch
 
-    chained.steps = steps  # type: ignore[attr-defined]
     return chained
-
-
-def _policy_texts(dataset: Any, augment: Any) -> Any:
-    """What a new policy is built from: ``dataset``, or with instruction variants a view whose ``instructions``
-    also lists them (a scratch tokenizer then knows their words)."""
-    from vlafoundry.data.instruction_variants import InstructionVariants, WithVariantTexts
-
-    found = [s for s in getattr(augment, "steps", [augment]) if isinstance(s, InstructionVariants)]
-    return WithVariantTexts(dataset, found[0]) if found else dataset
 
 
 class Trainer:
@@ -138,7 +134,8 @@ class Trainer:
         if note and self.dist.is_main:
             print(note, flush=True)
         self.train_ds, self.val_ds = load_datasets(cfg, root)
-        self._augment = _batch_augmentation(cfg)
+        self._variants = _instruction_variants(cfg)
+        self._augment = _batch_augmentation(cfg, self._variants)
 
         self.step = 0
         self.best_val = float("inf")
@@ -157,8 +154,9 @@ class Trainer:
                 # the architecture comes from the checkpoint; keep the run's config truthful
                 self.cfg.model = init_cfg.model
         else:
-            self.policy = make_policy(cfg.model, _policy_texts(self.train_ds, self._augment), self.loss_cfg
-                                      ).to(self.device)
+            # with instruction variants, the policy's texts (a scratch tokenizer, its spec) include them
+            texts = self.train_ds if self._variants is None else WithVariantTexts(self.train_ds, self._variants)
+            self.policy = make_policy(cfg.model, texts, self.loss_cfg).to(self.device)
         self.policy.check_objectives(self.loss_cfg)
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
