@@ -14,6 +14,7 @@ from vlafoundry.config import require
 VISION_KINDS = ("grid", "patch", "none")
 LANGUAGE_KINDS = ("scratch", "pretrained", "none")
 MEMORY_KINDS = ("none", "gru")
+GROUNDING_KINDS = ("none", "attributes")
 
 
 @dataclass
@@ -71,6 +72,14 @@ class PolicyConfig(ModelConfig):
     phrasings (Meta-World); wrong where new instructions are new compositions (a held-out colour-object pair
     would be snapped to a trained pair).
     fusion: ``cross_attention`` (the chapter's MultimodalEncoder), ``early``, ``late`` or ``film``.
+    grounding: ``attributes`` adds to every cell token, before fusion, features of how well the cell's object type
+        and its colour each match the instruction (:class:`~vlafoundry.nn.matching.AttributeMatching`: one score per
+        attribute, and their product), so a colour-object pair never named in training is matched from its parts.
+        Needs ``vision`` ``grid`` and a language modality. ``none``: the fusion alone relates words and cells.
+    grounding_dropout: with ``grounding``, the probability that a training row's fusion reads no instruction (its
+        placeholder instead) while the grounding still does, so those rows' actions must come from the matched
+        cells. Without it the fusion can fit the training pairs by itself and, for some training seeds, leaves the
+        matching unlearnt (docs/benchmarks.md, held-out compositions).
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), ``flow`` (flow matching) or ``diffusion`` (DDPM/DDIM) over the chunk
     (:mod:`vlafoundry.models.generative`), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
@@ -131,6 +140,8 @@ class PolicyConfig(ModelConfig):
     pretrained_model: str | None = None
     language_adapter: int = 0
     instruction_snap: bool = False
+    grounding: str = "none"
+    grounding_dropout: float = 0.0
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
     execute: int = 0
@@ -195,6 +206,14 @@ class PolicyConfig(ModelConfig):
         require(not self.instruction_snap or self.language == "pretrained", "model.instruction_snap",
                 f"false unless model.language is 'pretrained' (got model.language={self.language!r})",
                 self.instruction_snap)
+        require(self.grounding in GROUNDING_KINDS, "model.grounding", f"one of {list(GROUNDING_KINDS)}", self.grounding)
+        require(self.grounding == "none" or (self.vision == "grid" and self.language != "none"), "model.grounding",
+                f"'none' unless model.vision is 'grid' and a language modality is on (got model.vision="
+                f"{self.vision!r}, model.language={self.language!r})", self.grounding)
+        require(0.0 <= self.grounding_dropout < 1.0, "model.grounding_dropout", "a probability in [0, 1)",
+                self.grounding_dropout)
+        require(self.grounding_dropout == 0 or self.grounding != "none", "model.grounding_dropout",
+                "0 unless model.grounding is on (got model.grounding='none')", self.grounding_dropout)
         require(self.memory in MEMORY_KINDS, "model.memory", f"one of {list(MEMORY_KINDS)}", self.memory)
         require(self.memory == "none" or (self.history == 1 and self.chunk == 1), "model.memory",
                 f"'none' with model.history={self.history} and model.chunk={self.chunk} (a memory needs both 1)",

@@ -41,6 +41,7 @@ from vlafoundry.nn.blocks import TransformerEncoderBlock
 from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.fusion import masked_mean_pool
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer
+from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import SymbolicGridEncoder, VisionEncoder, get_1d_sincos_pos_embed
@@ -121,6 +122,11 @@ class VLAPolicy(VLAObjectives, Policy):
             self.text_encoder = LanguageEncoder(cfg.pretrained_model, d_model=d, freeze=True,
                                                 adapter=cfg.language_adapter)
 
+        # ---- instruction-to-cell matching, one attribute at a time (model.grounding)
+        self.grounding: AttributeMatching | None = None
+        if cfg.grounding == "attributes" and self.has_image and self.has_language:
+            self.grounding = AttributeMatching(d, num_attributes=2)
+
         # ---- fusion, memory (a GRU over the episode's fused step features: residual, then LayerNorm), head
         self.fusion = FUSIONS.get(cfg.fusion)(cfg, ffn)
         self.memory: nn.GRU | None = None
@@ -192,10 +198,14 @@ class VLAPolicy(VLAObjectives, Policy):
         return self.cfg.history == 1 and self.cfg.chunk == 1 and self.memory is None
 
     # ------------------------------------------------------------------ encoders
-    def encode_image(self, image: torch.Tensor, frame_mask: torch.Tensor, mrm: bool = False
+    def encode_image(self, image: torch.Tensor, frame_mask: torch.Tensor, mrm: bool = False,
+                     instruction: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(B,T,[K,]H,W,C) uint8 -> tokens (B, T*N, D), mask (B, T*N), extras: ``positions`` (1, T*N, D), the
-        fixed position terms (spatial, camera, temporal) the tokens carry, and with ``mrm`` the MRM targets."""
+        fixed position terms (spatial, camera, temporal) the tokens carry, and with ``mrm`` the MRM targets.
+        ``instruction`` (pooled (B, D), present (B,) bool), with ``model.grounding``: the instruction whose
+        per-attribute match with each cell is added to the cell's token (``extras["grounding"]`` (B, T*N, D));
+        absent instructions add nothing."""
         b, t = image.shape[:2]
         if self.training and self.cfg.image_shift > 0:
             # one offset per sample and camera, shared by the sample's T frames: (B, T, [K,] H, W, C)
@@ -215,10 +225,23 @@ class VLAPolicy(VLAObjectives, Policy):
             tokens = blk(tokens, mask)
         if mrm:
             extras["mrm_pred"] = tokens
+        if self.grounding is not None and instruction is not None:
+            # after the context layers, so the grounding reaches the fusion only and pooled_observation removes it
+            g = self.match_cells(flat, *instruction)  # (B*T, N, D)
+            tokens = tokens + g
+            extras["grounding"] = g.reshape(b, t * n, -1)  # (B, T*N, D)
         temporal = self.temporal_pos[-t:].view(1, t, 1, -1)  # (1, T, 1, D)
         tokens = tokens.reshape(b, t, n, -1) + temporal  # (B, T, N, D)
         extras["positions"] = (self.image_positions(image, tokens).unsqueeze(1) + temporal).reshape(1, t * n, -1)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
+
+    def match_cells(self, grid: torch.Tensor, instruction: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Symbolic frames (B*T, H, W, 3), pooled instructions (B, D) and their presence (B,) -> the grounding
+        features (B*T, H*W, D) added to the cell tokens (zeros where the instruction is absent)."""
+        t = grid.shape[0] // instruction.shape[0]
+        instruction = instruction.repeat_interleave(t, dim=0)  # (B*T, D)
+        feats, _ = self.grounding(instruction, self.vision_encoder.attribute_embeddings(grid))  # (B*T, H*W, D)
+        return feats * present.repeat_interleave(t, dim=0).view(-1, 1, 1).to(feats.dtype)
 
     def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
         """Token grid (rows, cols) of one camera's (B, T, [K,] H, W, C) frames: the cells, or the ViT's patches."""
@@ -269,22 +292,34 @@ class VLAPolicy(VLAObjectives, Policy):
         """All encoders for a prepared batch -> token sequences and masks (absent modalities masked out)."""
         enc: dict[str, Any] = {"vision": None, "vision_mask": None, "state": None, "state_mask": None,
                                "lang": None, "lang_mask": None, "extras": {}, "seq": b.get("seq")}
+        if self.has_language:
+            lf, lm = self.encode_language(b["instruction"], lang_ids, lang_mask)
+            enc["lang"], enc["lang_mask"] = lf, lm & b["instruction_present"].unsqueeze(1)
         if self.has_image:
             frame_mask = b["obs_mask"] & b["image_present"].unsqueeze(1)  # (B, T)
-            v, vm, extras = self.encode_image(b["image"], frame_mask, mrm=mrm)
+            instruction = None
+            if self.grounding is not None:
+                instruction = (self.pooled_instruction(enc), enc["lang_mask"].any(dim=1))  # (B, D), (B,)
+            v, vm, extras = self.encode_image(b["image"], frame_mask, mrm=mrm, instruction=instruction)
             enc.update(vision=v, vision_mask=vm, extras=extras)
         if self.has_state:
             enc["state"] = self.encode_state(b["state"])
             enc["state_mask"] = b["obs_mask"] & b["state_present"].unsqueeze(1)
-        if self.has_language:
-            lf, lm = self.encode_language(b["instruction"], lang_ids, lang_mask)
-            enc["lang"], enc["lang_mask"] = lf, lm & b["instruction_present"].unsqueeze(1)
+        if self.grounding is not None and self.training and self.cfg.grounding_dropout > 0:
+            # the fusion alone loses the instruction on these rows: their action must come from the grounded cells
+            # (whole episodes with a memory, which would otherwise carry the instruction over from other steps)
+            seq = enc.get("seq")
+            n = seq[2] if seq is not None else enc["lang_mask"].shape[0]
+            drop = torch.rand(n, device=self.device) < self.cfg.grounding_dropout  # (episodes or rows,)
+            if seq is not None:
+                drop = drop[seq[0]]  # (B,) each step takes its episode's draw
+            enc["fusion_lang_mask"] = enc["lang_mask"] & ~drop.unsqueeze(1)
         return enc
 
     def fuse(self, enc: dict[str, Any]) -> torch.Tensor:
         """Fusion of the encoded tokens -> (B, D), before the memory."""
-        return self.fusion(enc["vision"], enc["lang"], enc["vision_mask"], enc["lang_mask"], enc["state"],
-                           enc["state_mask"])
+        lang_mask = enc.get("fusion_lang_mask", enc["lang_mask"])
+        return self.fusion(enc["vision"], enc["lang"], enc["vision_mask"], lang_mask, enc["state"], enc["state_mask"])
 
     def features(self, enc: dict[str, Any]) -> torch.Tensor:
         """The features the heads read, per step (B, D): fusion, then the memory if any (see :meth:`apply_memory`)."""
@@ -333,6 +368,8 @@ class VLAPolicy(VLAObjectives, Policy):
                 x = enc[k]
                 if k == "vision" and "positions" in enc["extras"]:
                     x = x - enc["extras"]["positions"]  # (B, T*N, D) - (1, T*N, D)
+                if k == "vision" and "grounding" in enc["extras"]:
+                    x = x - enc["extras"]["grounding"]  # the instruction's own match: it would leak the instruction
                 parts.append(x)
                 masks.append(enc[f"{k}_mask"])
         return masked_mean_pool(torch.cat(parts, 1), torch.cat(masks, 1))  # (B, D)

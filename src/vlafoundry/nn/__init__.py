@@ -9,6 +9,7 @@ from vlafoundry.nn._checks import check_finite, check_finite_enabled, set_check_
 from vlafoundry.nn.action import ActionDecoder, ActionEncoder, ActionSequenceProcessor, ActionTokenizer
 from vlafoundry.nn.attention import CrossModalAttention, FeedForward, MultiHeadAttention
 from vlafoundry.nn.features import FourierFeatures
+from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.blocks import FFNFactory, MultimodalEncoder, MultimodalTransformerBlock, TransformerEncoderBlock
 from vlafoundry.nn.fusion import (
     EarlyFusion,
@@ -33,7 +34,7 @@ from vlafoundry.nn.vision import (
 
 __all__ = [
     "FourierFeatures",
-    "ActionDecoder", "ActionEncoder", "ActionSequenceProcessor", "ActionTokenizer",
+    "ActionDecoder", "ActionEncoder", "AttributeMatching", "ActionSequenceProcessor", "ActionTokenizer",
     "ConditionalComputationGate", "ContrastiveLoss", "ConvStem", "CrossModalAttention", "EarlyFusion", "FFNFactory",
     "FeedForward", "FiLMFusion", "LanguageEncoder", "LateFusion", "MultiHeadAttention",
     "MultimodalContrastiveLearning", "MultimodalEncoder", "MultimodalFusionNetwork", "MultimodalMixtureOfExperts",

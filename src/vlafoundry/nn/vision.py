@@ -308,3 +308,22 @@ class SymbolicGridEncoder(nn.Module):
             tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)  # (B, 1+H*W, D)
         tokens = tokens + self.pos_cache.get(h, w, tokens.device, tokens.dtype)
         return self.pos_drop(tokens)
+
+    def attribute_embeddings(self, grid: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+        """Each cell's object-type and colour embeddings apart: ``[(B, N, D), (B, N, D)]``, N the encoder's token
+        count (zeros at the CLS slot), for :class:`~vlafoundry.nn.matching.AttributeMatching`."""
+        if isinstance(grid, np.ndarray):
+            grid = torch.from_numpy(grid)
+        check_tensor("grid", grid, ndim=4, last_dim=3, floating=False)
+        grid = grid.to(self.object_embed.weight.device, torch.long)  # (B, H, W, 3)
+        b, h, w, _ = grid.shape
+        if grid.numel() > 0:
+            self._check_range("object", grid[..., 0], self.num_objects)
+            self._check_range("colour", grid[..., 1], self.num_colors)
+        out = []
+        for table, idx in ((self.object_embed, grid[..., 0]), (self.color_embed, grid[..., 1])):
+            a = table(idx).reshape(b, h * w, self.d_model)  # (B, H*W, D)
+            if self.cls_token is not None:
+                a = torch.cat([a.new_zeros(b, 1, self.d_model), a], dim=1)  # (B, 1+H*W, D)
+            out.append(a)
+        return out

@@ -1,0 +1,72 @@
+"""Instruction-to-token matching one attribute at a time (``model.grounding: attributes``).
+
+A policy that reads "go to the red ball" must find the cell that is red *and* a ball. Trained on a few colour-object
+pairs, a policy that matches the instruction against whole cell features can learn one detector per pair it saw;
+such detectors say nothing about a pair it never heard (docs/benchmarks.md, held-out compositions).
+:class:`AttributeMatching` builds the match from parts instead: for every attribute ``a`` (object type, colour, ...)
+the instruction gives a query ``q_a`` and each token's embedding of that attribute a key ``k_a``; their scaled dot
+product ``s_a`` says how well the token's value of that one attribute matches what the instruction asks for. The
+match of a token to the whole description, ``prod_a sigmoid(s_a)``, is then a product of parts each learned from
+every pair that shares that attribute value, so a new combination of known values is scored like a known one.
+
+    instruction (B, D) ──norm, Linear──► queries (B, A, M)
+    attributes  A x (B, N, D) ──Linear per attribute──► keys A x (B, N, M)
+    s = <q_a, k_a> / sqrt(M)                     (B, N, A)
+    features = Linear([tanh(s), prod sigmoid(s)])  (B, N, D)   added to the tokens by the caller
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vlafoundry.nn._checks import check_tensor
+
+__all__ = ["AttributeMatching"]
+
+
+class AttributeMatching(nn.Module):
+    """Per-token, per-attribute match scores of an instruction, and token features made from them.
+
+    ``forward(instruction (B, D), attributes: A tensors (B, N, D)) -> (features (B, N, D), scores (B, N, A))``.
+    ``instruction`` is a pooled instruction feature; ``attributes[a]`` holds each token's embedding of attribute
+    ``a`` alone (e.g. the object-type table's row for the cell's object). ``scores`` are the raw ``s_a``; the
+    features are ``Linear([tanh(s), prod_a sigmoid(s_a)])`` so they stay bounded whatever the scores' scale.
+    """
+
+    def __init__(self, d_model: int, num_attributes: int = 2, match_dim: int = 32,
+                 norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+        super().__init__()
+        if num_attributes < 1:
+            raise ValueError(f"num_attributes: expected >= 1, got {num_attributes}")
+        if match_dim < 1:
+            raise ValueError(f"match_dim: expected >= 1, got {match_dim}")
+        self.d_model, self.num_attributes, self.match_dim = d_model, num_attributes, match_dim
+        self.cond_norm = norm_layer(d_model)
+        self.query = nn.Linear(d_model, num_attributes * match_dim)
+        self.keys = nn.ModuleList(nn.Linear(d_model, match_dim, bias=False) for _ in range(num_attributes))
+        self.proj = nn.Linear(num_attributes + 1, d_model)
+
+    def scores(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, D), A x (B, N, D) -> match scores (B, N, A)."""
+        check_tensor("instruction", instruction, ndim=2, last_dim=self.d_model)
+        if len(attributes) != self.num_attributes:
+            raise ValueError(f"attributes: expected {self.num_attributes} attribute embeddings, got {len(attributes)}")
+        b = instruction.shape[0]
+        for i, a in enumerate(attributes):
+            check_tensor(f"attributes[{i}]", a, ndim=3, last_dim=self.d_model)
+            if a.shape[0] != b or a.shape[1] != attributes[0].shape[1]:
+                raise ValueError(f"attributes[{i}]: expected shape ({b}, {attributes[0].shape[1]}, {self.d_model}) "
+                                 f"like the instruction's batch and attributes[0]'s tokens, got {tuple(a.shape)}")
+        q = self.query(self.cond_norm(instruction)).view(b, self.num_attributes, self.match_dim)  # (B, A, M)
+        s = [torch.einsum("bm,bnm->bn", q[:, i], key(a)) for i, (key, a) in enumerate(zip(self.keys, attributes))]
+        return torch.stack(s, dim=-1) / math.sqrt(self.match_dim)  # (B, N, A)
+
+    def forward(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scores(instruction, attributes)  # (B, N, A)
+        both = torch.sigmoid(s).prod(dim=-1, keepdim=True)  # (B, N, 1): every attribute matches
+        return self.proj(torch.cat([torch.tanh(s), both], dim=-1)), s  # (B, N, D), (B, N, A)
