@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 from typing import Any
 
@@ -51,7 +52,7 @@ def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
         seed += 1
         mission = str(obs["instruction"])
         words = mission.split()
-        named = [(c, o) for c, o in zip(words, words[1:]) if c in COLOR_TO_IDX and o in OBJECT_TO_IDX]
+        named = [(c, o) for c, o in itertools.pairwise(words) if c in COLOR_TO_IDX and o in OBJECT_TO_IDX]
         if not named:
             continue
         grid = torch.as_tensor(np.asarray(obs["image"])).reshape(1, 7, 7, 3).long()  # (1, 7, 7, 3)

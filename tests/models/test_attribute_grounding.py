@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from vlafoundry.models import PolicyConfig
-
 from tests.models.test_policy import babyai_batch, babyai_spec, make
+from vlafoundry.models import PolicyConfig
 
 
 def test_grounding_needs_the_symbolic_grid_and_language():

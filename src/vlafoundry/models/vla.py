@@ -30,8 +30,8 @@ from torch import nn
 from vlafoundry.models.acting import ActingState
 from vlafoundry.models.base import Policy
 from vlafoundry.models.components import FUSIONS, HEADS, resolve_head
-from vlafoundry.models.grounding import InstructionSnap
 from vlafoundry.models.config import PolicyConfig
+from vlafoundry.models.grounding import InstructionSnap
 from vlafoundry.models.objectives import LossConfig, VLAObjectives
 from vlafoundry.models.processor import PolicyProcessor
 from vlafoundry.models.registry import register_policy
@@ -41,10 +41,14 @@ from vlafoundry.nn.blocks import TransformerEncoderBlock
 from vlafoundry.nn.features import FourierFeatures
 from vlafoundry.nn.fusion import masked_mean_pool
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer
-from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
+from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
-from vlafoundry.nn.vision import SymbolicGridEncoder, VisionEncoder, get_1d_sincos_pos_embed
+from vlafoundry.nn.vision import (
+    SymbolicGridEncoder,
+    VisionEncoder,
+    get_1d_sincos_pos_embed,
+)
 
 
 def _moe_factory(cfg: PolicyConfig):
