@@ -5,7 +5,10 @@
 RUN is a run or checkpoint of a BabyAI policy with ``model.grounding attributes``. From ``--seed`` on, each level's
 first frame in which the mission's colour-object pair is in view is scored: the matching's product score
 ``prod_a sigmoid(s_a)`` of every object cell (ball, box, key, door), and whether the best-scored object is one of
-the named pair, with the margin of the named pair's best score over the best other object's. Frames are counted
+the named pair, with the margin of the named pair's best score over the best other object's. The policy reads the
+scores through a learned projection, so a matching may as well learn the opposite sign for any attribute (the
+named object's colour scored *lowest*, ``sigmoid(-s_colour)``); the signs are those, one per attribute, that find
+the most named objects on the trained pairs' frames, and the held-out frames are scored with the same signs. Frames are counted
 separately for missions naming a held-out pair (``data.hold_out_pairs`` of the run) and for trained pairs, until
 ``--frames`` held-out frames (or ``--frames`` trained frames for a run without held-out pairs). Prints a table and
 writes JSON with ``--json``. A matching that was not learnt shows as ~chance on *trained* pairs too.
@@ -43,8 +46,7 @@ def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
     env_name = cfg.data.env
     env = make_env(env_name, **dict(get_family(env_name).env_kwargs(cfg.data)))
     obj_idx = torch.tensor([OBJECT_TO_IDX[o] for o in OBJECTS])
-    stats: dict[str, dict[str, list[float]]] = {"held-out": {"hit": [], "margin": []},
-                                                 "trained": {"hit": [], "margin": []}}
+    stats: dict[str, dict[str, list[float]]] = {"held-out": {"hit": []}, "trained": {"hit": []}}
     want = "held-out" if pairs else "trained"
     while len(stats[want]["hit"]) < frames:
         with contextlib.redirect_stdout(io.StringIO()):  # Minigrid prints its rejected placements
@@ -69,17 +71,22 @@ def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
             enc = policy.encode(policy.prepare(b))
             pooled = policy.pooled_instruction(enc)  # (1, D)
             s = policy.grounding.scores(pooled, policy.vision_encoder.attribute_embeddings(grid))[0]  # (49, A)
-            both = torch.sigmoid(s).prod(-1)  # (49,)
-        best_target = float(both[target].max())
-        best_other = float(both[is_obj & ~target].max())
         kind = "held-out" if held_out_in(mission, pairs) is not None else "trained"
-        stats[kind]["hit"].append(float(best_target > best_other))
-        stats[kind]["margin"].append(best_target - best_other)
-    out: dict[str, Any] = {"run": run, "env": env_name, "held_out_pairs": list(pairs), "rows": {}}
+        for sign in itertools.product((1, -1), repeat=s.shape[-1]):
+            both = torch.sigmoid(s * torch.tensor(sign, dtype=s.dtype)).prod(-1)  # (49,)
+            best_target = float(both[target].max())
+            best_other = float(both[is_obj & ~target].max())
+            if all(x == 1 for x in sign):
+                stats[kind]["hit"].append(float(best_target > best_other))
+            stats[kind].setdefault(f"hit{sign}", []).append(float(best_target > best_other))
+            stats[kind].setdefault(f"margin{sign}", []).append(best_target - best_other)
+    signs = [k[3:] for k in stats["trained"] if k.startswith("hit(")]
+    sign = max(signs, key=lambda k: np.mean(stats["trained"][f"hit{k}"]))  # e.g. "(1, -1)"
+    out: dict[str, Any] = {"run": run, "env": env_name, "held_out_pairs": list(pairs), "sign": sign, "rows": {}}
     for kind, st in stats.items():
         if st["hit"]:
-            out["rows"][kind] = {"frames": len(st["hit"]), "named_object_best": float(np.mean(st["hit"])),
-                                 "median_margin": float(np.median(st["margin"]))}
+            out["rows"][kind] = {"frames": len(st["hit"]), "named_object_best": float(np.mean(st[f"hit{sign}"])),
+                                 "median_margin": float(np.median(st[f"margin{sign}"]))}
     return out
 
 
@@ -91,6 +98,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     out = probe(args.run, args.frames, args.seed)
+    print(f"signs per attribute (object, colour) {out['sign']}: those that find the most named objects on trained pairs")
     print(f"{'missions':10s} {'frames':>7s} {'named object scored best':>25s} {'median margin':>14s}")
     for kind, r in out["rows"].items():
         print(f"{kind:10s} {r['frames']:7d} {r['named_object_best']:25.3f} {r['median_margin']:14.3f}")

@@ -14,6 +14,8 @@ def test_grounding_needs_the_symbolic_grid_and_language():
         PolicyConfig(language="none", grounding="attributes")
     with pytest.raises(ValueError, match=r"model.grounding: expected one of \['none', 'attributes'\], got 'cells'"):
         PolicyConfig(grounding="cells")
+    with pytest.raises(ValueError, match=r"model.grounding_readout: expected one of \['sigmoid', 'softmax'\]"):
+        PolicyConfig(grounding="attributes", grounding_readout="max")
 
 
 def test_cells_get_the_match_of_their_own_attributes_and_absent_instructions_add_nothing():
@@ -45,9 +47,10 @@ def test_the_pooled_observation_does_not_read_the_instruction_through_the_ground
     torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fusion", ["film", "cross_attention"])
-def test_every_parameter_learns_with_the_grounding(fusion):
-    p = make(babyai_spec(), fusion=fusion, vision_layers=1, grounding="attributes")
+@pytest.mark.parametrize(("fusion", "readout"), [("film", "sigmoid"), ("cross_attention", "sigmoid"),
+                                                  ("film", "softmax")])
+def test_every_parameter_learns_with_the_grounding(fusion, readout):
+    p = make(babyai_spec(), fusion=fusion, vision_layers=1, grounding="attributes", grounding_readout=readout)
     loss, _ = p(babyai_batch(b=8))
     loss.backward()
     assert p.grounding is not None
@@ -59,8 +62,8 @@ def test_every_parameter_learns_with_the_grounding(fusion):
 def test_grounding_dropout_hides_the_instruction_from_the_fusion_only_in_training():
     with pytest.raises(ValueError, match="model.grounding_dropout.*0 unless model.grounding is on"):
         PolicyConfig(grounding_dropout=0.5)
-    with pytest.raises(ValueError, match=r"model.grounding_dropout: expected a probability in \[0, 1\), got 1.0"):
-        PolicyConfig(grounding="attributes", grounding_dropout=1.0)
+    with pytest.raises(ValueError, match=r"model.grounding_dropout: expected a probability in \[0, 1\], got 1.5"):
+        PolicyConfig(grounding="attributes", grounding_dropout=1.5)
     p = make(babyai_spec(), fusion="film", vision_layers=0, grounding="attributes", grounding_dropout=0.5)
     torch.manual_seed(0)
     b = p.prepare(babyai_batch(b=64))
@@ -72,3 +75,17 @@ def test_grounding_dropout_hides_the_instruction_from_the_fusion_only_in_trainin
                                                      enc["fusion_lang_mask"], enc["state"], enc["state_mask"]))
     p.eval()
     assert "fusion_lang_mask" not in p.encode(b)
+
+
+def test_grounding_dropout_one_keeps_the_instruction_from_the_fusion_when_acting_too():
+    p = make(babyai_spec(), fusion="film", vision_layers=0, grounding="attributes", grounding_dropout=1.0).eval()
+    b = p.prepare(babyai_batch(b=8))
+    enc = p.encode(b)
+    assert not enc["fusion_lang_mask"].any() and enc["lang_mask"].any(1).all()
+    # the fused features still depend on the instruction, through the matched cells only
+    other = p.encode(dict(b, instruction=["go to the grey key"] * 8))
+    assert not torch.allclose(p.fuse(enc), p.fuse(other))
+    other["extras"]["grounding"] = enc["extras"]["grounding"]
+    other["vision"] = other["vision"] - p.encode(dict(b, instruction=["go to the grey key"] * 8))["extras"][
+        "grounding"] + enc["extras"]["grounding"]
+    torch.testing.assert_close(p.fuse(enc), p.fuse(other), atol=1e-5, rtol=1e-5)

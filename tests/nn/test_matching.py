@@ -26,6 +26,19 @@ def test_scores_match_the_formula_and_features_their_projection():
     assert feats.shape == (3, 5, 16)
 
 
+def test_softmax_readout_is_an_attention_over_tokens_of_the_summed_scores():
+    torch.manual_seed(3)
+    m = AttributeMatching(16, num_attributes=2, match_dim=8, readout="softmax")
+    instr, a0, a1 = torch.randn(3, 16), torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    feats, s = m(instr, [a0, a1])
+    attn = torch.softmax(s[..., 0] + s[..., 1], dim=1) * 5  # (B, N)
+    torch.testing.assert_close(feats, m.proj(attn.unsqueeze(-1)))
+    feats.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    with pytest.raises(ValueError, match="readout: expected 'sigmoid' or 'softmax', got 'max'"):
+        AttributeMatching(8, readout="max")
+
+
 def test_each_score_depends_on_its_own_attribute_only():
     torch.manual_seed(1)
     m = AttributeMatching(8)

@@ -76,10 +76,15 @@ class PolicyConfig(ModelConfig):
         and its colour each match the instruction (:class:`~vlafoundry.nn.matching.AttributeMatching`: one score per
         attribute, and their product), so a colour-object pair never named in training is matched from its parts.
         Needs ``vision`` ``grid`` and a language modality. ``none``: the fusion alone relates words and cells.
+    grounding_readout: how the match scores reach the cell tokens (``AttributeMatching``'s ``readout``):
+        ``sigmoid`` (each attribute's score and their product of sigmoids) or ``softmax`` (one attention over the
+        frame's cells of the summed scores).
     grounding_dropout: with ``grounding``, the probability that a training row's fusion reads no instruction (its
         placeholder instead) while the grounding still does, so those rows' actions must come from the matched
         cells. Without it the fusion can fit the training pairs by itself and, for some training seeds, leaves the
-        matching unlearnt (docs/benchmarks.md, held-out compositions).
+        matching unlearnt (docs/benchmarks.md, held-out compositions). ``1``: the fusion never reads the
+        instruction, in training or acting; it reaches the policy through the matched cells alone (for missions
+        that only name a target, such as GoTo's).
     head: ``discrete`` logits, ``continuous`` ActionDecoder with chunks of ``chunk`` steps, ``binned`` action
     tokens (ActionTokenizer), ``flow`` (flow matching) or ``diffusion`` (DDPM/DDIM) over the chunk
     (:mod:`vlafoundry.models.generative`), or ``auto`` (discrete for discrete action spaces, continuous otherwise).
@@ -142,6 +147,7 @@ class PolicyConfig(ModelConfig):
     instruction_snap: bool = False
     grounding: str = "none"
     grounding_dropout: float = 0.0
+    grounding_readout: str = "sigmoid"
     action_selection: str = "greedy"
     sample_temperature: float = 1.0
     execute: int = 0
@@ -210,7 +216,9 @@ class PolicyConfig(ModelConfig):
         require(self.grounding == "none" or (self.vision == "grid" and self.language != "none"), "model.grounding",
                 f"'none' unless model.vision is 'grid' and a language modality is on (got model.vision="
                 f"{self.vision!r}, model.language={self.language!r})", self.grounding)
-        require(0.0 <= self.grounding_dropout < 1.0, "model.grounding_dropout", "a probability in [0, 1)",
+        require(self.grounding_readout in ("sigmoid", "softmax"), "model.grounding_readout",
+                "one of ['sigmoid', 'softmax']", self.grounding_readout)
+        require(0.0 <= self.grounding_dropout <= 1.0, "model.grounding_dropout", "a probability in [0, 1]",
                 self.grounding_dropout)
         require(self.grounding_dropout == 0 or self.grounding != "none", "model.grounding_dropout",
                 "0 unless model.grounding is on (got model.grounding='none')", self.grounding_dropout)

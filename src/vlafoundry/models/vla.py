@@ -129,7 +129,7 @@ class VLAPolicy(VLAObjectives, Policy):
         # ---- instruction-to-cell matching, one attribute at a time (model.grounding)
         self.grounding: AttributeMatching | None = None
         if cfg.grounding == "attributes" and self.has_image and self.has_language:
-            self.grounding = AttributeMatching(d, num_attributes=2)
+            self.grounding = AttributeMatching(d, num_attributes=2, readout=cfg.grounding_readout)
 
         # ---- fusion, memory (a GRU over the episode's fused step features: residual, then LayerNorm), head
         self.fusion = FUSIONS.get(cfg.fusion)(cfg, ffn)
@@ -309,7 +309,9 @@ class VLAPolicy(VLAObjectives, Policy):
         if self.has_state:
             enc["state"] = self.encode_state(b["state"])
             enc["state_mask"] = b["obs_mask"] & b["state_present"].unsqueeze(1)
-        if self.grounding is not None and self.training and self.cfg.grounding_dropout > 0:
+        if self.grounding is not None and self.cfg.grounding_dropout >= 1:
+            enc["fusion_lang_mask"] = torch.zeros_like(enc["lang_mask"])  # the instruction reaches the cells only
+        elif self.grounding is not None and self.training and self.cfg.grounding_dropout > 0:
             # the fusion alone loses the instruction on these rows: their action must come from the grounded cells
             # (whole episodes with a memory, which would otherwise carry the instruction over from other steps)
             seq = enc.get("seq")

@@ -33,22 +33,27 @@ class AttributeMatching(nn.Module):
 
     ``forward(instruction (B, D), attributes: A tensors (B, N, D)) -> (features (B, N, D), scores (B, N, A))``.
     ``instruction`` is a pooled instruction feature; ``attributes[a]`` holds each token's embedding of attribute
-    ``a`` alone (e.g. the object-type table's row for the cell's object). ``scores`` are the raw ``s_a``; the
-    features are ``Linear([tanh(s), prod_a sigmoid(s_a)])`` so they stay bounded whatever the scores' scale.
+    ``a`` alone (e.g. the object-type table's row for the cell's object). ``scores`` are the raw ``s_a``.
+    ``readout`` ``sigmoid``: the features are ``Linear([tanh(s), prod_a sigmoid(s_a)])``, bounded whatever the scores'
+    scale; ``softmax``: one attention over the N tokens of ``sum_a s_a`` (times N, so a uniform attention reads 1),
+    ``Linear(N * attn)``. With ``sigmoid`` the policy can read a score with either sign (an attribute "matches"
+    where its score is lowest); an attention over tokens only picks out tokens whose summed score is highest.
     """
 
     def __init__(self, d_model: int, num_attributes: int = 2, match_dim: int = 32,
-                 norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+                 norm_layer: type[nn.Module] = nn.LayerNorm, readout: str = "sigmoid") -> None:
         super().__init__()
         if num_attributes < 1:
             raise ValueError(f"num_attributes: expected >= 1, got {num_attributes}")
         if match_dim < 1:
             raise ValueError(f"match_dim: expected >= 1, got {match_dim}")
-        self.d_model, self.num_attributes, self.match_dim = d_model, num_attributes, match_dim
+        if readout not in ("sigmoid", "softmax"):
+            raise ValueError(f"readout: expected 'sigmoid' or 'softmax', got {readout!r}")
+        self.d_model, self.num_attributes, self.match_dim, self.readout = d_model, num_attributes, match_dim, readout
         self.cond_norm = norm_layer(d_model)
         self.query = nn.Linear(d_model, num_attributes * match_dim)
         self.keys = nn.ModuleList(nn.Linear(d_model, match_dim, bias=False) for _ in range(num_attributes))
-        self.proj = nn.Linear(num_attributes + 1, d_model)
+        self.proj = nn.Linear(num_attributes + 1 if readout == "sigmoid" else 1, d_model)
 
     def scores(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, D), A x (B, N, D) -> match scores (B, N, A)."""
@@ -68,5 +73,8 @@ class AttributeMatching(nn.Module):
     def forward(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.scores(instruction, attributes)  # (B, N, A)
+        if self.readout == "softmax":
+            attn = torch.softmax(s.sum(dim=-1), dim=-1) * s.shape[1]  # (B, N): the tokens that match best
+            return self.proj(attn.unsqueeze(-1)), s
         both = torch.sigmoid(s).prod(dim=-1, keepdim=True)  # (B, N, 1): every attribute matches
         return self.proj(torch.cat([torch.tanh(s), both], dim=-1)), s  # (B, N, D), (B, N, A)
