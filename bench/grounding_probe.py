@@ -29,22 +29,26 @@ OBJECTS = ("ball", "box", "key", "door")
 
 
 def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
+    from vlafoundry.envs import get_family, make_env
+    from vlafoundry.eval.generalisation import held_out_pairs_of
+    from vlafoundry.train import load_run
+
+    policy, cfg, _ = load_run(run)
+    if getattr(policy, "grounding", None) is None:
+        raise SystemExit(f"error: {run} has no attribute matching (model.grounding is {cfg.model.grounding!r})")
+    env = make_env(cfg.data.env, **dict(get_family(cfg.data.env).env_kwargs(cfg.data)))
+    return {"run": run, **probe_policy(policy, env, cfg.data.env, held_out_pairs_of(cfg), frames, seed)}
+
+
+def probe_policy(policy: Any, env: Any, env_name: str, pairs: Any, frames: int, seed: int) -> dict[str, Any]:
+    """The probe for a policy with ``grounding`` and a BabyAI env (``make_env``): see the module docstring."""
     import torch
     from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
     from vlafoundry.data.holdout import held_out_in
-    from vlafoundry.envs import get_family, make_env
-    from vlafoundry.eval.generalisation import held_out_pairs_of
     from vlafoundry.eval.talk import observation_batch
-    from vlafoundry.train import load_run
 
-    policy, cfg, _ = load_run(run)
     policy.eval()
-    if getattr(policy, "grounding", None) is None:
-        raise SystemExit(f"error: {run} has no attribute matching (model.grounding is {cfg.model.grounding!r})")
-    pairs = held_out_pairs_of(cfg)
-    env_name = cfg.data.env
-    env = make_env(env_name, **dict(get_family(env_name).env_kwargs(cfg.data)))
     obj_idx = torch.tensor([OBJECT_TO_IDX[o] for o in OBJECTS])
     stats: dict[str, dict[str, list[float]]] = {"held-out": {"hit": []}, "trained": {"hit": []}}
     want = "held-out" if pairs else "trained"
@@ -82,7 +86,7 @@ def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
             stats[kind].setdefault(f"margin{sign}", []).append(best_target - best_other)
     signs = [k[3:] for k in stats["trained"] if k.startswith("hit(")]
     sign = max(signs, key=lambda k: np.mean(stats["trained"][f"hit{k}"]))  # e.g. "(1, -1)"
-    out: dict[str, Any] = {"run": run, "env": env_name, "held_out_pairs": list(pairs), "sign": sign, "rows": {}}
+    out: dict[str, Any] = {"env": env_name, "held_out_pairs": list(pairs), "sign": sign, "rows": {}}
     for kind, st in stats.items():
         if st["hit"]:
             out["rows"][kind] = {"frames": len(st["hit"]), "named_object_best": float(np.mean(st[f"hit{sign}"])),
@@ -90,13 +94,13 @@ def probe(run: str, frames: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--seed", type=int, default=10**9)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = probe(args.run, args.frames, args.seed)
     print(f"signs per attribute (object, colour) {out['sign']}: those that find the most named objects on trained pairs")
     print(f"{'missions':10s} {'frames':>7s} {'named object scored best':>25s} {'median margin':>14s}")
