@@ -28,7 +28,7 @@ def test_probe_refuses_a_policy_without_grounding(load_bench, tmp_path, monkeypa
         class model:
             grounding = "none"
 
-    import vlafoundry.train as train
+    from vlafoundry import train
 
     monkeypatch.setattr(train, "load_run", lambda run: (policy, Cfg, None))
     with pytest.raises(SystemExit, match="no attribute matching"):
