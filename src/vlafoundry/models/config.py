@@ -169,6 +169,7 @@ class PolicyConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         from vlafoundry.models.components import FUSIONS, HEADS
+        from vlafoundry.nn.matching import READOUTS
 
         require(self.type == "vla", "model.type", "'vla' for PolicyConfig", self.type)
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
@@ -216,8 +217,8 @@ class PolicyConfig(ModelConfig):
         require(self.grounding == "none" or (self.vision == "grid" and self.language != "none"), "model.grounding",
                 f"'none' unless model.vision is 'grid' and a language modality is on (got model.vision="
                 f"{self.vision!r}, model.language={self.language!r})", self.grounding)
-        require(self.grounding_readout in ("sigmoid", "softmax"), "model.grounding_readout",
-                "one of ['sigmoid', 'softmax']", self.grounding_readout)
+        require(self.grounding_readout in READOUTS, "model.grounding_readout", f"one of {list(READOUTS)}",
+                self.grounding_readout)
         require(0.0 <= self.grounding_dropout <= 1.0, "model.grounding_dropout", "a probability in [0, 1]",
                 self.grounding_dropout)
         require(self.grounding_dropout == 0 or self.grounding != "none", "model.grounding_dropout",

@@ -9,7 +9,6 @@ from vlafoundry.nn._checks import check_finite, check_finite_enabled, set_check_
 from vlafoundry.nn.action import ActionDecoder, ActionEncoder, ActionSequenceProcessor, ActionTokenizer
 from vlafoundry.nn.attention import CrossModalAttention, FeedForward, MultiHeadAttention
 from vlafoundry.nn.features import FourierFeatures
-from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.blocks import FFNFactory, MultimodalEncoder, MultimodalTransformerBlock, TransformerEncoderBlock
 from vlafoundry.nn.fusion import (
     EarlyFusion,
@@ -21,6 +20,7 @@ from vlafoundry.nn.fusion import (
 )
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer, default_language_model_path
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalContrastiveLearning, MultimodalPretrainingTask
+from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.moe import ConditionalComputationGate, MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import (
     ConvStem,
@@ -34,7 +34,7 @@ from vlafoundry.nn.vision import (
 
 __all__ = [
     "FourierFeatures",
-    "ActionDecoder", "ActionEncoder", "AttributeMatching", "ActionSequenceProcessor", "ActionTokenizer",
+    "ActionDecoder", "ActionEncoder", "ActionSequenceProcessor", "ActionTokenizer", "AttributeMatching",
     "ConditionalComputationGate", "ContrastiveLoss", "ConvStem", "CrossModalAttention", "EarlyFusion", "FFNFactory",
     "FeedForward", "FiLMFusion", "LanguageEncoder", "LateFusion", "MultiHeadAttention",
     "MultimodalContrastiveLearning", "MultimodalEncoder", "MultimodalFusionNetwork", "MultimodalMixtureOfExperts",

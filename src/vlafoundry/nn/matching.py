@@ -25,7 +25,9 @@ from torch import nn
 
 from vlafoundry.nn._checks import check_tensor
 
-__all__ = ["AttributeMatching"]
+__all__ = ["READOUTS", "AttributeMatching"]
+
+READOUTS = ("sigmoid", "softmax")
 
 
 class AttributeMatching(nn.Module):
@@ -36,8 +38,9 @@ class AttributeMatching(nn.Module):
     ``a`` alone (e.g. the object-type table's row for the cell's object). ``scores`` are the raw ``s_a``.
     ``readout`` ``sigmoid``: the features are ``Linear([tanh(s), prod_a sigmoid(s_a)])``, bounded whatever the scores'
     scale; ``softmax``: one attention over the N tokens of ``sum_a s_a`` (times N, so a uniform attention reads 1),
-    ``Linear(N * attn)``. With ``sigmoid`` the policy can read a score with either sign (an attribute "matches"
-    where its score is lowest); an attention over tokens only picks out tokens whose summed score is highest.
+    ``Linear(N * attn)``. Either way the policy reads the scores through a learned projection, so a trained
+    matching may mark the named token by its *lowest* score for an attribute (``bench/grounding_probe.py`` found
+    this with both readouts).
     """
 
     def __init__(self, d_model: int, num_attributes: int = 2, match_dim: int = 32,
@@ -47,7 +50,7 @@ class AttributeMatching(nn.Module):
             raise ValueError(f"num_attributes: expected >= 1, got {num_attributes}")
         if match_dim < 1:
             raise ValueError(f"match_dim: expected >= 1, got {match_dim}")
-        if readout not in ("sigmoid", "softmax"):
+        if readout not in READOUTS:
             raise ValueError(f"readout: expected 'sigmoid' or 'softmax', got {readout!r}")
         self.d_model, self.num_attributes, self.match_dim, self.readout = d_model, num_attributes, match_dim, readout
         self.cond_norm = norm_layer(d_model)

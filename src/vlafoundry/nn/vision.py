@@ -290,18 +290,23 @@ class SymbolicGridEncoder(nn.Module):
         if lo < 0 or hi >= n:
             raise ValueError(f"grid: {name} index out of range, expected values in [0, {n - 1}], got [{lo}, {hi}]")
 
-    def forward(self, grid: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def _indices(self, grid: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A checked grid of (object, colour, state) indices -> int64 on the tables' device, (B, H, W, 3)."""
         if isinstance(grid, np.ndarray):
             grid = torch.from_numpy(grid)
         check_tensor("grid", grid, ndim=4, last_dim=3, floating=False)
         if grid.dtype == torch.bool:
             raise ValueError("grid: expected integer (object, colour, state) indices, got dtype torch.bool")
         grid = grid.to(self.object_embed.weight.device, torch.long)  # (B, H, W, 3)
-        b, h, w, _ = grid.shape
         if grid.numel() > 0:
             self._check_range("object", grid[..., 0], self.num_objects)
             self._check_range("colour", grid[..., 1], self.num_colors)
             self._check_range("state", grid[..., 2], self.num_states)
+        return grid
+
+    def forward(self, grid: torch.Tensor | np.ndarray) -> torch.Tensor:
+        grid = self._indices(grid)  # (B, H, W, 3)
+        b, h, w, _ = grid.shape
         cells = self.object_embed(grid[..., 0]) + self.color_embed(grid[..., 1]) + self.state_embed(grid[..., 2])
         tokens = cells.reshape(b, h * w, self.d_model)  # (B, H*W, D)
         if self.cls_token is not None:
@@ -312,14 +317,8 @@ class SymbolicGridEncoder(nn.Module):
     def attribute_embeddings(self, grid: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
         """Each cell's object-type and colour embeddings apart: ``[(B, N, D), (B, N, D)]``, N the encoder's token
         count (zeros at the CLS slot), for :class:`~vlafoundry.nn.matching.AttributeMatching`."""
-        if isinstance(grid, np.ndarray):
-            grid = torch.from_numpy(grid)
-        check_tensor("grid", grid, ndim=4, last_dim=3, floating=False)
-        grid = grid.to(self.object_embed.weight.device, torch.long)  # (B, H, W, 3)
+        grid = self._indices(grid)  # (B, H, W, 3)
         b, h, w, _ = grid.shape
-        if grid.numel() > 0:
-            self._check_range("object", grid[..., 0], self.num_objects)
-            self._check_range("colour", grid[..., 1], self.num_colors)
         out = []
         for table, idx in ((self.object_embed, grid[..., 0]), (self.color_embed, grid[..., 1])):
             a = table(idx).reshape(b, h * w, self.d_model)  # (B, H*W, D)
