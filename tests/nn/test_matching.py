@@ -125,3 +125,39 @@ def test_a_pair_never_trained_on_is_matched_from_its_parts():
     go on for the held-out pairs. Three training seeds (~1 s each): the mean is over 0.95 (measured 0.98)."""
     accs = [_held_out_accuracy(s) for s in range(3)]
     assert sum(accs) / 3 > 0.95, accs
+
+
+def test_named_values_reads_whole_words_and_aliases():
+    from vlafoundry.nn import GRID_COLOR_NAMES, named_values
+    got = named_values(["Go to the GRAY key", "put the red ball next to the blue box", "reddish keys", ""],
+                       GRID_COLOR_NAMES)
+    assert got.shape == (4, 6) and got.dtype == torch.bool
+    assert got[0].nonzero().flatten().tolist() == [5]  # "gray" is grey's alias
+    assert got[1].nonzero().flatten().tolist() == [0, 2]
+    assert not got[2].any() and not got[3].any()  # whole words only
+    with pytest.raises(TypeError, match=r"instructions\[1\]: expected a string, got int"):
+        named_values(["a", 3], GRID_COLOR_NAMES)
+
+
+def test_grid_attribute_names_are_minigrids_tables():
+    constants = pytest.importorskip("minigrid.core.constants")
+    from vlafoundry.nn import GRID_COLOR_NAMES, GRID_OBJECT_NAMES
+    assert [n[0] for n in GRID_OBJECT_NAMES] == [constants.IDX_TO_OBJECT[i] for i in range(len(GRID_OBJECT_NAMES))]
+    assert [n[0] for n in GRID_COLOR_NAMES] == [constants.IDX_TO_COLOR[i] for i in range(len(GRID_COLOR_NAMES))]
+
+
+def test_loss_terms_are_binary_cross_entropy_on_the_kept_entries():
+    s = torch.randn(2, 5, 2, requires_grad=True)
+    y = torch.rand(2, 5, 2) > 0.5
+    m = torch.rand(2, 5, 2) > 0.3
+    terms = AttributeMatching.loss_terms(s, y, m)
+    p = torch.sigmoid(s[m])
+    ref = -(y[m].float() * torch.log(p) + (1 - y[m].float()) * torch.log(1 - p))  # the formula
+    torch.testing.assert_close(terms, ref, atol=1e-6, rtol=1e-5)
+    g1, = torch.autograd.grad(terms.sum(), s)
+    g2, = torch.autograd.grad(ref.sum(), s)
+    torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected scores, targets and mask of one shape"):
+        AttributeMatching.loss_terms(s, y[:1], m)
+    with pytest.raises(ValueError, match="mask: expected dtype torch.bool"):
+        AttributeMatching.loss_terms(s, y, m.float())

@@ -99,7 +99,7 @@ class Policy(nn.Module):
     def check_objectives(self, loss_cfg: Any) -> None:
         """Raise ``ValueError`` naming the key when ``loss_cfg`` asks for an objective this policy cannot train.
         The default policy trains behaviour cloning only."""
-        for k in ("contrastive", "itm", "mlm", "mrm"):
+        for k in ("contrastive", "itm", "mlm", "mrm", "grounding"):
             if getattr(loss_cfg, k, 0) > 0:
                 raise ValueError(f"loss.{k}: expected 0 for model.type={self.type!r} (it trains behaviour cloning "
                                  f"only), got {getattr(loss_cfg, k)}")

@@ -6,6 +6,8 @@
 * ``contrastive`` -- observation-instruction InfoNCE (positives: samples with the same instruction);
 * ``itm`` -- image(observation)-text matching with hard negatives mined from those similarities;
 * ``mlm`` -- masked instruction tokens; ``mrm`` -- masked image cells/patches;
+* ``grounding`` -- with ``model.grounding``, each cell's per-attribute match score against whether the instruction
+  names the cell's object type / colour (:meth:`~vlafoundry.nn.AttributeMatching.loss_terms`);
 * ``moe_aux`` -- the mixture-of-experts load-balancing loss, when the policy has experts.
 
 Metrics are detached 0-d tensors (the trainer reduces them when it logs): no host sync per step.
@@ -20,6 +22,7 @@ import torch
 
 from vlafoundry.config import require
 from vlafoundry.nn.losses import mean_count_over_ranks
+from vlafoundry.nn.matching import AttributeMatching, named_values
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 
 
@@ -32,6 +35,7 @@ class LossConfig:
     itm: float = 0.0
     mlm: float = 0.0
     mrm: float = 0.0
+    grounding: float = 0.0
     moe_aux: float = 0.01
     temperature: float = 0.07
     learnable_temperature: bool = True
@@ -40,7 +44,7 @@ class LossConfig:
     align_last: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "moe_aux"):
+        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "grounding", "moe_aux"):
             require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
         require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
         require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
@@ -90,6 +94,36 @@ class VLAObjectives:
         losses = [m.aux_loss for m in self.modules()
                   if isinstance(m, MultimodalMixtureOfExperts) and getattr(m, "aux_loss", None) is not None]
         return torch.stack(losses).mean() if losses else None
+
+    def grounding_targets(self, instructions: list[str]) -> list[torch.Tensor]:
+        """Per instruction, which values of each grounded attribute it names: A tensors (B, V_a) bool on the device
+        (cached per distinct instruction: the words are read once)."""
+        cache = self.__dict__.setdefault("_named_cache", {})
+        names = self.vision_encoder.attribute_names
+        missing = [s for s in dict.fromkeys(instructions) if s not in cache]
+        if missing:
+            parts = [named_values(missing, n) for n in names]  # A x (M, V_a)
+            for i, s in enumerate(missing):
+                cache[s] = [p[i] for p in parts]
+        return [torch.stack([cache[s][a] for s in instructions]).to(self.device) for a in range(len(names))]
+
+    def grounding_loss(self, b: dict[str, Any], enc: dict[str, Any]) -> torch.Tensor:
+        """Binary cross-entropy of each cell's per-attribute match (``extras["grounding_scores"]`` (B*T, N, A))
+        against whether the instruction names the cell's object type / colour; colour only on cells of the objects
+        instructions name by colour, only frames that are present and whose instruction is present."""
+        ex = enc["extras"]
+        scores, cells = ex["grounding_scores"], self.vision_encoder._indices(ex["grounding_cells"])  # (B*T,N,A), (B*T,H,W,3)
+        bt, n, _ = scores.shape
+        t = bt // len(b["instruction"])
+        idx = cells[..., :2].reshape(bt, -1, 2)  # (B*T, H*W, 2) object, colour
+        scores = scores[:, n - idx.shape[1]:]  # drop a CLS slot if the encoder has one
+        named = [v.repeat_interleave(t, dim=0) for v in self.grounding_targets(list(b["instruction"]))]  # (B*T, V_a)
+        targets = torch.stack([named[a].gather(1, idx[..., a]) for a in range(2)], dim=-1)  # (B*T, H*W, 2)
+        coloured = self.vision_encoder.coloured_objects()[idx[..., 0]]  # (B*T, H*W)
+        frame = (b["obs_mask"] & b["image_present"].unsqueeze(1) & b["instruction_present"].unsqueeze(1))
+        keep = frame.reshape(bt, 1).expand(bt, idx.shape[1])  # (B*T, H*W)
+        mask = torch.stack([keep, keep & coloured], dim=-1)  # (B*T, H*W, 2)
+        return self.global_mean(AttributeMatching.loss_terms(scores, targets, mask))
 
     def pair_ids(self, b: dict[str, Any]) -> torch.Tensor:
         """Samples that share an instruction are positives of each other."""
@@ -164,6 +198,10 @@ class VLAObjectives:
                                                                 reduction="none"))
             total = total + lc.mrm * mrm
             metrics["mrm"] = _m(mrm)
+        if lc.grounding > 0:
+            gl = self.grounding_loss(b, enc)
+            total = total + lc.grounding * gl
+            metrics["grounding"] = _m(gl)
         aux = self.moe_aux_loss()
         if aux is not None and lc.moe_aux > 0:
             total = total + lc.moe_aux * aux

@@ -184,6 +184,9 @@ class VLAPolicy(VLAObjectives, Policy):
         if lc.mrm > 0 and self.cfg.vision_layers < 1:
             raise ValueError("loss.mrm > 0 needs model.vision_layers >= 1: masked cells are reconstructed from "
                              f"their context, and with vision_layers={self.cfg.vision_layers} there is none")
+        if lc.grounding > 0 and self.grounding is None:
+            raise ValueError("loss.grounding > 0 needs model.grounding=attributes (with model.vision=grid and a "
+                             f"language modality), got model.grounding={self.cfg.grounding!r}")
         if (lc.contrastive > 0 or lc.itm > 0) and not self.has_language:
             raise ValueError("loss.contrastive/itm > 0 need a language modality (model.language != none)")
 
@@ -231,21 +234,24 @@ class VLAPolicy(VLAObjectives, Policy):
             extras["mrm_pred"] = tokens
         if self.grounding is not None and instruction is not None:
             # after the context layers, so the grounding reaches the fusion only and pooled_observation removes it
-            g = self.match_cells(flat, *instruction)  # (B*T, N, D)
+            g, scores = self.match_cells(flat, *instruction)  # (B*T, N, D), (B*T, N, A)
             tokens = tokens + g
             extras["grounding"] = g.reshape(b, t * n, -1)  # (B, T*N, D)
+            extras.update(grounding_scores=scores, grounding_cells=flat)  # for loss.grounding
         temporal = self.temporal_pos[-t:].view(1, t, 1, -1)  # (1, T, 1, D)
         tokens = tokens.reshape(b, t, n, -1) + temporal  # (B, T, N, D)
         extras["positions"] = (self.image_positions(image, tokens).unsqueeze(1) + temporal).reshape(1, t * n, -1)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
 
-    def match_cells(self, grid: torch.Tensor, instruction: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def match_cells(self, grid: torch.Tensor, instruction: torch.Tensor, present: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Symbolic frames (B*T, H, W, 3), pooled instructions (B, D) and their presence (B,) -> the grounding
-        features (B*T, H*W, D) added to the cell tokens (zeros where the instruction is absent)."""
+        features (B*T, H*W, D) added to the cell tokens (zeros where the instruction is absent) and the raw
+        per-attribute match scores (B*T, H*W, A)."""
         t = grid.shape[0] // instruction.shape[0]
         instruction = instruction.repeat_interleave(t, dim=0)  # (B*T, D)
-        feats, _ = self.grounding(instruction, self.vision_encoder.attribute_embeddings(grid))  # (B*T, H*W, D)
-        return feats * present.repeat_interleave(t, dim=0).view(-1, 1, 1).to(feats.dtype)
+        feats, scores = self.grounding(instruction, self.vision_encoder.attribute_embeddings(grid))  # (B*T, H*W, D)
+        return feats * present.repeat_interleave(t, dim=0).view(-1, 1, 1).to(feats.dtype), scores
 
     def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
         """Token grid (rows, cols) of one camera's (B, T, [K,] H, W, C) frames: the cells, or the ViT's patches."""

@@ -20,9 +20,12 @@ from vlafoundry.nn.fusion import (
 )
 from vlafoundry.nn.language import LanguageEncoder, TextProcessingModule, TextTokenizer, default_language_model_path
 from vlafoundry.nn.losses import ContrastiveLoss, MultimodalContrastiveLearning, MultimodalPretrainingTask
-from vlafoundry.nn.matching import AttributeMatching
+from vlafoundry.nn.matching import AttributeMatching, named_values
 from vlafoundry.nn.moe import ConditionalComputationGate, MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import (
+    GRID_COLOR_NAMES,
+    GRID_COLOURED_OBJECTS,
+    GRID_OBJECT_NAMES,
     ConvStem,
     SinCosPositionCache,
     SymbolicGridEncoder,
@@ -33,6 +36,7 @@ from vlafoundry.nn.vision import (
 )
 
 __all__ = [
+    "GRID_COLOR_NAMES", "GRID_COLOURED_OBJECTS", "GRID_OBJECT_NAMES",
     "FourierFeatures",
     "ActionDecoder", "ActionEncoder", "ActionSequenceProcessor", "ActionTokenizer", "AttributeMatching",
     "ConditionalComputationGate", "ContrastiveLoss", "ConvStem", "CrossModalAttention", "EarlyFusion", "FFNFactory",
@@ -41,5 +45,5 @@ __all__ = [
     "MultimodalPretrainingTask", "MultimodalTransformerBlock", "SinCosPositionCache", "SymbolicGridEncoder",
     "TextProcessingModule", "TextTokenizer", "TransformerEncoderBlock", "VisionEncoder", "VisionLanguageFusion",
     "check_finite", "check_finite_enabled", "default_language_model_path", "get_1d_sincos_pos_embed",
-    "get_2d_sincos_pos_embed", "images_to_tensor", "masked_mean_pool", "set_check_finite",
+    "get_2d_sincos_pos_embed", "images_to_tensor", "masked_mean_pool", "named_values", "set_check_finite",
 ]

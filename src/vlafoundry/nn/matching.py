@@ -13,11 +13,18 @@ every pair that shares that attribute value, so a new combination of known value
     attributes  A x (B, N, D) ──Linear per attribute──► keys A x (B, N, M)
     s = <q_a, k_a> / sqrt(M)                     (B, N, A)
     features = Linear([tanh(s), prod sigmoid(s)])  (B, N, D)   added to the tokens by the caller
+
+Trained by behaviour cloning alone, whether the scores come to mean "this attribute is named" is left to chance
+(docs/benchmarks.md: two training seeds of ten met the held-out target). :meth:`AttributeMatching.loss_terms`
+supervises them directly (``loss.grounding``): ``sigmoid(s_a)`` of a token is trained, by binary cross-entropy, to say
+whether the instruction names the token's value of attribute ``a`` (:func:`named_values` reads the words), so each
+part is learnt from every instruction naming its value and the product scores a new pair from known parts.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -25,9 +32,27 @@ from torch import nn
 
 from vlafoundry.nn._checks import check_tensor
 
-__all__ = ["READOUTS", "AttributeMatching"]
+__all__ = ["READOUTS", "AttributeMatching", "named_values"]
 
 READOUTS = ("sigmoid", "softmax")
+_WORD = re.compile(r"[a-z]+")
+
+
+def named_values(instructions: Sequence[str], names: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Which values of one attribute each instruction names: (B, V) bool, ``True`` where one of value ``v``'s words
+    (``names[v]``, e.g. ``("grey", "gray")``) is a whole word of the instruction, case-insensitive."""
+    lookup: dict[str, list[int]] = {}
+    for v, words in enumerate(names):
+        for w in words:
+            lookup.setdefault(w.lower(), []).append(v)
+    out = torch.zeros(len(instructions), len(names), dtype=torch.bool)
+    for i, text in enumerate(instructions):
+        if not isinstance(text, str):
+            raise TypeError(f"instructions[{i}]: expected a string, got {type(text).__name__}")
+        for w in _WORD.findall(text.lower()):
+            for v in lookup.get(w, ()):
+                out[i, v] = True
+    return out
 
 
 class AttributeMatching(nn.Module):
@@ -72,6 +97,21 @@ class AttributeMatching(nn.Module):
         q = self.query(self.cond_norm(instruction)).view(b, self.num_attributes, self.match_dim)  # (B, A, M)
         s = [torch.einsum("bm,bnm->bn", q[:, i], key(a)) for i, (key, a) in enumerate(zip(self.keys, attributes))]
         return torch.stack(s, dim=-1) / math.sqrt(self.match_dim)  # (B, N, A)
+
+    @staticmethod
+    def loss_terms(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of ``sigmoid(scores)`` against ``targets``, one term per kept entry.
+
+        ``scores`` (B, N, A) raw ``s_a``; ``targets`` (B, N, A) bool or float in [0, 1] (1: the instruction names
+        this token's value of attribute ``a``); ``mask`` (B, N, A) bool, the entries to supervise -> (M,) terms, M
+        the number of ``True`` entries of ``mask`` (the caller averages them)."""
+        if scores.shape != targets.shape or scores.shape != mask.shape:
+            raise ValueError(f"loss_terms: expected scores, targets and mask of one shape, got {tuple(scores.shape)}, "
+                             f"{tuple(targets.shape)}, {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected dtype torch.bool, got {mask.dtype}")
+        return nn.functional.binary_cross_entropy_with_logits(scores[mask], targets[mask].to(scores.dtype),
+                                                              reduction="none")
 
     def forward(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,19 +13,34 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vlafoundry.nn._checks import check_tensor
 
 __all__ = [
+    "GRID_COLOR_NAMES",
+    "GRID_COLOURED_OBJECTS",
+    "GRID_OBJECT_NAMES",
+    "ConvStem",
+    "SinCosPositionCache",
+    "SymbolicGridEncoder",
+    "VisionEncoder",
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
-    "SinCosPositionCache",
-    "ConvStem",
-    "VisionEncoder",
-    "SymbolicGridEncoder",
     "images_to_tensor",
 ]
+
+# The words an instruction uses for each index of MiniGrid's symbolic tables (minigrid.core.constants IDX_TO_OBJECT,
+# IDX_TO_COLOR; a test checks they agree), aliases after the first. Read by the grounding loss
+# (``loss.grounding``), which supervises each cell's match to the words the instruction names.
+GRID_OBJECT_NAMES: tuple[tuple[str, ...], ...] = (
+    ("unseen",), ("empty",), ("wall",), ("floor",), ("door",), ("key",), ("ball",), ("box",), ("goal",), ("lava",),
+    ("agent",))
+GRID_COLOR_NAMES: tuple[tuple[str, ...], ...] = (
+    ("red",), ("green",), ("blue",), ("purple",), ("yellow",), ("grey", "gray"))
+# The objects whose colour is their own and that instructions name by it (walls are always grey, empty cells carry
+# colour index 0, goals are always green): the grounding loss supervises the colour match on these cells only.
+GRID_COLOURED_OBJECTS: tuple[str, ...] = ("door", "key", "ball", "box")
 
 
 def get_1d_sincos_pos_embed(embed_dim: int, positions: np.ndarray | int) -> np.ndarray:
@@ -284,6 +299,21 @@ class SymbolicGridEncoder(nn.Module):
 
     def num_tokens(self, height: int = 7, width: int = 7) -> int:
         return height * width + (1 if self.cls_token is not None else 0)
+
+    @property
+    def attribute_names(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        """The words for each value of the attributes :meth:`attribute_embeddings` returns (object type, colour),
+        MiniGrid's, when this encoder's tables are MiniGrid's size; otherwise ``ValueError``."""
+        if (self.num_objects, self.num_colors) != (len(GRID_OBJECT_NAMES), len(GRID_COLOR_NAMES)):
+            raise ValueError(f"attribute names: known for MiniGrid's tables ({len(GRID_OBJECT_NAMES)} objects, "
+                             f"{len(GRID_COLOR_NAMES)} colours), got {self.num_objects} objects, "
+                             f"{self.num_colors} colours")
+        return GRID_OBJECT_NAMES, GRID_COLOR_NAMES
+
+    def coloured_objects(self) -> torch.Tensor:
+        """(num_objects,) bool: object types whose cells' colour the grounding loss supervises."""
+        names = self.attribute_names[0]
+        return torch.tensor([n[0] in GRID_COLOURED_OBJECTS for n in names], device=self.object_embed.weight.device)
 
     def _check_range(self, name: str, idx: torch.Tensor, n: int) -> None:
         lo, hi = int(idx.min()), int(idx.max())
