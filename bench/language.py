@@ -1,9 +1,10 @@
 """Benchmark: the cost of the pretrained MiniLM language encoder in training and acting, with and without its
 per-instruction feature cache, against the from-scratch word tokenizer + text transformer.
 
-Three policies of the ``babyai-gotolocal-minilm`` / ``babyai-gotolocal`` presets are built on the same GoToLocal
+Four policies of the ``babyai-gotolocal-minilm`` / ``babyai-gotolocal`` presets are built on the same GoToLocal
 demonstrations in this process: ``scratch`` (word tokenizer, 1 text layer), ``minilm`` (frozen MiniLM, cache on) and
-``minilm-nocache`` (the same with ``cache_size = 0``: MiniLM runs on every batch). Timed, interleaved in rounds
+``minilm-nocache`` (the same with ``cache_size = 0``: MiniLM runs on every batch), and ``minilm-nogrounding`` (the
+preset without its per-attribute grounding and grounding loss, ``model.grounding none``, ``loss.grounding 0``). Timed, interleaved in rounds
 (medians):
 
 * training: one optimiser step (forward with the BC loss, backward, AdamW) on the same batches of whole episodes;
@@ -30,11 +31,11 @@ import numpy as np
 import torch
 
 
-def _policy(preset: str, ds: Any, cache: bool) -> Any:
+def _policy(preset: str, ds: Any, cache: bool, overrides: tuple[str, ...] = ()) -> Any:
     from vlafoundry.models import make_policy
     from vlafoundry.train.config import load_config
 
-    cfg = load_config(preset, [])
+    cfg = load_config(preset, list(overrides))
     policy = make_policy(cfg.model, ds, cfg.loss)
     if not cache:
         policy.text_encoder.cache_size = 0
@@ -76,8 +77,10 @@ def main() -> None:
     cfg = load_config("babyai-gotolocal", ["--data.episodes", str(args.episodes)])
     root = ensure_dataset(cfg, DistInfo(), progress=False)
     ds = make_dataset(root, split="train", val_fraction=0.05, split_seed=0, **cfg.model.dataset_view())
-    names = ("scratch", "minilm", "minilm-nocache")
+    names = ("scratch", "minilm-nogrounding", "minilm", "minilm-nocache")
+    nogrounding = ("--model.grounding", "none", "--loss.grounding", "0", "--pretrain.loss.grounding", "0")
     built = {"scratch": _policy("babyai-gotolocal", ds, True), "minilm": _policy("babyai-gotolocal-minilm", ds, True),
+             "minilm-nogrounding": _policy("babyai-gotolocal-minilm", ds, True, nogrounding),
              "minilm-nocache": _policy("babyai-gotolocal-minilm", ds, False)}  # fmt: skip
     opts = {n: torch.optim.AdamW([p for p in built[n][0].parameters() if p.requires_grad], lr=1e-4) for n in names}
     rng = np.random.default_rng(0)

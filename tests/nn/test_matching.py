@@ -161,3 +161,27 @@ def test_loss_terms_are_binary_cross_entropy_on_the_kept_entries():
         AttributeMatching.loss_terms(s, y[:1], m)
     with pytest.raises(ValueError, match="mask: expected dtype torch.bool"):
         AttributeMatching.loss_terms(s, y, m.float())
+
+
+def test_indexed_scores_equal_scores_of_gathered_rows_forward_and_backward():
+    torch.manual_seed(0)
+    m = AttributeMatching(16, num_attributes=2, match_dim=8)
+    instr = torch.randn(3, 16, requires_grad=True)
+    tables = [torch.randn(11, 16, requires_grad=True), torch.randn(6, 16, requires_grad=True)]
+    idx = torch.stack([torch.randint(0, 11, (3, 5)), torch.randint(0, 6, (3, 5))], dim=-1)  # (B, N, 2)
+    a = m.indexed_scores(instr, tables, idx)
+    b = m.scores(instr, [tables[0][idx[..., 0]], tables[1][idx[..., 1]]])
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    w = torch.randn_like(a)
+    ga = torch.autograd.grad((a * w).sum(), [instr, *tables, *m.parameters()], allow_unused=True)
+    gb = torch.autograd.grad((b * w).sum(), [instr, *tables, *m.parameters()], allow_unused=True)
+    for x, y in zip(ga, gb):
+        if x is None or y is None:
+            assert x is None and y is None
+        else:
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m.readout_features(a), m(instr, [tables[0][idx[..., 0]], tables[1][idx[..., 1]]])[0])
+    with pytest.raises(ValueError, match=r"indices: expected shape \(3, N, 2\), got \(3, 5\)"):
+        m.indexed_scores(instr, tables, idx[..., 0])
+    with pytest.raises(ValueError, match="tables: expected 2 attribute tables, got 1"):
+        m.indexed_scores(instr, tables[:1], idx)

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     init_from = None
     if not args.no_pretrain:
         lc = cfg.pretrain.loss
-        active = [n.upper() if n != "contrastive" else n for n in ("contrastive", "itm", "mlm", "mrm")
-                  if getattr(lc, n) > 0]
+        active = [n.upper() if n not in ("contrastive", "grounding") else n
+                  for n in ("contrastive", "itm", "mlm", "mrm", "grounding") if getattr(lc, n) > 0]
         _stage(stage, total, f"alignment pretraining ({cfg.pretrain.steps} steps: {', '.join(active)})")
         Trainer(cfg, out / "pretrain", phase="pretrain", dataset_root=root, dist_info=dist).fit()
         init_from = out / "pretrain"

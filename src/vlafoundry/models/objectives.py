@@ -97,25 +97,27 @@ class VLAObjectives:
 
     def grounding_targets(self, instructions: list[str]) -> list[torch.Tensor]:
         """Per instruction, which values of each grounded attribute it names: A tensors (B, V_a) bool on the device
-        (cached per distinct instruction: the words are read once)."""
+        (the words of each distinct instruction are read once and cached)."""
         cache = self.__dict__.setdefault("_named_cache", {})
         names = self.vision_encoder.attribute_names
-        missing = [s for s in dict.fromkeys(instructions) if s not in cache]
+        index: dict[str, int] = {}
+        rows = torch.tensor([index.setdefault(s, len(index)) for s in instructions], device=self.device)  # (B,)
+        missing = [s for s in index if s not in cache]
         if missing:
             parts = [named_values(missing, n) for n in names]  # A x (M, V_a)
             for i, s in enumerate(missing):
                 cache[s] = [p[i] for p in parts]
-        return [torch.stack([cache[s][a] for s in instructions]).to(self.device) for a in range(len(names))]
+        tables = [torch.stack([cache[s][a] for s in index]).to(self.device) for a in range(len(names))]  # (U, V_a)
+        return [t[rows] for t in tables]  # A x (B, V_a)
 
     def grounding_loss(self, b: dict[str, Any], enc: dict[str, Any]) -> torch.Tensor:
         """Binary cross-entropy of each cell's per-attribute match (``extras["grounding_scores"]`` (B*T, N, A))
         against whether the instruction names the cell's object type / colour; colour only on cells of the objects
         instructions name by colour, only frames that are present and whose instruction is present."""
         ex = enc["extras"]
-        scores, cells = ex["grounding_scores"], self.vision_encoder._indices(ex["grounding_cells"])  # (B*T,N,A), (B*T,H,W,3)
+        scores, idx = ex["grounding_scores"], ex["grounding_cells"]  # (B*T, N, A), (B*T, H*W, 2) object, colour
         bt, n, _ = scores.shape
         t = bt // len(b["instruction"])
-        idx = cells[..., :2].reshape(bt, -1, 2)  # (B*T, H*W, 2) object, colour
         scores = scores[:, n - idx.shape[1]:]  # drop a CLS slot if the encoder has one
         named = [v.repeat_interleave(t, dim=0) for v in self.grounding_targets(list(b["instruction"]))]  # (B*T, V_a)
         targets = torch.stack([named[a].gather(1, idx[..., a]) for a in range(2)], dim=-1)  # (B*T, H*W, 2)

@@ -234,24 +234,30 @@ class VLAPolicy(VLAObjectives, Policy):
             extras["mrm_pred"] = tokens
         if self.grounding is not None and instruction is not None:
             # after the context layers, so the grounding reaches the fusion only and pooled_observation removes it
-            g, scores = self.match_cells(flat, *instruction)  # (B*T, N, D), (B*T, N, A)
+            g, scores, cells = self.match_cells(flat, *instruction)  # (B*T, N, D), (B*T, N, A), (B*T, H*W, 2)
             tokens = tokens + g
             extras["grounding"] = g.reshape(b, t * n, -1)  # (B, T*N, D)
-            extras.update(grounding_scores=scores, grounding_cells=flat)  # for loss.grounding
+            extras.update(grounding_scores=scores, grounding_cells=cells)  # for loss.grounding
         temporal = self.temporal_pos[-t:].view(1, t, 1, -1)  # (1, T, 1, D)
         tokens = tokens.reshape(b, t, n, -1) + temporal  # (B, T, N, D)
         extras["positions"] = (self.image_positions(image, tokens).unsqueeze(1) + temporal).reshape(1, t * n, -1)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
 
     def match_cells(self, grid: torch.Tensor, instruction: torch.Tensor, present: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Symbolic frames (B*T, H, W, 3), pooled instructions (B, D) and their presence (B,) -> the grounding
-        features (B*T, H*W, D) added to the cell tokens (zeros where the instruction is absent) and the raw
-        per-attribute match scores (B*T, H*W, A)."""
+        features (B*T, N, D) added to the cell tokens (zeros where the instruction is absent), the raw
+        per-attribute match scores (B*T, N, A) (zero at a CLS slot) and the cells' (object, colour) indices
+        (B*T, H*W, 2)."""
         t = grid.shape[0] // instruction.shape[0]
         instruction = instruction.repeat_interleave(t, dim=0)  # (B*T, D)
-        feats, scores = self.grounding(instruction, self.vision_encoder.attribute_embeddings(grid))  # (B*T, H*W, D)
-        return feats * present.repeat_interleave(t, dim=0).view(-1, 1, 1).to(feats.dtype), scores
+        enc = self.vision_encoder
+        idx = enc.attribute_indices(grid)  # (B*T, H*W, 2)
+        scores = self.grounding.indexed_scores(instruction, enc.attribute_tables(), idx)  # (B*T, H*W, A)
+        if enc.cls_token is not None:
+            scores = torch.cat([scores.new_zeros(scores.shape[0], 1, scores.shape[2]), scores], dim=1)
+        feats = self.grounding.readout_features(scores)  # (B*T, N, D)
+        return feats * present.repeat_interleave(t, dim=0).view(-1, 1, 1).to(feats.dtype), scores, idx
 
     def grid_hw(self, image: torch.Tensor) -> tuple[int, int]:
         """Token grid (rows, cols) of one camera's (B, T, [K,] H, W, C) frames: the cells, or the ViT's patches."""

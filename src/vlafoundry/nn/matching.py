@@ -98,6 +98,35 @@ class AttributeMatching(nn.Module):
         s = [torch.einsum("bm,bnm->bn", q[:, i], key(a)) for i, (key, a) in enumerate(zip(self.keys, attributes))]
         return torch.stack(s, dim=-1) / math.sqrt(self.match_dim)  # (B, N, A)
 
+    def indexed_scores(self, instruction: torch.Tensor, tables: Sequence[torch.Tensor], indices: torch.Tensor
+                       ) -> torch.Tensor:
+        """:meth:`scores` when each token's attribute embedding is a row of a table: (B, D), A tables (V_a, D) and
+        indices (B, N, A) int64 -> (B, N, A), the same numbers as ``scores(instruction, [tables[a][indices[..., a]]])``
+        from ``V_a`` keys per attribute instead of ``B * N`` (the key projection is linear, so projecting the table
+        and indexing commute)."""
+        check_tensor("instruction", instruction, ndim=2, last_dim=self.d_model)
+        if len(tables) != self.num_attributes:
+            raise ValueError(f"tables: expected {self.num_attributes} attribute tables, got {len(tables)}")
+        if indices.dim() != 3 or indices.shape[0] != instruction.shape[0] or indices.shape[2] != self.num_attributes:
+            raise ValueError(f"indices: expected shape ({instruction.shape[0]}, N, {self.num_attributes}), got "
+                             f"{tuple(indices.shape)}")
+        b = instruction.shape[0]
+        q = self.query(self.cond_norm(instruction)).view(b, self.num_attributes, self.match_dim)  # (B, A, M)
+        s = []
+        for i, (key, table) in enumerate(zip(self.keys, tables)):
+            check_tensor(f"tables[{i}]", table, ndim=2, last_dim=self.d_model)
+            per_value = q[:, i] @ key(table).T  # (B, V_a): every value's match
+            s.append(per_value.gather(1, indices[..., i]))  # (B, N)
+        return torch.stack(s, dim=-1) / math.sqrt(self.match_dim)  # (B, N, A)
+
+    def readout_features(self, s: torch.Tensor) -> torch.Tensor:
+        """Raw scores (B, N, A) -> the features (B, N, D) added to the tokens (see the class docstring)."""
+        if self.readout == "softmax":
+            attn = torch.softmax(s.sum(dim=-1), dim=-1) * s.shape[1]  # (B, N): the tokens that match best
+            return self.proj(attn.unsqueeze(-1))
+        both = torch.sigmoid(s).prod(dim=-1, keepdim=True)  # (B, N, 1): every attribute matches
+        return self.proj(torch.cat([torch.tanh(s), both], dim=-1))  # (B, N, D)
+
     @staticmethod
     def loss_terms(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of ``sigmoid(scores)`` against ``targets``, one term per kept entry.
@@ -116,8 +145,4 @@ class AttributeMatching(nn.Module):
     def forward(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.scores(instruction, attributes)  # (B, N, A)
-        if self.readout == "softmax":
-            attn = torch.softmax(s.sum(dim=-1), dim=-1) * s.shape[1]  # (B, N): the tokens that match best
-            return self.proj(attn.unsqueeze(-1)), s
-        both = torch.sigmoid(s).prod(dim=-1, keepdim=True)  # (B, N, 1): every attribute matches
-        return self.proj(torch.cat([torch.tanh(s), both], dim=-1)), s  # (B, N, D), (B, N, A)
+        return self.readout_features(s), s  # (B, N, D), (B, N, A)

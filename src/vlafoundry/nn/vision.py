@@ -344,6 +344,16 @@ class SymbolicGridEncoder(nn.Module):
         tokens = tokens + self.pos_cache.get(h, w, tokens.device, tokens.dtype)
         return self.pos_drop(tokens)
 
+    def attribute_tables(self) -> list[torch.Tensor]:
+        """The object-type and colour embedding tables, ``[(num_objects, D), (num_colors, D)]``: rows of them are
+        :meth:`attribute_embeddings`."""
+        return [self.object_embed.weight, self.color_embed.weight]
+
+    def attribute_indices(self, grid: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Each cell's (object, colour) indices into :meth:`attribute_tables`: (B, H*W, 2) int64 (no CLS slot)."""
+        grid = self._indices(grid)  # (B, H, W, 3)
+        return grid[..., :2].reshape(grid.shape[0], -1, 2)
+
     def attribute_embeddings(self, grid: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
         """Each cell's object-type and colour embeddings apart: ``[(B, N, D), (B, N, D)]``, N the encoder's token
         count (zeros at the CLS slot), for :class:`~vlafoundry.nn.matching.AttributeMatching`."""
