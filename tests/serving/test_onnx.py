@@ -12,7 +12,7 @@ pytest.importorskip("onnx", reason="ONNX export tests need the onnx extra (onnx)
 pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
 
 
-@pytest.mark.parametrize("kw", [{}, {"memory": None, "history": 2, "chunk": 3}])
+@pytest.mark.parametrize("kw", [{}, {"memory": None, "history": 2, "chunk": 3}, {"grounding": "attributes"}])
 def test_export_matches_pytorch(tmp_path, kw):
     from vlafoundry.serving.onnx_export import export_onnx, heldout_observations
 
