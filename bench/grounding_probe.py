@@ -72,9 +72,7 @@ def probe_policy(policy: Any, env: Any, env_name: str, pairs: Any, frames: int, 
             b = observation_batch(obs, mission, env_name)  # one step: (1, ...) per key
             b = {k: (torch.as_tensor(v).unsqueeze(1) if k in ("image", "state") else v) for k, v in b.items()}
             b["obs_mask"] = torch.ones(1, 1, dtype=torch.bool)  # (B, T) with T = 1 frame
-            enc = policy.encode(policy.prepare(b))
-            pooled = policy.pooled_instruction(enc)  # (1, D)
-            s = policy.grounding.scores(pooled, policy.vision_encoder.attribute_embeddings(grid))[0]  # (49, A)
+            s = policy.encode(policy.prepare(b))["extras"]["grounding_scores"][0]  # (49, A): the policy's own
         kind = "held-out" if held_out_in(mission, pairs) is not None else "trained"
         for sign in itertools.product((1, -1), repeat=s.shape[-1]):
             both = torch.sigmoid(s * torch.tensor(sign, dtype=s.dtype)).prod(-1)  # (49,)

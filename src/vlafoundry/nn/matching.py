@@ -83,9 +83,14 @@ class AttributeMatching(nn.Module):
         self.keys = nn.ModuleList(nn.Linear(d_model, match_dim, bias=False) for _ in range(num_attributes))
         self.proj = nn.Linear(num_attributes + 1 if readout == "sigmoid" else 1, d_model)
 
+    def queries(self, instruction: torch.Tensor) -> torch.Tensor:
+        """Checked pooled instructions (B, D) -> one query per attribute (B, A, M)."""
+        check_tensor("instruction", instruction, ndim=2, last_dim=self.d_model)
+        return self.query(self.cond_norm(instruction)).view(-1, self.num_attributes, self.match_dim)
+
     def scores(self, instruction: torch.Tensor, attributes: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, D), A x (B, N, D) -> match scores (B, N, A)."""
-        check_tensor("instruction", instruction, ndim=2, last_dim=self.d_model)
+        q = self.queries(instruction)  # (B, A, M)
         if len(attributes) != self.num_attributes:
             raise ValueError(f"attributes: expected {self.num_attributes} attribute embeddings, got {len(attributes)}")
         b = instruction.shape[0]
@@ -94,7 +99,6 @@ class AttributeMatching(nn.Module):
             if a.shape[0] != b or a.shape[1] != attributes[0].shape[1]:
                 raise ValueError(f"attributes[{i}]: expected shape ({b}, {attributes[0].shape[1]}, {self.d_model}) "
                                  f"like the instruction's batch and attributes[0]'s tokens, got {tuple(a.shape)}")
-        q = self.query(self.cond_norm(instruction)).view(b, self.num_attributes, self.match_dim)  # (B, A, M)
         s = [torch.einsum("bm,bnm->bn", q[:, i], key(a)) for i, (key, a) in enumerate(zip(self.keys, attributes))]
         return torch.stack(s, dim=-1) / math.sqrt(self.match_dim)  # (B, N, A)
 
@@ -104,14 +108,12 @@ class AttributeMatching(nn.Module):
         indices (B, N, A) int64 -> (B, N, A), the same numbers as ``scores(instruction, [tables[a][indices[..., a]]])``
         from ``V_a`` keys per attribute instead of ``B * N`` (the key projection is linear, so projecting the table
         and indexing commute)."""
-        check_tensor("instruction", instruction, ndim=2, last_dim=self.d_model)
+        q = self.queries(instruction)  # (B, A, M)
         if len(tables) != self.num_attributes:
             raise ValueError(f"tables: expected {self.num_attributes} attribute tables, got {len(tables)}")
         if indices.dim() != 3 or indices.shape[0] != instruction.shape[0] or indices.shape[2] != self.num_attributes:
             raise ValueError(f"indices: expected shape ({instruction.shape[0]}, N, {self.num_attributes}), got "
                              f"{tuple(indices.shape)}")
-        b = instruction.shape[0]
-        q = self.query(self.cond_norm(instruction)).view(b, self.num_attributes, self.match_dim)  # (B, A, M)
         s = []
         for i, (key, table) in enumerate(zip(self.keys, tables)):
             check_tensor(f"tables[{i}]", table, ndim=2, last_dim=self.d_model)
