@@ -301,6 +301,20 @@ class BabyAIFamily(EnvFamily):
     def instruction_subgroups(self, instruction: str, task: str | None = None) -> dict[str, str]:
         return mission_subgroups(instruction, task)
 
+    def cell_labels(self, scheme: str, image_shape: Any) -> Any:
+        """``minigrid``: the symbolic view's (object, colour, state) per tile of egocentric RGB frames, read from
+        the pixels by :class:`~vlafoundry.envs.babyai_cells.MinigridTileDecoder` (exact on this env's frames)."""
+        shape = tuple(int(v) for v in image_shape)
+        if scheme != "minigrid":
+            raise ValueError(f"model.cell_labels: expected 'minigrid' or 'none' for BabyAI data, got {scheme!r}")
+        view = 7  # Minigrid's agent_view_size of the BabyAI levels
+        if len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1] or shape[0] % view or shape[0] == view:
+            raise ValueError(f"model.cell_labels='minigrid' needs egocentric RGB frames ({view}*t, {view}*t, 3) "
+                             f"(data.image rgb), got image shape {shape}")
+        from vlafoundry.envs.babyai_cells import tile_decoder
+
+        return tile_decoder(shape[0] // view)
+
     def augmentation(self, kind: str, data_cfg: Any) -> Any:
         if kind == "colour":
             return colour_permutation(dataset_hold_out_pairs(data_cfg))

@@ -221,6 +221,13 @@ class EnvFamily:
         "source"}`` (:mod:`vlafoundry.eval.task_groups`); default None (no groups)."""
         return None
 
+    def cell_labels(self, scheme: str, image_shape: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+        """The labeller of ``model.cell_labels == scheme`` for stored frames of ``image_shape``: uint8 frames
+        ``(..., H, W, C)`` -> ``(..., R, C', A)`` integer labels per cell (-1 unknown), R x C' the patch grid
+        (``loss.cells``). Default: this family has none (``ValueError``)."""
+        raise ValueError(f"model.cell_labels={scheme!r}: {self.name} envs provide no per-cell labels (expected "
+                         "'none' for their data)")
+
     def augmentation(self, kind: str, data_cfg: Any) -> Callable[..., Any] | None:
         """The training-batch augmentation for ``data.augment == kind`` (``None`` for ``"none"``)."""
         if kind == "none":

@@ -15,6 +15,7 @@ VISION_KINDS = ("grid", "patch", "none")
 LANGUAGE_KINDS = ("scratch", "pretrained", "none")
 MEMORY_KINDS = ("none", "gru")
 GROUNDING_KINDS = ("none", "attributes")
+CELL_TOKENS = ("none", "replace", "add")
 
 
 @dataclass
@@ -58,8 +59,16 @@ class PolicyConfig(ModelConfig):
     :class:`~vlafoundry.nn.VisionEncoder` over RGB images (``patch_size`` pixels a side per token; frames
     ``(K, H, W, 3)`` from K cameras become K token groups with a learned camera embedding); ``none`` for
     state-only benchmarks.
-    vision_stem: how ``patch`` turns pixels into tokens: ``patch`` (the ViT's one strided convolution) or ``conv``
-    (a small convolutional stem, :class:`~vlafoundry.nn.vision.ConvStem`; ``patch_size`` a power of two).
+    vision_stem: how ``patch`` turns pixels into tokens: ``patch`` (the ViT's one strided convolution), ``conv``
+    (a small convolutional stem, :class:`~vlafoundry.nn.vision.ConvStem`; ``patch_size`` a power of two) or ``mlp``
+    (the patch projection then a per-token MLP layer, :class:`~vlafoundry.nn.vision.PatchMLPStem`).
+    cell_labels: with ``patch``, a training-only head that reads each patch token and predicts the labels of the
+    cell it shows (``loss.cells``): ``minigrid``, the symbolic view's object type, colour and state of each BabyAI
+    tile (read from the frame, :mod:`vlafoundry.envs.babyai_cells`); ``none``, no head.
+    cell_tokens: with ``cell_labels``, what the cell head's predictions do to the patch tokens: ``replace`` (each
+    cell's token becomes its predicted label distributions embedded, ``sum_a softmax(logits_a) @ E_a``, plus its
+    position: a learnt symbolic bottleneck, the grid encoder's tokens computed from pixels), ``add`` (that
+    embedding added to the patch token), ``none`` (the head only trains the tokens, through ``loss.cells``).
     patch_norm: LayerNorm on each patch token before the positions are added (timm's ``PatchEmbed`` norm option).
     image_shift: random-shift augmentation in training (DrQ; :func:`~vlafoundry.nn.augment.random_shift`): each
     sample's frames move by up to this many pixels (0 = off), each camera by its own offset. Needs ``vision`` ``patch``.
@@ -128,6 +137,8 @@ class PolicyConfig(ModelConfig):
     tokenizer_vocab: int = 1000
     patch_size: int = 8
     vision_stem: str = "patch"
+    cell_labels: str = "none"
+    cell_tokens: str = "none"
     patch_norm: bool = False
     image_shift: int = 0
     use_state: bool = True
@@ -170,6 +181,7 @@ class PolicyConfig(ModelConfig):
     def __post_init__(self) -> None:
         from vlafoundry.models.components import FUSIONS, HEADS
         from vlafoundry.nn.matching import READOUTS
+        from vlafoundry.nn.vision import CELL_LABEL_CLASSES, STEMS
 
         require(self.type == "vla", "model.type", "'vla' for PolicyConfig", self.type)
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
@@ -189,11 +201,19 @@ class PolicyConfig(ModelConfig):
             require(getattr(self, k) >= 1, f"model.{k}", "an integer >= 1", getattr(self, k))
         require(self.diffusion_schedule in ("cosine", "linear"), "model.diffusion_schedule",
                 "one of ['cosine', 'linear']", self.diffusion_schedule)
-        require(self.vision_stem in ("patch", "conv"), "model.vision_stem", "one of ['patch', 'conv']",
-                self.vision_stem)
-        require(self.vision_stem == "patch" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0),
+        require(self.vision_stem in STEMS, "model.vision_stem", f"one of {list(STEMS)}", self.vision_stem)
+        require(self.vision_stem != "conv" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0),
                 "model.patch_size", "a power of two >= 2 with model.vision_stem=conv", self.patch_size)
         require(self.image_shift >= 0, "model.image_shift", "an integer >= 0", self.image_shift)
+        require(self.cell_labels in ("none", *CELL_LABEL_CLASSES), "model.cell_labels",
+                f"one of {['none', *CELL_LABEL_CLASSES]}", self.cell_labels)
+        require(self.cell_tokens in CELL_TOKENS, "model.cell_tokens", f"one of {list(CELL_TOKENS)}", self.cell_tokens)
+        require(self.cell_tokens == "none" or self.cell_labels != "none", "model.cell_tokens",
+                "'none' unless model.cell_labels names the labels (got model.cell_labels='none')", self.cell_tokens)
+        require(self.cell_labels == "none" or (self.vision == "patch" and self.image_shift == 0), "model.cell_labels",
+                f"'none' unless model.vision is 'patch' with model.image_shift 0 (a shifted frame's patches are not "
+                f"its cells; got model.vision={self.vision!r}, model.image_shift={self.image_shift})",
+                self.cell_labels)
         require(self.image_shift == 0 or self.vision == "patch", "model.image_shift",
                 f"0 unless model.vision is 'patch' (got model.vision={self.vision!r})", self.image_shift)
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)

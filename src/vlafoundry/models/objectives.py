@@ -8,6 +8,8 @@
 * ``mlm`` -- masked instruction tokens; ``mrm`` -- masked image cells/patches;
 * ``grounding`` -- with ``model.grounding``, each cell's per-attribute match score against whether the instruction
   names the cell's object type / colour (:meth:`~vlafoundry.nn.AttributeMatching.loss_terms`);
+* ``cells`` -- with ``model.cell_labels``, each patch token predicts the labels of the cell it shows (UNITER's
+  region classification, with the simulator's symbols as the labels; ``b["cell_labels"]``);
 * ``moe_aux`` -- the mixture-of-experts load-balancing loss, when the policy has experts.
 
 Metrics are detached 0-d tensors (the trainer reduces them when it logs): no host sync per step.
@@ -19,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from vlafoundry.config import require
 from vlafoundry.nn.losses import mean_count_over_ranks
 from vlafoundry.nn.matching import AttributeMatching, named_values
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
+from vlafoundry.nn.vision import CELL_LABEL_CLASSES
 
 
 @dataclass
@@ -36,6 +40,7 @@ class LossConfig:
     mlm: float = 0.0
     mrm: float = 0.0
     grounding: float = 0.0
+    cells: float = 0.0
     moe_aux: float = 0.01
     temperature: float = 0.07
     learnable_temperature: bool = True
@@ -44,7 +49,7 @@ class LossConfig:
     align_last: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "grounding", "moe_aux"):
+        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "grounding", "cells", "moe_aux"):
             require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
         require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
         require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
@@ -127,6 +132,37 @@ class VLAObjectives:
         mask = torch.stack([keep, keep & coloured], dim=-1)  # (B*T, H*W, 2)
         return self.global_mean(AttributeMatching.loss_terms(scores, targets, mask))
 
+    def cell_loss(self, b: dict[str, Any], enc: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy of each patch token's per-attribute class scores (``cell_head``) against its cell's labels
+        ``b["cell_labels"]`` (B, T, R, C, A) int (-1: unknown, ignored), summed over the A attributes and averaged
+        over the labelled (cell, attribute) terms of frames that are present. Metric ``cells_acc``: the share of
+        labelled cells with every attribute right."""
+        if "cell_labels" not in b:
+            raise ValueError("loss.cells > 0: expected the batch to carry 'cell_labels' (the trainer adds them from "
+                             "the env family's labeller, EnvFamily.cell_labels); got none")
+        tokens = enc["extras"]["vision_tokens"]  # (B*T, 1+R*C, D), CLS first
+        bt, rc = tokens.shape[0], tokens.shape[1] - 1
+        labels = b["cell_labels"].to(tokens.device, torch.long)
+        classes = CELL_LABEL_CLASSES[self.cfg.cell_labels]
+        if labels.numel() != bt * rc * len(classes):
+            raise ValueError(f"cell_labels: expected {bt} frames of {rc} cells x {len(classes)} labels, got shape "
+                             f"{tuple(labels.shape)}")
+        labels = labels.reshape(bt, rc, len(classes))  # (B*T, R*C, A)
+        logits = enc["extras"].get("cell_logits")  # computed by encode with model.cell_tokens
+        if logits is None:
+            logits = self.cell_head(tokens[:, 1:])  # (B*T, R*C, sum(classes))
+        frame = (b["obs_mask"] & b["image_present"].unsqueeze(1)).reshape(bt, 1, 1)  # (B*T, 1, 1)
+        valid = (labels >= 0) & frame  # (B*T, R*C, A)
+        terms, right = [], valid.new_ones(bt, rc)
+        for a, part in enumerate(logits.split(list(classes), dim=-1)):  # (B*T, R*C, C_a)
+            keep = valid[..., a]
+            terms.append(nn.functional.cross_entropy(part[keep], labels[..., a][keep], reduction="none"))
+            right = right & ((part.argmax(-1) == labels[..., a]) | ~keep)
+        loss = self.global_mean(torch.cat(terms))
+        cells = valid.any(-1)  # (B*T, R*C)
+        acc = (right & cells).sum().float() / cells.sum().clamp_min(1)
+        return loss, {"cells_acc": _m(acc)}
+
     def pair_ids(self, b: dict[str, Any]) -> torch.Tensor:
         """Samples that share an instruction are positives of each other."""
         if "instruction_id" in b:
@@ -204,6 +240,10 @@ class VLAObjectives:
             gl = self.grounding_loss(b, enc)
             total = total + lc.grounding * gl
             metrics["grounding"] = _m(gl)
+        if lc.cells > 0:
+            cl, m = self.cell_loss(b, enc)
+            total = total + lc.cells * cl
+            metrics.update(m, cells=_m(cl))
         aux = self.moe_aux_loss()
         if aux is not None and lc.moe_aux > 0:
             total = total + lc.moe_aux * aux

@@ -45,6 +45,7 @@ from vlafoundry.nn.losses import ContrastiveLoss, MultimodalPretrainingTask
 from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import (
+    CELL_LABEL_CLASSES,
     SymbolicGridEncoder,
     VisionEncoder,
     get_1d_sincos_pos_embed,
@@ -107,6 +108,17 @@ class VLAPolicy(VLAObjectives, Policy):
             )
             self.mrm_mask_token = nn.Parameter(torch.zeros(1, 1, d))
             nn.init.normal_(self.mrm_mask_token, std=0.02)
+        # ---- per-cell labels from the patch tokens (model.cell_labels, loss.cells): training only
+        self.cell_head: nn.Linear | None = None
+        if cfg.cell_labels != "none" and self.has_image:
+            if len(spec.image_shape) != 3:
+                raise ValueError(f"model.cell_labels={cfg.cell_labels!r} needs one camera's (H, W, C) frames, got "
+                                 f"image shape {tuple(spec.image_shape)}")
+            self.cell_head = nn.Linear(d, sum(CELL_LABEL_CLASSES[cfg.cell_labels]))
+            # model.cell_tokens: an embedding table per labelled attribute, read with the predicted distributions
+            self.cell_embed = nn.ParameterList(
+                nn.Parameter(torch.randn(n, d) * 3.0**-0.5) for n in CELL_LABEL_CLASSES[cfg.cell_labels]
+            ) if cfg.cell_tokens != "none" else None
         # temporal positions for history frames (fixed sin-cos, index 0 = oldest frame)
         temporal = torch.from_numpy(get_1d_sincos_pos_embed(d, np.arange(cfg.history))).float()
         self.register_buffer("temporal_pos", temporal, persistent=False)  # (T, D)
@@ -187,6 +199,9 @@ class VLAPolicy(VLAObjectives, Policy):
         if lc.grounding > 0 and self.grounding is None:
             raise ValueError("loss.grounding > 0 needs model.grounding=attributes (with model.vision=grid and a "
                              f"language modality), got model.grounding={self.cfg.grounding!r}")
+        if getattr(lc, "cells", 0) > 0 and self.cell_head is None:
+            raise ValueError("loss.cells > 0 needs model.cell_labels (e.g. 'minigrid', with model.vision=patch and "
+                             f"image data), got model.cell_labels={self.cfg.cell_labels!r}")
         if (lc.contrastive > 0 or lc.itm > 0) and not self.has_language:
             raise ValueError("loss.contrastive/itm > 0 need a language modality (model.language != none)")
 
@@ -220,7 +235,9 @@ class VLAPolicy(VLAObjectives, Policy):
         flat = image.reshape(b * t, *image.shape[2:])  # (B*T, [K,] H, W, C)
         tokens = self.vision_encoder(flat)  # (B*T, N, D); uint8 RGB is read channels-last by VisionEncoder
         n = tokens.shape[1]
-        extras: dict[str, torch.Tensor] = {}
+        extras: dict[str, torch.Tensor] = {"vision_tokens": tokens}  # the encoder's own tokens (loss.cells)
+        if self.cell_head is not None and self.cfg.cell_tokens != "none":
+            tokens, extras["cell_logits"] = self.cell_tokens(tokens, image)
         if mrm:
             patch_mask = self.pretrain_heads.mask_patches(b * t, n, 0.15, device=tokens.device)  # (B*T, N)
             pos = self.image_positions(image, tokens).expand(b * t, -1, -1)  # (B*T, N, D)
@@ -242,6 +259,20 @@ class VLAPolicy(VLAObjectives, Policy):
         tokens = tokens.reshape(b, t, n, -1) + temporal  # (B, T, N, D)
         extras["positions"] = (self.image_positions(image, tokens).unsqueeze(1) + temporal).reshape(1, t * n, -1)
         return tokens.reshape(b, t * n, -1), mask.reshape(b, t * n), extras
+
+    def cell_tokens(self, tokens: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``model.cell_tokens``: patch tokens (B*T, 1+N, D) (CLS first) -> the tokens with each cell's predicted
+        labels embedded (``sum_a softmax(logits_a) @ E_a`` plus the cell's position; in place of the patch token
+        with ``replace``, added to it with ``add``), and the cell head's logits (B*T, N, sum(classes))."""
+        logits = self.cell_head(tokens[:, 1:])  # (B*T, N, sum C_a)
+        classes = CELL_LABEL_CLASSES[self.cfg.cell_labels]
+        cells = sum(part.softmax(-1) @ table.to(part.dtype)
+                    for part, table in zip(logits.split(list(classes), dim=-1), self.cell_embed))  # (B*T, N, D)
+        if self.cfg.cell_tokens == "replace":
+            cells = cells + self.image_positions(image, tokens)[:, 1:]  # (B*T, N, D)
+        else:
+            cells = tokens[:, 1:] + cells
+        return torch.cat([tokens[:, :1], cells], dim=1), logits  # (B*T, 1+N, D)
 
     def match_cells(self, grid: torch.Tensor, instruction: torch.Tensor, present: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

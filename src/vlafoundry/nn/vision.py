@@ -18,10 +18,12 @@ from torch import nn
 from vlafoundry.nn._checks import check_tensor
 
 __all__ = [
+    "CELL_LABEL_CLASSES",
     "GRID_COLOR_NAMES",
     "GRID_COLOURED_OBJECTS",
     "GRID_OBJECT_NAMES",
     "ConvStem",
+    "PatchMLPStem",
     "SinCosPositionCache",
     "SymbolicGridEncoder",
     "VisionEncoder",
@@ -41,6 +43,10 @@ GRID_COLOR_NAMES: tuple[tuple[str, ...], ...] = (
 # The objects whose colour is their own and that instructions name by it (walls are always grey, empty cells carry
 # colour index 0, goals are always green): the grounding loss supervises the colour match on these cells only.
 GRID_COLOURED_OBJECTS: tuple[str, ...] = ("door", "key", "ball", "box")
+# Per-cell label schemes of ``model.cell_labels`` / ``loss.cells``: the classes of each labelled attribute. ``minigrid``:
+# the symbolic view's (object type, colour, state) of each tile of a BabyAI RGB frame
+# (:class:`vlafoundry.envs.babyai_cells.MinigridTileDecoder` reads them from the pixels).
+CELL_LABEL_CLASSES: dict[str, tuple[int, ...]] = {"minigrid": (len(GRID_OBJECT_NAMES), len(GRID_COLOR_NAMES), 3)}
 
 
 def get_1d_sincos_pos_embed(embed_dim: int, positions: np.ndarray | int) -> np.ndarray:
@@ -152,6 +158,26 @@ class ConvStem(nn.Module):
         return self.net(x)  # (B, D, H/p, W/p)
 
 
+class PatchMLPStem(nn.Module):
+    """A per-patch MLP in place of the ViT's linear patch projection: the ``patch_size`` patch projection, then
+    ``act_layer`` and a 1x1 (per-token) linear layer, so each token is a non-linear function of its own patch
+    only (a patch's content, e.g. which object a grid tile draws, need not be linear in its pixels).
+    ``(B, C, H, W)`` -> ``(B, D, H/p, W/p)``."""
+
+    def __init__(self, input_channels: int, patch_size: int, d_model: int,
+                 act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.act = act_layer()
+        self.fc = nn.Conv2d(d_model, d_model, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.proj(x)))  # (B, D, H/p, W/p)
+
+
+STEMS = ("patch", "conv", "mlp")
+
+
 class VisionEncoder(nn.Module):
     """ViT patch embedding: ``Conv2d`` patches + learned CLS token + fixed 2-D sin-cos positions.
 
@@ -160,7 +186,8 @@ class VisionEncoder(nn.Module):
     input, which is always read as channels-last) it takes raw ``(B, H, W, C)`` uint8 images and scales them
     to ``[0, 1]`` first (see :func:`images_to_tensor`). Returns ``(B, 1 + H/p * W/p, D)``; token 0 is CLS.
 
-    ``stem``: ``"patch"`` (the chapter's one strided convolution) or ``"conv"`` (:class:`ConvStem`).
+    ``stem``: ``"patch"`` (the chapter's one strided convolution), ``"conv"`` (:class:`ConvStem`) or ``"mlp"``
+    (:class:`PatchMLPStem`, the patch projection then a per-token MLP layer).
     ``norm_layer``: applied to each patch token before the positions are added (timm's ``PatchEmbed`` option; e.g.
     ``nn.LayerNorm``): a patch's content then has unit scale from the first step, as a learned embedding has, however
     dark or sparse the pixels are.
@@ -176,8 +203,8 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"d_model: expected a multiple of 4 (2-D sin-cos positions), got {d_model}")
         if patch_size <= 0:
             raise ValueError(f"patch_size: expected a positive integer, got {patch_size}")
-        if stem not in ("patch", "conv"):
-            raise ValueError(f"stem: expected 'patch' or 'conv', got {stem!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem: expected one of {list(STEMS)}, got {stem!r}")
         if num_cameras < 1:
             raise ValueError(f"num_cameras: expected an integer >= 1, got {num_cameras}")
         self.input_channels = input_channels
@@ -187,6 +214,8 @@ class VisionEncoder(nn.Module):
         self.num_cameras = num_cameras
         if stem == "patch":
             self.conv_proj = nn.Conv2d(input_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        elif stem == "mlp":
+            self.conv_proj = PatchMLPStem(input_channels, patch_size, d_model)
         else:
             self.conv_proj = ConvStem(input_channels, patch_size, d_model)
         self.norm = norm_layer(d_model) if norm_layer is not None else nn.Identity()

@@ -158,6 +158,7 @@ class Trainer:
             texts = self.train_ds if self._variants is None else WithVariantTexts(self.train_ds, self._variants)
             self.policy = make_policy(cfg.model, texts, self.loss_cfg).to(self.device)
         self.policy.check_objectives(self.loss_cfg)
+        self._cell_labeller = self._make_cell_labeller()
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
                                              rank=self.dist.rank, world_size=self.dist.world_size)
@@ -177,6 +178,23 @@ class Trainer:
         self._writer = None
 
     # ------------------------------------------------------------------ set-up helpers
+    def _make_cell_labeller(self) -> Any:
+        """With ``loss.cells``: the env family's labeller of the stored frames (``EnvFamily.cell_labels``)."""
+        if self.loss_cfg.cells <= 0:
+            return None
+        from vlafoundry.envs import get_family
+
+        try:
+            return get_family(self.cfg.data.env).cell_labels(self.policy.cfg.cell_labels, self.policy.spec.image_shape)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _labelled(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with ``cell_labels`` (..., R, C, A) read from its frames when ``loss.cells`` is on."""
+        if self._cell_labeller is not None:
+            batch["cell_labels"] = torch.from_numpy(self._cell_labeller(np.asarray(batch["image"])))
+        return batch
+
     def _augment_generator(self) -> torch.Generator:
         """The augmentation's random stream for this step: a function of (train.seed, rank, step) only, so a
         resumed run draws what the uninterrupted one drew."""
@@ -319,7 +337,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG (exact resume)
             for i in range(min(self.cfg.train.val_batches, math.ceil(n / bs))):
                 idx = order[i * bs:(i + 1) * bs].tolist()
-                batch = _batch_to_device(self.val_ds.__getitems__(idx), self.device)
+                batch = _batch_to_device(self._labelled(self.val_ds.__getitems__(idx)), self.device)
                 with self._autocast():
                     _, m = self.policy(batch, self.loss_cfg)
                 for k, v in m.items():
@@ -384,7 +402,7 @@ class Trainer:
         last: dict[str, torch.Tensor] = {}
         while self.step < end:
             idx = self.sampler.next_batch()
-            batch = self.train_ds.__getitems__(idx)  # (B_local, ...)
+            batch = self._labelled(self.train_ds.__getitems__(idx))  # (B_local, ...)
             if self._augment is not None:
                 batch = self._augment(batch, self._augment_generator())
             batch = _batch_to_device(batch, self.device)
