@@ -102,3 +102,27 @@ def test_export_refuses_generative_heads():
     p.head_kind = "flow"  # the check reads the head kind and config only
     with pytest.raises(ExportError, match=r"model.head: expected 'discrete', 'continuous' or 'binned'.*got 'flow'"):
         check_exportable(p)
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_export_of_a_pixel_policy_with_cell_tokens(tmp_path, mode):
+    """The cell head and its embedded predictions are part of the acting graph with ``model.cell_tokens``."""
+    import torch
+    from serving_helpers import INSTRUCTIONS
+
+    from vlafoundry.models import PolicyConfig, PolicySpec, VLAPolicy
+    from vlafoundry.nn.language import TextTokenizer
+    from vlafoundry.serving.onnx_export import export_onnx
+
+    cfg = PolicyConfig(vision="patch", patch_size=8, cell_labels="minigrid", cell_tokens=mode, d_model=32,
+                       num_heads=2, d_ff=64, num_layers=1, vision_layers=0, embed_dim=16)
+    spec = PolicySpec(env="babyai/PutNextLocal", action_type="discrete", action_dim=1, num_actions=7, state_dim=4,
+                      image_shape=[56, 56, 3], state_mean=[0.0] * 4, state_std=[1.0] * 4)
+    torch.manual_seed(0)
+    p = VLAPolicy(cfg, spec, TextTokenizer.train(INSTRUCTIONS * 4, kind="word")).eval()
+    rng = np.random.default_rng(0)
+    obs = [{"image": rng.integers(0, 256, (n, 56, 56, 3), dtype=np.uint8),
+            "state": rng.normal(size=(n, 4)).astype(np.float32),
+            "instruction": [INSTRUCTIONS[int(i)] for i in rng.integers(0, 4, size=n)]} for n in (4, 3, 1)]
+    r = export_onnx(p, tmp_path / "p.onnx", obs)
+    assert r.max_abs_diff < 1e-4 and r.action_agreement == 1.0 and r.checked_rows == 8
