@@ -4,7 +4,8 @@ Both policies are built from their presets (``babyai-gotolocal`` reads the symbo
 the 56x56x3 egocentric RGB frame through the ViT patch encoder) on GoToLocal episodes generated with the same seeds,
 then trained with the trainer's step (batch assembly from the dataset, forward, backward, clipping, AdamW) on
 batches of ``--batch-size`` single steps. Variants of the pixel policy (``--variants``: the convolutional stem,
-random-shift augmentation) are timed in the same rounds. Rounds interleave the variants (order rotated each round);
+random-shift augmentation, the per-cell label loss with each batch's labels read from its frames, the cell tokens)
+are timed in the same rounds. Rounds interleave the variants (order rotated each round);
 medians over all timed steps; CPU-time clock with one thread (a shared machine's preemption does not count).
 The ratio column is each variant's time per sample over the symbolic preset's: issue 16 asks for <= 3.
 
@@ -24,30 +25,40 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import BatchStream, build_default, make_train_step, pick_clock  # noqa: E402  (bench/train.py)
 
 from vlafoundry.data import generate_dataset  # noqa: E402
+from vlafoundry.envs import get_family  # noqa: E402
 from vlafoundry.train.config import load_config  # noqa: E402
 from vlafoundry.train.trainer import build_optimizer  # noqa: E402
 
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "symbolic (grid)": ("babyai-gotolocal", {}),
-    "rgb patch": ("babyai-gotolocal-rgb", {}),
-    "rgb conv stem": ("babyai-gotolocal-rgb", {"vision_stem": "conv"}),
-    "rgb patch + shift 4": ("babyai-gotolocal-rgb", {"image_shift": 4}),
+CELLS = ("--model.cell_labels", "minigrid", "--loss.cells", "1.0")
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "symbolic (grid)": ("babyai-gotolocal", ()),
+    "rgb patch": ("babyai-gotolocal-rgb", ()),
+    "rgb conv stem": ("babyai-gotolocal-rgb", ("--model.vision_stem", "conv")),
+    "rgb patch + shift 4": ("babyai-gotolocal-rgb", ("--model.image_shift", "4")),
+    "rgb patch + cells": ("babyai-gotolocal-rgb", CELLS),
+    "rgb cell tokens": ("babyai-gotolocal-rgb", (*CELLS, "--model.cell_tokens", "replace")),
 }
 
 
 def build(name: str, roots: dict[str, Path], batch_size: int, clock: Any) -> dict[str, Any]:
     preset, overrides = VARIANTS[name]
-    cfg = load_config(preset, [t for k, v in overrides.items() for t in (f"--model.{k}", str(v))])
+    cfg = load_config(preset, list(overrides))
     policy, ds = build_default(cfg, roots[cfg.data.image])
     opt = build_optimizer(policy, cfg.train)
+    labeller = None
+    if cfg.loss.cells > 0:  # the trainer labels each batch's frames (Trainer._labelled): timed with the step
+        labeller = get_family(cfg.data.env).cell_labels(cfg.model.cell_labels, policy.spec.image_shape)
 
     def loss_fn(batch: dict[str, Any]) -> torch.Tensor:
+        if labeller is not None:
+            batch = {**batch, "cell_labels": torch.from_numpy(labeller(np.asarray(batch["image"])))}
         return policy(batch, cfg.loss)[0]
 
     return {"policy": policy, "stream": BatchStream(ds, batch_size),
