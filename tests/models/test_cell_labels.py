@@ -125,15 +125,18 @@ def test_patch_mlp_stem_is_a_per_patch_mlp():
         VisionEncoder(3, 4, 8, stem="deep")
 
 
-def test_config_and_objective_checks():
-    with pytest.raises(ConfigError, match="model.cell_labels"):
-        PolicyConfig(vision="grid", cell_labels="minigrid")
-    with pytest.raises(ConfigError, match="model.image_shift 0"):
-        PolicyConfig(vision="patch", cell_labels="minigrid", image_shift=2)
-    with pytest.raises(ConfigError, match="one of \\['none', 'minigrid'\\]"):
-        PolicyConfig(vision="patch", cell_labels="coco")
-    with pytest.raises(ConfigError, match="model.vision_stem"):
-        PolicyConfig(vision="patch", vision_stem="deep")
+@pytest.mark.parametrize("kw,match", [
+    ({"vision": "grid", "cell_labels": "minigrid"}, "model.cell_labels"),
+    ({"vision": "patch", "cell_labels": "minigrid", "image_shift": 2}, "model.image_shift 0"),
+    ({"vision": "patch", "cell_labels": "coco"}, "one of \\['none', 'minigrid'\\]"),
+    ({"vision": "patch", "vision_stem": "deep"}, "model.vision_stem"),
+])
+def test_config_checks(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        PolicyConfig(**kw)
+
+
+def test_objective_checks():
     torch.manual_seed(0)
     plain = VLAPolicy(PolicyConfig(vision="patch", d_model=32, num_heads=4, d_ff=64), spec(),
                       TextTokenizer.train(TASKS, kind="word"))
