@@ -78,8 +78,6 @@ class MinigridTileDecoder:
         tile_size: pixels per cell ``t`` (``BabyAIEnv``'s ``tile_size``, 8 by default).
     """
 
-    num_classes = (11, 6, 3)
-
     def __init__(self, tile_size: int = 8) -> None:
         if not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
             raise ValueError(f"tile_size: expected a positive integer, got {tile_size!r}")

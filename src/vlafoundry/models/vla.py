@@ -199,7 +199,7 @@ class VLAPolicy(VLAObjectives, Policy):
         if lc.grounding > 0 and self.grounding is None:
             raise ValueError("loss.grounding > 0 needs model.grounding=attributes (with model.vision=grid and a "
                              f"language modality), got model.grounding={self.cfg.grounding!r}")
-        if getattr(lc, "cells", 0) > 0 and self.cell_head is None:
+        if lc.cells > 0 and self.cell_head is None:
             raise ValueError("loss.cells > 0 needs model.cell_labels (e.g. 'minigrid', with model.vision=patch and "
                              f"image data), got model.cell_labels={self.cfg.cell_labels!r}")
         if (lc.contrastive > 0 or lc.itm > 0) and not self.has_language:
