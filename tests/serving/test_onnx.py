@@ -126,3 +126,30 @@ def test_export_of_a_pixel_policy_with_cell_tokens(tmp_path, mode):
             "instruction": [INSTRUCTIONS[int(i)] for i in rng.integers(0, 4, size=n)]} for n in (4, 3, 1)]
     r = export_onnx(p, tmp_path / "p.onnx", obs)
     assert r.max_abs_diff < 1e-4 and r.action_agreement == 1.0 and r.checked_rows == 8
+
+
+def test_export_of_a_pixel_policy_with_position_tokens(tmp_path):
+    """``model.position_tokens add``: the position head reads the frame and its prediction joins the state token,
+    inside the exported acting graph (Meta-World-like continuous actions, 4-D proprioception)."""
+    import torch
+    from serving_helpers import INSTRUCTIONS
+
+    from vlafoundry.models import PolicyConfig, PolicySpec, VLAPolicy
+    from vlafoundry.nn.language import TextTokenizer
+    from vlafoundry.serving.onnx_export import export_onnx
+
+    cfg = PolicyConfig(vision="patch", vision_stem="conv", patch_size=8, position_labels="metaworld",
+                       position_tokens="add", head="continuous", state_fourier=2, d_model=32, num_heads=2, d_ff=64,
+                       num_layers=1, vision_layers=1, embed_dim=16)
+    spec = PolicySpec(env="metaworld/reach", action_type="continuous", action_dim=4, action_low=[-1.0] * 4,
+                      action_high=[1.0] * 4, state_dim=4, image_shape=[32, 32, 3], state_mean=[0.0] * 4,
+                      state_std=[1.0] * 4)
+    torch.manual_seed(0)
+    p = VLAPolicy(cfg, spec, TextTokenizer.train(INSTRUCTIONS * 4, kind="word")).eval()
+    assert p.position_proj is not None
+    rng = np.random.default_rng(0)
+    obs = [{"image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "state": rng.normal(size=(n, 4)).astype(np.float32),
+            "instruction": [INSTRUCTIONS[int(i)] for i in rng.integers(0, 4, size=n)]} for n in (4, 3, 1)]
+    r = export_onnx(p, tmp_path / "p.onnx", obs)
+    assert r.max_abs_diff < 1e-4 and r.checked_rows == 8

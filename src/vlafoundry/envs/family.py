@@ -228,6 +228,14 @@ class EnvFamily:
         raise ValueError(f"model.cell_labels={scheme!r}: {self.name} envs provide no per-cell labels (expected "
                          "'none' for their data)")
 
+    def position_labels(self, scheme: str) -> tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
+        """``model.position_labels == scheme`` (``loss.positions``): the ``make_env`` keywords of an observation that
+        holds the full state (the demonstrations are replayed with them, :mod:`vlafoundry.data.replay`) and the map
+        from those full states (N, S_full) to the position targets (N, P). Default: this family has none
+        (``ValueError``)."""
+        raise ValueError(f"model.position_labels={scheme!r}: {self.name} envs provide no position labels (expected "
+                         "'none' for their data)")
+
     def augmentation(self, kind: str, data_cfg: Any) -> Callable[..., Any] | None:
         """The training-batch augmentation for ``data.augment == kind`` (``None`` for ``"none"``)."""
         if kind == "none":

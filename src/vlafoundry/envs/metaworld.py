@@ -51,6 +51,9 @@ warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", cate
 
 STATE_DIM = 39
 HAND_DIM = 4  # hand xyz + gripper opening: the first entries of the state
+#: Where the first object's, the second object's and the goal's xyz sit in the 39-D state (``model.position_labels
+#: metaworld``); a task without a second object has zeros there.
+POSITION_INDEX = (4, 5, 6, 11, 12, 13, 36, 37, 38)
 ACTION_DIM = 4
 DEFAULT_MAX_STEPS = 300
 #: The cameras of Meta-World v3's scene (``xyz_base.xml``).
@@ -322,6 +325,14 @@ class MetaWorldFamily(EnvFamily):
 
     # Minari: the default layout (``observation`` the float32 39-D vector, ``mission`` the instruction); a user's
     # dataset of plain 39-D observations reads with the task's first phrasing.
+    def position_labels(self, scheme: str) -> tuple[dict[str, Any], Any]:
+        """``metaworld``: the first and second object's and the goal's xyz (:data:`POSITION_INDEX`), from a replay with
+        the symbolic observation (the full 39-D state)."""
+        if scheme != "metaworld":
+            raise ValueError(f"model.position_labels: expected 'metaworld' or 'none' for Meta-World data, got {scheme!r}")
+        index = np.asarray(POSITION_INDEX)
+        return {"image": "symbolic", "proprio": "full"}, lambda states: np.asarray(states)[..., index]
+
     def default_instruction(self, task: str) -> str:
         return instruction_for(self.canonical(task.split("/", 1)[-1]), None)
 

@@ -16,6 +16,7 @@ LANGUAGE_KINDS = ("scratch", "pretrained", "none")
 MEMORY_KINDS = ("none", "gru")
 GROUNDING_KINDS = ("none", "attributes")
 CELL_TOKENS = ("none", "replace", "add")
+POSITION_TOKENS = ("none", "add")
 
 
 @dataclass
@@ -69,6 +70,13 @@ class PolicyConfig(ModelConfig):
     cell's token becomes its predicted label distributions embedded, ``sum_a softmax(logits_a) @ E_a``, plus its
     position: a learnt symbolic bottleneck, the grid encoder's tokens computed from pixels), ``add`` (that
     embedding added to the patch token), ``none`` (the head only trains the tokens, through ``loss.cells``).
+    position_labels: with ``patch``, a training-only head on the vision CLS token that regresses where the scene's
+    objects and goal are (``loss.positions``): ``metaworld``, the first and second object's and the goal's xyz (what
+    the 4-D hand proprioception of pixel data leaves out; recovered by replaying the demonstrations,
+    :mod:`vlafoundry.data.replay`); ``none``, no head.
+    position_tokens: with ``position_labels`` and ``use_state``: ``add``, the head's predicted positions (Fourier
+    features, an MLP) are added to the state token, so the policy reads them as the state policy reads the true
+    ones; ``none``, the head only trains the vision encoder.
     patch_norm: LayerNorm on each patch token before the positions are added (timm's ``PatchEmbed`` norm option).
     image_shift: random-shift augmentation in training (DrQ; :func:`~vlafoundry.nn.augment.random_shift`): each
     sample's frames move by up to this many pixels (0 = off), each camera by its own offset. Needs ``vision`` ``patch``.
@@ -139,6 +147,8 @@ class PolicyConfig(ModelConfig):
     vision_stem: str = "patch"
     cell_labels: str = "none"
     cell_tokens: str = "none"
+    position_labels: str = "none"
+    position_tokens: str = "none"
     patch_norm: bool = False
     image_shift: int = 0
     use_state: bool = True
@@ -181,7 +191,7 @@ class PolicyConfig(ModelConfig):
     def __post_init__(self) -> None:
         from vlafoundry.models.components import FUSIONS, HEADS
         from vlafoundry.nn.matching import READOUTS
-        from vlafoundry.nn.vision import CELL_LABEL_CLASSES, STEMS
+        from vlafoundry.nn.vision import CELL_LABEL_CLASSES, POSITION_LABEL_DIMS, STEMS
 
         require(self.type == "vla", "model.type", "'vla' for PolicyConfig", self.type)
         require(self.vision in VISION_KINDS, "model.vision", f"one of {list(VISION_KINDS)}", self.vision)
@@ -214,6 +224,17 @@ class PolicyConfig(ModelConfig):
                 f"'none' unless model.vision is 'patch' with model.image_shift 0 (a shifted frame's patches are not "
                 f"its cells; got model.vision={self.vision!r}, model.image_shift={self.image_shift})",
                 self.cell_labels)
+        require(self.position_labels in ("none", *POSITION_LABEL_DIMS), "model.position_labels",
+                f"one of {['none', *POSITION_LABEL_DIMS]}", self.position_labels)
+        require(self.position_labels == "none" or self.vision == "patch", "model.position_labels",
+                f"'none' unless model.vision is 'patch' (the head reads the ViT's CLS token; got "
+                f"model.vision={self.vision!r})", self.position_labels)
+        require(self.position_tokens in POSITION_TOKENS, "model.position_tokens", f"one of {list(POSITION_TOKENS)}",
+                self.position_tokens)
+        require(self.position_tokens == "none" or (self.position_labels != "none" and self.use_state),
+                "model.position_tokens", "'none' unless model.position_labels names the labels and model.use_state "
+                f"is on (the predicted positions join the state token; got model.position_labels="
+                f"{self.position_labels!r}, model.use_state={self.use_state})", self.position_tokens)
         require(self.image_shift == 0 or self.vision == "patch", "model.image_shift",
                 f"0 unless model.vision is 'patch' (got model.vision={self.vision!r})", self.image_shift)
         require(self.tokenizer in ("word", "bpe"), "model.tokenizer", "one of ['word', 'bpe']", self.tokenizer)

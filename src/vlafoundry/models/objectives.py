@@ -10,6 +10,8 @@
   names the cell's object type / colour (:meth:`~vlafoundry.nn.AttributeMatching.loss_terms`);
 * ``cells`` -- with ``model.cell_labels``, each patch token predicts the labels of the cell it shows (UNITER's
   region classification, with the simulator's symbols as the labels; ``b["cell_labels"]``);
+* ``positions`` -- with ``model.position_labels``, the vision CLS token regresses where the objects and the goal are
+  (standardised coordinates from a replay of the demonstrations; ``b["position_labels"]``);
 * ``moe_aux`` -- the mixture-of-experts load-balancing loss, when the policy has experts.
 
 Metrics are detached 0-d tensors (the trainer reduces them when it logs): no host sync per step.
@@ -41,6 +43,7 @@ class LossConfig:
     mrm: float = 0.0
     grounding: float = 0.0
     cells: float = 0.0
+    positions: float = 0.0
     moe_aux: float = 0.01
     temperature: float = 0.07
     learnable_temperature: bool = True
@@ -49,7 +52,7 @@ class LossConfig:
     align_last: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "grounding", "cells", "moe_aux"):
+        for k in ("bc", "contrastive", "itm", "mlm", "mrm", "grounding", "cells", "positions", "moe_aux"):
             require(getattr(self, k) >= 0, f"loss.{k}", "a weight >= 0", getattr(self, k))
         require(self.temperature > 0, "loss.temperature", "a number > 0", self.temperature)
         require(self.continuous in ("l1", "mse"), "loss.continuous", "one of ['l1', 'mse']", self.continuous)
@@ -163,6 +166,26 @@ class VLAObjectives:
         acc = (right & cells).sum().float() / cells.sum().clamp_min(1)
         return loss, {"cells_acc": _m(acc)}
 
+    def position_loss(self, b: dict[str, Any], enc: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean squared error of the position head's prediction from the latest frame's CLS token against
+        ``b["position_labels"]`` (B, P) (standardised coordinates), over rows whose latest frame is present. Metric
+        ``positions_l1``: the mean absolute error, in standard deviations."""
+        if "position_labels" not in b:
+            raise ValueError("loss.positions > 0: expected the batch to carry 'position_labels' (the trainer adds them "
+                             "from a replay of the demonstrations, EnvFamily.position_labels); got none")
+        pred = enc["extras"].get("position_pred")  # (B, T, P), computed by encode with model.position_tokens
+        if pred is None:
+            pred = self.position_head(enc["extras"]["vision_cls"])  # (B, T, P)
+        pred = pred[:, -1]  # (B, P) the latest frame
+        labels = b["position_labels"].to(pred.device, pred.dtype)
+        if labels.shape != pred.shape:
+            raise ValueError(f"position_labels: expected shape {tuple(pred.shape)} (rows, coordinates), got "
+                             f"{tuple(labels.shape)}")
+        keep = b["obs_mask"][:, -1] & b["image_present"]  # (B,)
+        err = pred[keep] - labels[keep]  # (B', P)
+        loss = self.global_mean((err**2).mean(-1))
+        return loss, {"positions_l1": _m(err.abs().mean() if err.numel() else err.new_zeros(()))}
+
     def pair_ids(self, b: dict[str, Any]) -> torch.Tensor:
         """Samples that share an instruction are positives of each other."""
         if "instruction_id" in b:
@@ -244,6 +267,10 @@ class VLAObjectives:
             cl, m = self.cell_loss(b, enc)
             total = total + lc.cells * cl
             metrics.update(m, cells=_m(cl))
+        if lc.positions > 0:
+            pl, m = self.position_loss(b, enc)
+            total = total + lc.positions * pl
+            metrics.update(m, positions=_m(pl))
         aux = self.moe_aux_loss()
         if aux is not None and lc.moe_aux > 0:
             total = total + lc.moe_aux * aux

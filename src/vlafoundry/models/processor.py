@@ -123,7 +123,8 @@ class PolicyProcessor:
                 raise ValueError(f"{m}_present: expected shape ({b},), got {tuple(np.shape(p))}")
             p = torch.ones(b, dtype=torch.bool) if p is None else torch.as_tensor(p).bool().reshape(b)
             out[f"{m}_present"] = p.to(device)
-        for k in ("action", "action_mask", "instruction_id", "task_id", "steps_left", "cell_labels"):
+        for k in ("action", "action_mask", "instruction_id", "task_id", "steps_left", "cell_labels",
+                  "position_labels"):
             if k in batch and batch[k] is not None:
                 out[k] = torch.as_tensor(batch[k]).to(device, non_blocking=True)
         if training and self.dropout.active:

@@ -46,6 +46,7 @@ from vlafoundry.nn.matching import AttributeMatching
 from vlafoundry.nn.moe import MultimodalMixtureOfExperts
 from vlafoundry.nn.vision import (
     CELL_LABEL_CLASSES,
+    POSITION_LABEL_DIMS,
     SymbolicGridEncoder,
     VisionEncoder,
     get_1d_sincos_pos_embed,
@@ -119,6 +120,17 @@ class VLAPolicy(VLAObjectives, Policy):
             self.cell_embed = nn.ParameterList(
                 nn.Parameter(torch.randn(n, d) * 3.0**-0.5) for n in CELL_LABEL_CLASSES[cfg.cell_labels]
             ) if cfg.cell_tokens != "none" else None
+        # ---- object and goal positions from the vision CLS token (model.position_labels, loss.positions)
+        self.position_head: nn.Module | None = None
+        self.position_proj: nn.Module | None = None
+        if cfg.position_labels != "none" and self.has_image:
+            p = POSITION_LABEL_DIMS[cfg.position_labels]
+            self.position_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, p))
+            if cfg.position_tokens != "none" and has_state:
+                # model.position_tokens: the predicted positions join the state token, as the state policy's do
+                self.position_features = FourierFeatures(p, cfg.state_fourier)
+                self.position_proj = nn.Sequential(nn.Linear(self.position_features.out_features, d), nn.GELU(),
+                                                   nn.Linear(d, d))
         # temporal positions for history frames (fixed sin-cos, index 0 = oldest frame)
         temporal = torch.from_numpy(get_1d_sincos_pos_embed(d, np.arange(cfg.history))).float()
         self.register_buffer("temporal_pos", temporal, persistent=False)  # (T, D)
@@ -199,6 +211,9 @@ class VLAPolicy(VLAObjectives, Policy):
         if lc.grounding > 0 and self.grounding is None:
             raise ValueError("loss.grounding > 0 needs model.grounding=attributes (with model.vision=grid and a "
                              f"language modality), got model.grounding={self.cfg.grounding!r}")
+        if lc.positions > 0 and self.position_head is None:
+            raise ValueError("loss.positions > 0 needs model.position_labels (e.g. 'metaworld', with model.vision=patch "
+                             f"and image data), got model.position_labels={self.cfg.position_labels!r}")
         if lc.cells > 0 and self.cell_head is None:
             raise ValueError("loss.cells > 0 needs model.cell_labels (e.g. 'minigrid', with model.vision=patch and "
                              f"image data), got model.cell_labels={self.cfg.cell_labels!r}")
@@ -249,6 +264,8 @@ class VLAPolicy(VLAObjectives, Policy):
             tokens = blk(tokens, mask)
         if mrm:
             extras["mrm_pred"] = tokens
+        if self.position_head is not None:
+            extras["vision_cls"] = tokens[:, 0].reshape(b, t, -1)  # (B, T, D) CLS after the context layers
         if self.grounding is not None and instruction is not None:
             # after the context layers, so the grounding reaches the fusion only and pooled_observation removes it
             g, scores, cells = self.match_cells(flat, *instruction)  # (B*T, N, D), (B*T, N, A), (B*T, H*W, 2)
@@ -296,6 +313,14 @@ class VLAPolicy(VLAObjectives, Policy):
         if self.cfg.vision == "grid":
             return h, w
         return self.vision_encoder.grid_size(h, w)
+
+    def position_state(self, enc: dict[str, Any], b: dict[str, Any]) -> torch.Tensor:
+        """``model.position_tokens add``: the positions the head reads from each frame (B, T, P), kept in
+        ``extras["position_pred"]``, embedded as a state term (B, T, D); zero where the frame is absent."""
+        pred = self.position_head(enc["extras"]["vision_cls"])  # (B, T, P)
+        enc["extras"]["position_pred"] = pred
+        present = (b["obs_mask"] & b["image_present"].unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
+        return self.position_proj(self.position_features(pred)) * present.to(pred.dtype)
 
     def image_positions(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(1, N, D): the fixed positions (and camera embeddings) the vision encoder added to its N tokens."""
@@ -352,6 +377,8 @@ class VLAPolicy(VLAObjectives, Policy):
         if self.has_state:
             enc["state"] = self.encode_state(b["state"])
             enc["state_mask"] = b["obs_mask"] & b["state_present"].unsqueeze(1)
+            if self.position_proj is not None:
+                enc["state"] = enc["state"] + self.position_state(enc, b)  # (B, T, D)
         if self.grounding is not None and self.cfg.grounding_dropout >= 1:
             enc["fusion_lang_mask"] = torch.zeros_like(enc["lang_mask"])  # the instruction reaches the cells only
         elif self.grounding is not None and self.training and self.cfg.grounding_dropout > 0:

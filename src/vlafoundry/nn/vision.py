@@ -19,6 +19,7 @@ from vlafoundry.nn._checks import check_tensor
 
 __all__ = [
     "CELL_LABEL_CLASSES",
+    "POSITION_LABEL_DIMS",
     "GRID_COLOR_NAMES",
     "GRID_COLOURED_OBJECTS",
     "GRID_OBJECT_NAMES",
@@ -47,6 +48,9 @@ GRID_COLOURED_OBJECTS: tuple[str, ...] = ("door", "key", "ball", "box")
 # the symbolic view's (object type, colour, state) of each tile of a BabyAI RGB frame
 # (:class:`vlafoundry.envs.babyai_cells.MinigridTileDecoder` reads them from the pixels).
 CELL_LABEL_CLASSES: dict[str, tuple[int, ...]] = {"minigrid": (len(GRID_OBJECT_NAMES), len(GRID_COLOR_NAMES), 3)}
+#: Coordinates a ``model.position_labels`` head regresses from the frame, per scheme (``loss.positions``):
+#: ``metaworld``, the first object's, the second object's and the goal's xyz (the state entries pixels leave out).
+POSITION_LABEL_DIMS: dict[str, int] = {"metaworld": 9}
 
 
 def get_1d_sincos_pos_embed(embed_dim: int, positions: np.ndarray | int) -> np.ndarray:

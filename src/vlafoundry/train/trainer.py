@@ -48,6 +48,7 @@ from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
 from vlafoundry.train.config import apply_dataset_metadata, format_changes, resume_changes
 from vlafoundry.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed
 from vlafoundry.train.inputs import ensure_dataset, load_datasets, load_run, policy_from_checkpoint  # noqa: F401
+from vlafoundry.train.labels import make_labeller
 from vlafoundry.train.optim import build_optimizer, lr_factor
 from vlafoundry.train.sampler import ResumableBatchSampler
 
@@ -158,7 +159,7 @@ class Trainer:
             texts = self.train_ds if self._variants is None else WithVariantTexts(self.train_ds, self._variants)
             self.policy = make_policy(cfg.model, texts, self.loss_cfg).to(self.device)
         self.policy.check_objectives(self.loss_cfg)
-        self._cell_labeller = self._make_cell_labeller()
+        self._labeller = make_labeller(self.cfg.data.env, self.policy, self.loss_cfg, self.train_ds)
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
                                              rank=self.dist.rank, world_size=self.dist.world_size)
@@ -178,22 +179,9 @@ class Trainer:
         self._writer = None
 
     # ------------------------------------------------------------------ set-up helpers
-    def _make_cell_labeller(self) -> Any:
-        """With ``loss.cells``: the env family's labeller of the stored frames (``EnvFamily.cell_labels``)."""
-        if self.loss_cfg.cells <= 0:
-            return None
-        from vlafoundry.envs import get_family
-
-        try:
-            return get_family(self.cfg.data.env).cell_labels(self.policy.cfg.cell_labels, self.policy.spec.image_shape)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
     def _labelled(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``batch`` with ``cell_labels`` (..., R, C, A) read from its frames when ``loss.cells`` is on."""
-        if self._cell_labeller is not None:
-            batch["cell_labels"] = torch.from_numpy(self._cell_labeller(np.asarray(batch["image"])))
-        return batch
+        """``batch`` with the training-only targets of ``loss.cells`` / ``loss.positions`` (:mod:`.labels`)."""
+        return batch if self._labeller is None else self._labeller(batch)
 
     def _augment_generator(self) -> torch.Generator:
         """The augmentation's random stream for this step: a function of (train.seed, rank, step) only, so a
