@@ -75,7 +75,7 @@ def test_a_replay_that_differs_from_the_recording_is_refused(mw_pixels, tmp_path
         replay_full_states(copy, {"image": "symbolic", "proprio": "full"}, progress=False)
 
 
-def test_tiny_pixel_policy_trains_with_position_labels_and_acts(mw_pixels, tiny_args, tmp_path):
+def test_tiny_pixel_policy_trains_with_position_labels_and_acts(mw_pixels, tiny_args, tmp_path, monkeypatch):
     from vlafoundry.train.config import load_config
     from vlafoundry.train.trainer import Trainer
 
@@ -107,6 +107,21 @@ def test_tiny_pixel_policy_trains_with_position_labels_and_acts(mw_pixels, tiny_
     a = policy.select_action({"image": item["image"][-1:].numpy(), "state": item["state"][-1:].numpy(),
                               "instruction": [item["instruction"]]})
     assert a.shape == (1, 4) and np.isfinite(a).all()
+    # bench/positions.py measures the head per task and point, in cm, beside the task-mean baseline
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_positions", Path(__file__).parents[2] / "bench/positions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["positions.py", str(tmp_path / "run"), "--data", str(mw_pixels), "--out",
+                                      str(tmp_path / "pos.json")])
+    bench.main()
+    res = json.loads((tmp_path / "pos.json").read_text())
+    assert {(r["task"], r["point"]) for r in res["rows"]} <= {(t, p) for t in ("metaworld/reach", "metaworld/push")
+                                                              for p in ("object", "goal")}
+    assert res["rows"] and all(r["head_cm"] >= 0 and r["task_mean_cm"] >= 0 for r in res["rows"])
 
 
 def test_position_labels_are_refused_where_they_cannot_work(gotolocal_root):

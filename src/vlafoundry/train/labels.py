@@ -40,19 +40,32 @@ class BatchLabeller:
         return batch
 
 
-def position_targets(env: str, scheme: str, dataset: Any, progress: bool = True) -> np.ndarray:
-    """``model.position_labels == scheme`` targets (N, P) of every cached step of ``dataset`` (a
-    :class:`~vlafoundry.data.DemoDataset`), standardised with the mean and std over its split's steps."""
+def raw_positions(env: str, scheme: str, root: Any, progress: bool = True) -> np.ndarray:
+    """``model.position_labels == scheme`` coordinates (N, P) of every cached step of the dataset at ``root``, in
+    the simulator's units (Meta-World: metres), from :func:`vlafoundry.data.replay.full_states`."""
     from vlafoundry.data.replay import ReplayMismatch, full_states
     from vlafoundry.envs import get_family
 
     try:
         env_kwargs, select = get_family(env).position_labels(scheme)
-        raw = np.asarray(select(full_states(dataset.root, env_kwargs, progress=progress)), dtype=np.float32)
+        return np.asarray(select(full_states(root, env_kwargs, progress=progress)), dtype=np.float32)
     except (ValueError, ReplayMismatch) as exc:
         raise ConfigError(f"loss.positions: {exc}") from None
+
+
+def position_stats(raw: np.ndarray, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (floored) of ``raw`` (N, P) over the steps of ``dataset``'s split: the standardisation of the
+    position targets (:func:`position_targets`)."""
     own = raw[dataset._steps]  # (N_split, P)
-    return ((raw - own.mean(0)) / safe_std(own.std(0))).astype(np.float32)
+    return own.mean(0), safe_std(own.std(0))
+
+
+def position_targets(env: str, scheme: str, dataset: Any, progress: bool = True) -> np.ndarray:
+    """``model.position_labels == scheme`` targets (N, P) of every cached step of ``dataset`` (a
+    :class:`~vlafoundry.data.DemoDataset`), standardised with the mean and std over its split's steps."""
+    raw = raw_positions(env, scheme, dataset.root, progress=progress)
+    mean, std = position_stats(raw, dataset)
+    return ((raw - mean) / std).astype(np.float32)
 
 
 def make_labeller(env: str, policy: Any, loss_cfg: Any, dataset: Any) -> BatchLabeller | None:
@@ -72,4 +85,4 @@ def make_labeller(env: str, policy: Any, loss_cfg: Any, dataset: Any) -> BatchLa
     return BatchLabeller(cells, positions, np.asarray(dataset._ep_start, dtype=np.int64))
 
 
-__all__ = ["BatchLabeller", "make_labeller", "position_targets"]
+__all__ = ["BatchLabeller", "make_labeller", "position_stats", "position_targets", "raw_positions"]
