@@ -141,3 +141,43 @@ def test_position_labels_are_refused_where_they_cannot_work(gotolocal_root):
         position_targets("babyai/GoToLocal", "metaworld", DemoDataset(gotolocal_root))
     with pytest.raises(ConfigError, match="expected 'metaworld'"):
         position_targets("metaworld/reach", "other", DemoDataset(gotolocal_root))
+
+
+def test_position_head_reads_every_cameras_cls_token():
+    """With K cameras the head reads the K CLS tokens side by side: changing only the second camera's frame changes
+    the predicted positions, and a training step reaches every parameter of the head from both cameras."""
+    from vlafoundry.models import PolicyConfig, PolicySpec, VLAPolicy
+    from vlafoundry.nn.language import TextTokenizer
+
+    cfg = PolicyConfig(vision="patch", vision_stem="conv", patch_size=8, position_labels="metaworld",
+                       position_tokens="add", head="continuous", d_model=32, num_heads=2, d_ff=64, num_layers=1,
+                       vision_layers=1, embed_dim=16)
+    spec = PolicySpec(env="metaworld/reach", action_type="continuous", action_dim=4, action_low=[-1.0] * 4,
+                      action_high=[1.0] * 4, state_dim=4, image_shape=[2, 32, 32, 3], state_mean=[0.0] * 4,
+                      state_std=[1.0] * 4)
+    torch.manual_seed(0)
+    words = ["reach the goal", "push the puck"]
+    p = VLAPolicy(cfg, spec, TextTokenizer.train(words * 4, kind="word"))
+    assert p.position_head[1].in_features == 2 * 32
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 1, 2, 32, 32, 3), dtype=np.uint8)  # (B, T, K, H, W, C)
+    batch = {"image": image, "state": rng.normal(size=(3, 1, 4)).astype(np.float32), "instruction": words[:1] * 3,
+             "action": rng.uniform(-1, 1, (3, 1, 4)).astype(np.float32), "action_mask": np.ones((3, 1), bool),
+             "position_labels": rng.normal(size=(3, 9)).astype(np.float32)}
+    p.eval()
+    with torch.no_grad():
+        enc = p.encode(p.prepare(batch))
+        other = dict(batch, image=image.copy())
+        other["image"][:, :, 1] = 255 - other["image"][:, :, 1]  # the second camera only
+        enc2 = p.encode(p.prepare(other))
+    assert enc["extras"]["vision_cls"].shape == (3, 1, 64)
+    assert not torch.allclose(enc["extras"]["position_pred"], enc2["extras"]["position_pred"])
+    p.train()
+    from vlafoundry.models.objectives import LossConfig
+
+    loss, metrics = p(batch, LossConfig(positions=1.0))
+    loss.backward()
+    assert "positions_l1" in metrics
+    for name, prm in p.named_parameters():
+        if name.startswith(("position_head", "position_proj")):
+            assert prm.grad is not None and prm.grad.abs().sum() > 0, name

@@ -125,7 +125,8 @@ class VLAPolicy(VLAObjectives, Policy):
         self.position_proj: nn.Module | None = None
         if cfg.position_labels != "none" and self.has_image:
             p = POSITION_LABEL_DIMS[cfg.position_labels]
-            self.position_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, p))
+            dc = d * (1 if len(spec.image_shape) == 3 else int(spec.image_shape[0]))  # every camera's CLS token
+            self.position_head = nn.Sequential(nn.LayerNorm(dc), nn.Linear(dc, d), nn.GELU(), nn.Linear(d, p))
             if cfg.position_tokens != "none" and has_state:
                 # model.position_tokens: the predicted positions join the state token, as the state policy's do
                 self.position_features = FourierFeatures(p, cfg.state_fourier)
@@ -264,8 +265,9 @@ class VLAPolicy(VLAObjectives, Policy):
             tokens = blk(tokens, mask)
         if mrm:
             extras["mrm_pred"] = tokens
-        if self.position_head is not None:
-            extras["vision_cls"] = tokens[:, 0].reshape(b, t, -1)  # (B, T, D) CLS after the context layers
+        if self.position_head is not None:  # each camera's CLS after the context layers, side by side
+            cams = 1 if image.ndim == 5 else image.shape[2]
+            extras["vision_cls"] = tokens.reshape(b, t, cams, n // cams, -1)[:, :, :, 0].reshape(b, t, -1)  # (B,T,K*D)
         if self.grounding is not None and instruction is not None:
             # after the context layers, so the grounding reaches the fusion only and pooled_observation removes it
             g, scores, cells = self.match_cells(flat, *instruction)  # (B*T, N, D), (B*T, N, A), (B*T, H*W, 2)
