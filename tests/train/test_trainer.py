@@ -65,6 +65,23 @@ def test_pretrain_then_train_init_from(gotolocal_root, tiny_cfg, tmp_path):
     tr.fit()
 
 
+def test_init_from_applies_runtime_model_keys_and_names_the_architecture_it_keeps(gotolocal_root, tiny_cfg, tmp_path,
+                                                                                  capsys):
+    """--init-from takes the architecture from the checkpoint; training/acting keys such as model.grounding_dropout
+    or model.action_selection are the run's own (they used to be replaced by the checkpoint's, silently)."""
+    cfg = tiny_cfg("--pretrain.steps", "2", "--pretrain.batch_size", "16")
+    Trainer(cfg, tmp_path / "pre", phase="pretrain", dataset_root=gotolocal_root).fit()
+    cfg2 = tiny_cfg("--train.steps", "2", "--model.action_selection", "greedy", "--model.d_model", "48")
+    tr = Trainer(cfg2, tmp_path / "bc", init_from=tmp_path / "pre", dataset_root=gotolocal_root)
+    out = capsys.readouterr().out
+    assert "applying model.action_selection: 'sample' -> 'greedy'" in out
+    assert "keeping the checkpoint's architecture (model.d_model: 32 -> 48 ignored)" in out
+    assert tr.policy.cfg.action_selection == tr.cfg.model.action_selection == "greedy"
+    assert tr.cfg.model.d_model == tr.policy.cfg.d_model == 32
+    tr.fit()
+    assert "action_selection: greedy" in (tmp_path / "bc" / "config.yaml").read_text()
+
+
 def test_restarts_equal_chained_init_from_runs_and_resume_exactly(gotolocal_root, tiny_cfg, tmp_path, monkeypatch):
     """train.restarts [3, 2]: the computation of three chained `train --init-from` commands, in one call."""
     ov = ("--train.steps", "4", "--train.warmup_steps", "2", "--model.dropout", "0.1")

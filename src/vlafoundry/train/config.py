@@ -392,6 +392,26 @@ def resume_changes(saved: ExperimentConfig, requested: ExperimentConfig, phase: 
     return refused, applied
 
 
+#: ``model.*`` keys that change how a policy trains or acts, not its parameters: a run that starts ``--init-from`` a
+#: checkpoint takes them from its own config; every other model key comes from the checkpoint.
+MODEL_RUNTIME_KEYS = ("image_shift", "grounding_dropout", "instruction_snap", "action_selection", "sample_temperature",
+                      "execute", "ensemble", "ensemble_decay", "flow_steps", "diffusion_steps")
+
+
+def init_from_changes(checkpoint: Any, requested: Any) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """``--init-from``: compare the checkpoint's model config with the run's. Returns ``(kept, applied)``, each a
+    list of ``(key, checkpoint value, requested value)``: ``applied``, the :data:`MODEL_RUNTIME_KEYS` the run sets
+    otherwise (they take effect); ``kept``, architecture keys the run asks to change, which keep the checkpoint's
+    value (its weights were trained with it)."""
+    old, new = flatten(to_dict(checkpoint)), flatten(to_dict(requested))
+    kept, applied = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            (applied if key in MODEL_RUNTIME_KEYS else kept).append((f"model.{key}", a, b))
+    return kept, applied
+
+
 def format_changes(changes: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
 
@@ -413,6 +433,7 @@ __all__ = [
     "config_from_json_dict",
     "dataset_facts",
     "format_changes",
+    "init_from_changes",
     "list_presets",
     "load_config",
     "preset_dict",

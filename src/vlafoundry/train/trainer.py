@@ -45,7 +45,7 @@ from vlafoundry.models.policy import count_parameters
 from vlafoundry.nn._checks import set_check_finite
 from vlafoundry.train import checkpoint as ckpt
 from vlafoundry.train.config import ExperimentConfig, LossConfig, OptimConfig
-from vlafoundry.train.config import apply_dataset_metadata, format_changes, resume_changes
+from vlafoundry.train.config import apply_dataset_metadata, format_changes, init_from_changes, resume_changes
 from vlafoundry.train.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed
 from vlafoundry.train.inputs import ensure_dataset, load_datasets, load_run, policy_from_checkpoint  # noqa: F401
 from vlafoundry.train.labels import make_labeller
@@ -151,9 +151,7 @@ class Trainer:
             self._check_resume_config(resume_dir, data, init_from)
         elif init_from is not None:
             self.policy, init_cfg, _ = policy_from_checkpoint(init_from, self.device)
-            if to_dict(init_cfg.model) != to_dict(cfg.model):
-                # the architecture comes from the checkpoint; keep the run's config truthful
-                self.cfg.model = init_cfg.model
+            self._apply_init_config(init_cfg.model, init_from)
         else:
             # with instruction variants, the policy's texts (a scratch tokenizer, its spec) include them
             texts = self.train_ds if self._variants is None else WithVariantTexts(self.train_ds, self._variants)
@@ -214,6 +212,20 @@ class Trainer:
         else:
             how = "start over with --no-resume (or another --out)"
         return ckpt.CheckpointError(f"cannot resume {self.run_dir}: {exc}; {how}")
+
+    def _apply_init_config(self, init_model: Any, init_from: str | Path) -> None:
+        """``--init-from``: the architecture comes from the checkpoint (keeping the run's config truthful); the run's
+        own training/acting keys (``MODEL_RUNTIME_KEYS``, e.g. ``model.image_shift``) apply to the loaded policy."""
+        kept, applied = init_from_changes(init_model, self.cfg.model)
+        for key, _, new in applied:
+            setattr(init_model, key[len("model."):], new)
+            setattr(self.policy.cfg, key[len("model."):], new)
+        self.cfg.model = init_model
+        if self.dist.is_main and (kept or applied):
+            print(f"note: --init-from {init_from}: " + "; ".join(
+                part for part in (f"applying {format_changes(applied)}" if applied else "",
+                                  f"keeping the checkpoint's architecture ({format_changes(kept)} ignored)" if kept
+                                  else "") if part), flush=True)
 
     def _check_resume_config(self, directory: Path, data: dict[str, Any], init_from: str | Path | None) -> None:
         """Refuse a resume whose config changes the architecture or the data; say which other changes apply."""
