@@ -20,7 +20,6 @@ another version of the simulator) gets a :class:`ReplayMismatch` naming the firs
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,13 +69,18 @@ def replay_full_states(root: str | os.PathLike[str], env_kwargs: Mapping[str, An
     """Replay every episode of the dataset at ``root`` with ``make_env(task, **env_kwargs)`` (an observation that
     holds the full state) -> float32 (N, S_full), row ``i`` the state at cached step ``i``. Checks each episode's
     length and that its stored state is the replayed state's first ``S`` entries."""
-    from vlafoundry.envs import make_env
-
-    root = Path(root)
-    gen = _generation(root)
     src = resolve_source(root)
-    cache_meta = ensure_cache(src)
-    arrays = load_cache_arrays(src.cache_dir)
+    return _replay(Path(root), src.cache_dir, ensure_cache(src), env_kwargs, progress)
+
+
+def _replay(root: Path, cache_dir: Path, cache_meta: dict[str, Any], env_kwargs: Mapping[str, Any],
+            progress: bool) -> np.ndarray:
+    """:func:`replay_full_states` on a dataset whose cache is already resolved and fresh."""
+    from vlafoundry.envs import make_env
+    from vlafoundry.progress import progress as progress_bar
+
+    gen = _generation(root)
+    arrays = load_cache_arrays(cache_dir)
     tasks = list(cache_meta["tasks"])
     start, length = arrays["episode_start"], arrays["episode_length"]
     task_of, seed_of, stored = arrays["episode_task"], arrays["episode_seed"], arrays["state"]
@@ -87,11 +91,7 @@ def replay_full_states(root: str | os.PathLike[str], env_kwargs: Mapping[str, An
     out: np.ndarray | None = None
     envs: dict[int, Any] = {}
     order = np.argsort(task_of, kind="stable")  # one task at a time: one env alive
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(order), desc="replay", unit="ep", file=sys.stderr, mininterval=5)
+    bar = progress_bar(len(order), "replay", "ep", enabled=progress)
     try:
         for e in order.tolist():
             t = int(task_of[e])
@@ -113,13 +113,11 @@ def replay_full_states(root: str | os.PathLike[str], env_kwargs: Mapping[str, An
             if out is None:
                 out = np.zeros((len(stored), states.shape[1]), dtype=np.float32)
             out[s0 : s0 + n] = states[:n]
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
         for env in envs.values():
             env.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     assert out is not None
     return out
 
@@ -146,7 +144,7 @@ def full_states(root: str | os.PathLike[str], env_kwargs: Mapping[str, Any], pro
                     return arr
         except (OSError, ValueError, EOFError):  # an unreadable copy is replayed again, not trusted
             pass
-    arr = replay_full_states(root, env_kwargs, progress=progress)
+    arr = _replay(root, src.cache_dir, cache_meta, env_kwargs, progress)
     labels.mkdir(parents=True, exist_ok=True)
     tmp = labels / f".{FULL_STATE}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
