@@ -372,6 +372,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(prefix + key, old value, new value)`` for every flattened key where two config dataclasses differ, sorted."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    return [(prefix + k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def resume_changes(saved: ExperimentConfig, requested: ExperimentConfig, phase: str = "train"
                    ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
     """Compare the config a checkpoint was written with and the one a resume asks for.
@@ -380,15 +386,12 @@ def resume_changes(saved: ExperimentConfig, requested: ExperimentConfig, phase: 
     the data the checkpoint was trained on (:data:`DATA_IDENTITY_KEYS`) and the phase's contrastive temperature
     (a parameter of the model, restored from the checkpoint). Everything else (``train.lr``, ``train.steps``, ...)
     takes effect from the resumed step."""
-    old, new = flatten(to_dict(saved)), flatten(to_dict(requested))
     loss = "pretrain.loss." if phase == "pretrain" else "loss."
     frozen = {f"data.{k}" for k in DATA_IDENTITY_KEYS} | {loss + "temperature", loss + "learnable_temperature"}
     refused, applied = [], []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        (refused if key.startswith("model.") or key in frozen else applied).append((key, a, b))
+    for change in config_changes(saved, requested):
+        key = change[0]
+        (refused if key.startswith("model.") or key in frozen else applied).append(change)
     return refused, applied
 
 
@@ -403,12 +406,9 @@ def init_from_changes(checkpoint: Any, requested: Any) -> tuple[list[tuple[str, 
     list of ``(key, checkpoint value, requested value)``: ``applied``, the :data:`MODEL_RUNTIME_KEYS` the run sets
     otherwise (they take effect); ``kept``, architecture keys the run asks to change, which keep the checkpoint's
     value (its weights were trained with it)."""
-    old, new = flatten(to_dict(checkpoint)), flatten(to_dict(requested))
     kept, applied = [], []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a != b:
-            (applied if key in MODEL_RUNTIME_KEYS else kept).append((f"model.{key}", a, b))
+    for change in config_changes(checkpoint, requested, prefix="model."):
+        (applied if change[0][len("model."):] in MODEL_RUNTIME_KEYS else kept).append(change)
     return kept, applied
 
 
@@ -430,6 +430,7 @@ __all__ = [
     "PretrainConfig",
     "TrainConfig",
     "apply_dataset_metadata",
+    "config_changes",
     "config_from_json_dict",
     "dataset_facts",
     "format_changes",
