@@ -64,7 +64,7 @@ def main() -> None:
     pred, steps = predict(policy, val, args.batch_size)
     pred = pred * std + mean  # (N_val, P) metres
     truth = raw[steps]
-    task_of_step = train._ep_task[np.searchsorted(train._ep_start, steps, side="right") - 1]  # (N_val,)
+    task_of_step = val._ep_task[val._step_episode]  # (N_val,) in the order predict() visits val's steps
     train_task = train._ep_task[train._step_episode]  # (N_train,)
     rows = []
     for t, name in enumerate(train.tasks):
