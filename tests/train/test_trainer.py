@@ -288,3 +288,24 @@ def _replay_sampler(tr):
 
     s = ResumableBatchSampler(len(tr.train_ds), tr.opt_cfg.batch_size, seed=tr.cfg.train.seed)
     return [s.next_batch() for _ in range(tr.opt_cfg.steps)]
+
+
+def test_resume_of_an_init_from_run_keeps_its_keys_and_refuses_a_changed_runtime_key(gotolocal_root, tiny_cfg,
+                                                                                    tmp_path, capsys):
+    """Resuming a run started --init-from: the architecture is the init checkpoint's (a differing override is named
+    and ignored, as on start); the run's training/acting keys are its own, so changing one on resume is refused like
+    any model.* change (it used to be replaced by the saved value without a word)."""
+    cfg = tiny_cfg("--pretrain.steps", "2", "--pretrain.batch_size", "16")
+    Trainer(cfg, tmp_path / "pre", phase="pretrain", dataset_root=gotolocal_root).fit()
+    ov = ("--train.steps", "4", "--model.action_selection", "greedy")
+    Trainer(tiny_cfg(*ov), tmp_path / "bc", init_from=tmp_path / "pre", dataset_root=gotolocal_root).fit(stop_after=2)
+    capsys.readouterr()
+    tr = Trainer(tiny_cfg(*ov, "--model.d_model", "48"), tmp_path / "bc", init_from=tmp_path / "pre",
+                 dataset_root=gotolocal_root)
+    tr.fit()
+    out = capsys.readouterr().out
+    assert "keeping its architecture (model.d_model: 32 -> 48 ignored)" in out and "resumed from step 2" in out
+    assert tr.cfg.model.action_selection == "greedy" and tr.cfg.model.d_model == 32
+    with pytest.raises(ConfigError, match="model.action_selection: 'greedy' -> 'sample'"):
+        Trainer(tiny_cfg("--train.steps", "6", "--model.action_selection", "sample"), tmp_path / "bc",
+                init_from=tmp_path / "pre", dataset_root=gotolocal_root).fit()

@@ -27,6 +27,7 @@ this module holds :class:`Trainer` (every name is importable from here as before
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -231,7 +232,13 @@ class Trainer:
         """Refuse a resume whose config changes the architecture or the data; say which other changes apply."""
         saved = from_dict(ExperimentConfig, data["config"])
         if init_from is not None:
-            self.cfg.model = saved.model  # with --init-from the architecture is the init checkpoint's (as on start)
+            # with --init-from the architecture is the init checkpoint's, as on start (named, then ignored); the
+            # run's training/acting keys stay, so changing one on resume is refused below like any model.* change
+            kept, runtime = init_from_changes(saved.model, self.cfg.model)
+            self.cfg.model = dataclasses.replace(saved.model, **{k[len("model."):]: new for k, _, new in runtime})
+            if kept and self.dist.is_main:
+                print(f"note: resuming a run started --init-from {init_from}: keeping its architecture "
+                      f"({format_changes(kept)} ignored)", flush=True)
         refused, applied = resume_changes(saved, self.cfg, self.phase)
         step = int(data["state"].get("step", 0))
         if refused:
