@@ -37,7 +37,7 @@ def predict(policy, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
             b = policy.prepare(ds.__getitems__(idx))
             enc = policy.encode(b)
             preds.append(policy.position_head(enc["extras"]["vision_cls"])[:, -1].float().numpy())  # (B, P)
-            steps.append(ds._steps[idx])
+            steps.append(ds.step_ids[idx])
     return np.concatenate(preds), np.concatenate(steps)
 
 
@@ -64,14 +64,14 @@ def main() -> None:
     pred, steps = predict(policy, val, args.batch_size)
     pred = pred * std + mean  # (N_val, P) metres
     truth = raw[steps]
-    task_of_step = val._ep_task[val._step_episode]  # (N_val,) in the order predict() visits val's steps
-    train_task = train._ep_task[train._step_episode]  # (N_train,)
+    task_of_step = val.step_tasks  # (N_val,) in the order predict() visits val's steps
+    train_task = train.step_tasks  # (N_train,)
     rows = []
     for t, name in enumerate(train.tasks):
         own = task_of_step == t
         if not own.any():
             continue
-        base = raw[train._steps[train_task == t]].mean(0)  # the task's mean position over the training split
+        base = raw[train.step_ids[train_task == t]].mean(0)  # the task's mean position over the training split
         for point, sl in POINTS[scheme]:
             if np.abs(truth[own, sl]).max() == 0:  # the task has no such point (zeros)
                 continue

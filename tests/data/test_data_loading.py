@@ -109,6 +109,12 @@ def test_split_by_episode(babyai_root: Path) -> None:
     assert sorted(train.episodes.tolist() + val.episodes.tolist()) == list(range(every.num_episodes))
     assert len(train) + len(val) == len(every)
     assert set(val.__getitems__(list(range(len(val))))["episode"].tolist()) == set(val.episodes.tolist())
+    # the public step map: split sample i is cache step step_ids[i]; the two splits partition the cache's steps
+    assert sorted(train.step_ids.tolist() + val.step_ids.tolist()) == list(range(len(every)))
+    episode = val.__getitems__(list(range(len(val))))["episode"]  # (N_val,) dataset episode ids
+    starts, lengths = every.episode_starts, np.diff(np.append(every.episode_starts, len(every)))
+    assert np.all((val.step_ids >= starts[episode]) & (val.step_ids < starts[episode] + lengths[episode]))
+    assert val.step_tasks.shape == (len(val),) and set(val.step_tasks.tolist()) <= set(range(len(val.tasks)))
     assert np.array_equal(split_episodes(100, "val", 0.1, 0), split_episodes(100, "val", 0.1, 0))
     assert not np.array_equal(split_episodes(100, "val", 0.1, 0), split_episodes(100, "val", 0.1, 1))
     with pytest.raises(ValueError):

@@ -41,7 +41,7 @@ def test_replay_recovers_the_full_state_of_every_step(mw_pixels):
     np.testing.assert_allclose(full[:, :4], stored, atol=1e-6)  # the proprioception the frames came with
     # each episode's goal is the one its seed draws; the reset state is the env's own
     for e in range(ds.num_episodes):
-        s0 = int(ds._ep_start[e])
+        s0 = int(ds.episode_starts[e])
         env = make_env(ds.tasks[int(ds._ep_task[e])], image="symbolic", proprio="full")
         obs = env.reset(seed=int(ds._ep_seed[e]))
         np.testing.assert_allclose(full[s0], obs["state"], atol=1e-6)

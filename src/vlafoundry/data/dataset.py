@@ -187,6 +187,22 @@ class DemoDataset(Dataset):
     def __len__(self) -> int:
         return int(len(self._steps))
 
+    @property
+    def step_ids(self) -> np.ndarray:
+        """(N,) the cache-wide step index of each of this split's samples (sample i is cache step ``step_ids[i]``):
+        how per-step arrays of the whole dataset (e.g. replayed labels) line up with the split."""
+        return self._steps
+
+    @property
+    def step_tasks(self) -> np.ndarray:
+        """(N,) the task index (into :attr:`tasks`) of each of this split's samples."""
+        return self._ep_task[self._step_episode]
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """(E,) the cache-wide step index where each of the dataset's episodes (both splits) starts."""
+        return self._ep_start
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_arrays"] = None  # memory maps are reopened lazily in each worker

@@ -56,7 +56,7 @@ def raw_positions(env: str, scheme: str, root: Any, progress: bool = True) -> np
 def position_stats(raw: np.ndarray, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (floored) of ``raw`` (N, P) over the steps of ``dataset``'s split: the standardisation of the
     position targets (:func:`position_targets`)."""
-    own = raw[dataset._steps]  # (N_split, P)
+    own = raw[dataset.step_ids]  # (N_split, P)
     return own.mean(0), safe_std(own.std(0))
 
 
@@ -82,7 +82,7 @@ def make_labeller(env: str, policy: Any, loss_cfg: Any, dataset: Any) -> BatchLa
         positions = position_targets(env, policy.cfg.position_labels, dataset)
     if cells is None and positions is None:
         return None
-    return BatchLabeller(cells, positions, np.asarray(dataset._ep_start, dtype=np.int64))
+    return BatchLabeller(cells, positions, np.asarray(dataset.episode_starts, dtype=np.int64))
 
 
 __all__ = ["BatchLabeller", "make_labeller", "position_stats", "position_targets", "raw_positions"]
