@@ -181,3 +181,30 @@ def test_position_head_reads_every_cameras_cls_token():
     for name, prm in p.named_parameters():
         if name.startswith(("position_head", "position_proj")):
             assert prm.grad is not None and prm.grad.abs().sum() > 0, name
+
+
+def test_with_two_ddp_processes_the_replay_runs_once(mw_pixels, tiny_args, tmp_path):
+    """torchrun, 2 ranks, a dataset without labels/: rank 0 replays (and caches) the positions, rank 1 waits for it
+    and reads the cache (it used to replay too); both train on the same targets."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from vlafoundry.data.replay import LABELS_DIR
+
+    data = tmp_path / "ds"
+    shutil.copytree(mw_pixels, data, ignore=shutil.ignore_patterns(LABELS_DIR))
+    args = ["--preset", "metaworld-mt10-pixels", "--data", str(data), "--out", str(tmp_path / "run"), *tiny_args,
+            "--model.patch_size", "8", "--model.image_shift", "0", "--model.position_labels", "metaworld",
+            "--model.position_tokens", "add", "--loss.positions", "1.0", "--train.steps", "2",
+            "--train.batch_size", "8", "--train.eval_every", "100", "--train.checkpoint_every", "100",
+            "--train.progress", "true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", VLAFOUNDRY_PROGRESS="lines")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vlafoundry", "train", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2
+    assert (data / LABELS_DIR / "full_state.npy").exists()
+    log = out.stdout + out.stderr
+    assert log.count("replay: 4/4 ep (100%)") == 1, log[-3000:]  # one rank replayed the 4 episodes

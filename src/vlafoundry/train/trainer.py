@@ -158,7 +158,13 @@ class Trainer:
             texts = self.train_ds if self._variants is None else WithVariantTexts(self.train_ds, self._variants)
             self.policy = make_policy(cfg.model, texts, self.loss_cfg).to(self.device)
         self.policy.check_objectives(self.loss_cfg)
-        self._labeller = make_labeller(self.cfg.data.env, self.policy, self.loss_cfg, self.train_ds)
+        # training-only labels; the position replay (cached in the dataset's labels/) runs on the first rank only,
+        # the others wait for it and read the cache
+        first = self.dist.is_main
+        self._labeller = make_labeller(self.cfg.data.env, self.policy, self.loss_cfg, self.train_ds) if first else None
+        barrier(self.dist)
+        if not first:
+            self._labeller = make_labeller(self.cfg.data.env, self.policy, self.loss_cfg, self.train_ds)
         self.optimizer = build_optimizer(self.policy, self.opt_cfg)
         self.sampler = ResumableBatchSampler(len(self.train_ds), self.opt_cfg.batch_size, seed=cfg.train.seed,
                                              rank=self.dist.rank, world_size=self.dist.world_size)
