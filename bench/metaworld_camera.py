@@ -169,13 +169,13 @@ def _val_l1(metrics: Path) -> float | None:
 
 
 def table(cells: list[dict]) -> str:
-    lines = ["| observations | pretraining | demos/task (episodes) | success [95% CI] | weakest tasks | val action L1 |",
-             "|---|---|---:|---|---|---:|"]
+    lines = ["| observations | pretraining | demos/task (episodes) | success [95% CI] (eval episodes) | weakest tasks | "
+             "val action L1 |", "|---|---|---:|---|---|---:|"]
     for c in cells:
         weak = sorted(c["per_task"].items(), key=lambda kv: kv[1])[:3]
         l1 = "" if c["val_action_l1"] is None else f"{c['val_action_l1']:.4f}"
         lines.append(f"| {c['obs']} | {c['pretrain']} | {c['demos_per_task']} ({c['episodes_in_dataset']}) | "
-                     f"{100 * c['success_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}] | "
+                     f"{100 * c['success_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}] ({c['episodes']}) | "
                      + ", ".join(f"{t} {100 * r:.0f}" for t, r in weak) + f" | {l1} |")
     return "\n".join(lines)
 

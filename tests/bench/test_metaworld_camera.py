@@ -28,7 +28,7 @@ def test_state_cells_run_end_to_end_and_resume(bench, tmp_path, monkeypatch, cap
     log = (tmp_path / "r" / "commands.log").read_text()
     assert "--init-from r/state-vl-n1/pretrain" in log and "--train.restarts []" in log
     table = (tmp_path / "o" / "table.md").read_text()
-    assert "| state | vl | 1 (10) |" in table
+    assert "| state | vl | 1 (10) | 0.0% [0.0, 27.8] (10) |" in table
 
     # a rerun trains nothing; a new evaluation protocol reruns only the evaluations
     calls: list[list[str]] = []
