@@ -20,7 +20,8 @@ Every cell trains the same number of steps (``--steps``, one cosine cycle: ``tra
 batch and learning rate, so the cells differ only in what the policy reads and how it starts; evaluation is closed
 loop, ``--episodes`` per task with seeds from 10^9 (disjoint from the demonstrations), 95% Wilson intervals.
 Finished stages are kept (a cell's ``eval.json`` ends it), so the script resumes after an interruption. Writes
-``OUT/cells.json`` (one row per cell, per-task rates, held-out action L1, wall and CPU seconds per stage) and
+``OUT/cells.json`` (one row per cell, per-task rates, held-out action L1, each phase's wall seconds from its
+summary.json / eval.json, and wall and CPU seconds of the commands this invocation ran) and
 ``OUT/table.md``, and prints the table. Extra dotted overrides (``--pretrain.steps 100``) go to both the pretraining
 and the training command of every cell.
 """
@@ -155,7 +156,16 @@ def row(obs: str, pre: str, per_task: int, data: Path, run: Path, costs: dict) -
             "episodes": total["episodes"], "successes": total["successes"],
             "per_task": {t.split("/")[-1]: r["success_rate"] for t, r in rows.items()},
             "val_action_l1": _val_l1(run / "train" / "metrics.jsonl"), "train_steps": summary["step"],
-            "run": str(run), "costs": costs}
+            "train_wall_s": round(summary["wall_s"], 1), "pretrain_wall_s": _wall(run / "pretrain" / "summary.json"),
+            "eval_wall_s": round(ev["elapsed_s"], 1), "run": str(run), "costs": costs}
+
+
+def _wall(summary: Path) -> float | None:
+    """The wall seconds a phase's summary.json records (since its last resume), or None without one."""
+    try:
+        return round(json.loads(summary.read_text())["wall_s"], 1)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _val_l1(metrics: Path) -> float | None:

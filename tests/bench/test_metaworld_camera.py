@@ -23,6 +23,8 @@ def test_state_cells_run_end_to_end_and_resume(bench, tmp_path, monkeypatch, cap
     none, vl = cells
     assert none["episodes_in_dataset"] == 10 and none["episodes"] == 10 and len(none["per_task"]) == 10
     assert none["train_steps"] == 2 and none["val_action_l1"] is not None
+    assert none["train_wall_s"] > 0 and none["eval_wall_s"] > 0 and none["pretrain_wall_s"] is None
+    assert vl["pretrain_wall_s"] > 0
     assert set(none["costs"]) == {"generate", "train", "eval"} and set(vl["costs"]) == {"pretrain", "train", "eval"}
     assert (tmp_path / "r" / "state-vl-n1" / "pretrain" / "summary.json").exists()
     log = (tmp_path / "r" / "commands.log").read_text()
