@@ -170,17 +170,17 @@ def _wall(summary: Path) -> float | None:
 
 def _val_l1(metrics: Path) -> float | None:
     """The last held-out action L1 the trainer logged (a ``"split": "val"`` record of metrics.jsonl)."""
-    last = None
-    for line in metrics.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == "val" and "action_l1" in rec:
-            last = rec["action_l1"]
-    return last
+    from vlafoundry.eval.report_plots import read_metrics
+
+    # read_metrics skips blank and truncated lines
+    val = [r["action_l1"] for r in read_metrics(metrics) if r.get("split") == "val" and "action_l1" in r]
+    return val[-1] if val else None
 
 
 def table(cells: list[dict]) -> str:
-    lines = ["| observations | pretraining | demos/task (episodes) | success [95% CI] (eval episodes) | weakest tasks | "
-             "val action L1 |", "|---|---|---:|---|---|---:|"]
+    header = ("| observations | pretraining | demos/task (episodes) | success [95% CI] (eval episodes) | weakest tasks | "
+              "val action L1 |")
+    lines = [header, "|---|---|---:|---|---|---:|"]
     for c in cells:
         weak = sorted(c["per_task"].items(), key=lambda kv: kv[1])[:3]
         l1 = "" if c["val_action_l1"] is None else f"{c['val_action_l1']:.4f}"
